@@ -1,0 +1,143 @@
+"""timm Vision Transformer presets, built so that ``torch.func`` can differentiate them.
+
+A preset is data, not code (timm's habit): a timm model name plus keyword overrides.
+
+==========  ===========================  ============================================
+preset      timm model                   size
+==========  ===========================  ============================================
+micro       ``vit_tiny_patch16_224``     32×32 input, patch 8 (16 tokens + cls),
+            with overrides               width 96, depth 4, 4 heads (head_dim 24):
+                                         ≈ 0.47 M parameters
+tiny        ``vit_tiny_patch16_224``     width 192, depth 12, 3 heads: 5.7 M
+small       ``vit_small_patch16_224``    width 384, depth 12, 6 heads: 22 M
+base        ``vit_base_patch16_224``     width 768, depth 12, 12 heads: 86 M
+large       ``vit_large_patch16_224``    width 1024, depth 24, 16 heads: 304 M
+==========  ===========================  ============================================
+
+Every model is built with timm's *fused* attention switched off (``fused_attn = False`` on
+every attention module): ``scaled_dot_product_attention`` has neither a forward-mode derivative
+nor a double backward, so Hessian-vector products (``torch.func.jvp`` over ``grad``) fail on it
+(../shared/FINDINGS.md). The manual attention computes the same function.
+
+The micro preset uses patch 8 rather than FINDINGS' patch 4: 17 tokens instead of 65 make a
+training step 4.5× faster on 2 CPU cores (0.055 s vs 0.25 s at batch 128), which is what lets
+the whole demo (pretraining included) fit in 10 minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from qgeom.params import CheckpointError, Params, load_into, load_params
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "micro": {
+        "timm_name": "vit_tiny_patch16_224",
+        "img_size": 32,
+        "patch_size": 8,
+        "embed_dim": 96,
+        "depth": 4,
+        "num_heads": 4,
+        "mlp_ratio": 4.0,
+    },
+    "tiny": {"timm_name": "vit_tiny_patch16_224"},
+    "small": {"timm_name": "vit_small_patch16_224"},
+    "base": {"timm_name": "vit_base_patch16_224"},
+    "large": {"timm_name": "vit_large_patch16_224"},
+}
+
+
+def disable_fused_attention(model: nn.Module) -> nn.Module:
+    """Set ``fused_attn = False`` on every timm attention module (in place; returned)."""
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    return model
+
+
+def supports_forward_ad(model: nn.Module) -> bool:
+    """False if any attention module still uses fused SDPA (no forward-mode AD)."""
+    return not any(getattr(m, "fused_attn", False) for m in model.modules())
+
+
+def preset_config(preset: str) -> dict[str, Any]:
+    """The timm name and overrides of ``preset`` (a copy)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    return dict(PRESETS[preset])
+
+
+def create_model(
+    preset: str = "micro",
+    num_classes: int = 10,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    seed: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a ViT from a preset, in eval mode, with manual (forward-differentiable) attention.
+
+    checkpoint: a local file (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with
+    ``torch.load(weights_only=True)``); keys are timm's. Keys the file lacks (e.g. a different
+    head) keep their initial values; a head of another shape is skipped with the rest loaded.
+    pretrained: timm's own pretrained loading (needs network; never used by the default run).
+    seed: seeds the random initialisation. overrides: extra timm keyword arguments
+    (e.g. ``depth=1, embed_dim=8`` for a dense-Hessian test model).
+    """
+    cfg = preset_config(preset)
+    name = cfg.pop("timm_name")
+    cfg.update(overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **cfg)
+    disable_fused_attention(model)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = [k for k in state if k not in usable and not k.startswith("head.")]
+        if skipped:
+            raise CheckpointError(f"{checkpoint}: keys that do not fit preset {preset!r}: {', '.join(skipped[:5])}")
+        load_into(model, usable)
+    return model.eval()
+
+
+def load_checkpoint(path: str | os.PathLike) -> Params:
+    """Read model weights without executing code.
+
+    ``.safetensors`` via :func:`qgeom.params.load_params`; anything else via
+    ``torch.load(weights_only=True)``, which refuses pickles that would run code — that is
+    reported as a :class:`~qgeom.params.CheckpointError`, as are truncated or corrupt files.
+    A dict nested under ``state_dict`` or ``model`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    if path.suffix == ".safetensors":
+        return load_params(path)[0]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to load — the file needs arbitrary code to unpickle "
+                              f"(only tensors are accepted; convert it to safetensors): {e}") from e
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -60,6 +60,7 @@ def is_head(name: str) -> bool:
 
 def in_scope(name: str, tensor: Tensor, scope: Scope) -> bool:
     """Whether ``name`` belongs to ``scope`` (see the module docstring); ``None`` means all."""
+    check_scope(scope)
     if not torch.is_floating_point(tensor):
         return False
     if scope is None or scope == "all":
@@ -68,18 +69,24 @@ def in_scope(name: str, tensor: Tensor, scope: Scope) -> bool:
         return bool(scope(name, tensor))
     if scope == "backbone":
         return not is_head(name)
-    if scope == "quantized":
-        return name.endswith(".weight") and tensor.dim() == 2 and not is_head(name)
-    raise ValueError(f"unknown scope {scope!r}; known scopes: {', '.join(SCOPES)} or a callable")
+    return name.endswith(".weight") and tensor.dim() == 2 and not is_head(name)  # "quantized"
+
+
+def check_scope(scope: Scope) -> None:
+    """Raise ``ValueError`` unless ``scope`` is a known scope name, ``None`` or a callable."""
+    if scope is not None and not callable(scope) and scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known scopes: {', '.join(SCOPES)} or a callable")
 
 
 def select(params: Mapping[str, Tensor], scope: Scope) -> Params:
     """The sub-dict of ``params`` in ``scope`` (the tensors are shared, not copied)."""
+    check_scope(scope)
     return {k: v for k, v in params.items() if in_scope(k, v, scope)}
 
 
 def scope_keys(params: Mapping[str, Tensor], scope: Scope) -> list[str]:
     """Names of ``params`` in ``scope``, in insertion order."""
+    check_scope(scope)
     return [k for k, v in params.items() if in_scope(k, v, scope)]
 
 
@@ -311,7 +318,8 @@ def content_hash(a: Mapping[str, Tensor]) -> str:
         h.update(k.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-dim tensor cannot be viewed as bytes; the bytes are the same.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -17,6 +17,7 @@ Note: torch.ao's "symmetric" convention divides by (q_max − q_min)/2 and gives
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -42,6 +43,10 @@ class QuantSpec:
     ``group`` (``group_size`` consecutive input columns per scale). symmetric: the paper's grid
     (default) or an asymmetric min/max grid. clip: ``none`` (absmax / min-max, default) or
     ``mse`` (per scale group, the clipping ratio in 1.00…0.50 with the least squared error).
+
+    The symmetric unclipped grid is idempotent, Q(Q(w)) = Q(w) (the absmax of Q(w) is that of
+    w). The asymmetric grid is not: its range follows min/max, which Q moves (e.g. 2 bits,
+    [1.25, 0.5, −0.25] → [1, 0.5, 0] → [1, 2/3, 0]); it always holds 0 exactly.
     """
 
     bits: int = 2
@@ -51,8 +56,9 @@ class QuantSpec:
     clip: Literal["none", "mse"] = "none"
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, numbers.Integral) or not 2 <= self.bits <= 8:
             raise UnsupportedBitsError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        object.__setattr__(self, "bits", int(self.bits))  # numpy / pandas integers become int
         if self.granularity not in ("row", "tensor", "group"):
             raise ValueError(f"granularity must be 'row', 'tensor' or 'group', got {self.granularity!r}")
         if self.granularity == "group" and self.group_size < 1:

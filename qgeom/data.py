@@ -352,7 +352,9 @@ def from_image_folder(root: str | os.PathLike, img_size: int = IMG, name: str | 
     if test_classes != classes:
         raise ValueError(f"train and test classes differ in {root}: {classes} vs {test_classes}")
     if (root / "val").is_dir():
-        val, _ = load(root / "val")
+        val, val_classes = load(root / "val")
+        if val_classes != classes:  # ImageFolder numbers classes by sorted folder names
+            raise ValueError(f"train and val classes differ in {root}: {classes} vs {val_classes}")
     else:
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         k = max(1, int(len(train) * val_fraction))

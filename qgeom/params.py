@@ -245,25 +245,36 @@ def numel(a: Mapping[str, Tensor]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def task_vector(finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor], scope: Scope = "backbone") -> Params:
-    """τ_t = θ_t − θ_0 on ``scope``; the two dicts must agree on the scope's keys."""
+def task_vector(finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor], scope: Scope = "backbone",
+                dtype: torch.dtype | None = torch.float64) -> Params:
+    """τ_t = θ_t − θ_0 on ``scope``; the two dicts must agree on the scope's keys.
+
+    Computed and stored in ``dtype`` (float64 by default): the difference of two float32
+    tensors is exact in float64, so θ_0 + τ_t reproduces θ_t bit for bit (see :func:`patch`).
+    """
     ft, pt = select(finetuned, scope), select(pretrained, scope)
     check_compatible(ft, pt, names=("fine-tuned", "pretrained"))
-    return sub(ft, pt)
+    return {k: ft[k].to(dtype or ft[k].dtype) - pt[k].to(dtype or ft[k].dtype) for k in ft}
 
 
-def quantization_vector(qat: Mapping[str, Tensor], finetuned: Mapping[str, Tensor], scope: Scope = "backbone") -> Params:
-    """ρ_t = θ_t,QAT − θ_t on ``scope`` (the head is excluded by every default scope but ``all``)."""
+def quantization_vector(qat: Mapping[str, Tensor], finetuned: Mapping[str, Tensor], scope: Scope = "backbone",
+                        dtype: torch.dtype | None = torch.float64) -> Params:
+    """ρ_t = θ_t,QAT − θ_t on ``scope`` (the head is excluded by every default scope but ``all``).
+
+    float64 by default, so that θ_t + 1·ρ_t is θ_t,QAT exactly (see :func:`task_vector`).
+    """
     q, ft = select(qat, scope), select(finetuned, scope)
     check_compatible(q, ft, names=("QAT model", "fine-tuned model"))
-    return sub(q, ft)
+    return {k: q[k].to(dtype or q[k].dtype) - ft[k].to(dtype or q[k].dtype) for k in q}
 
 
 def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: float = 1.0, scope: Scope = None) -> Params:
     """θ_R(λ) = θ_R + λ ρ_D on the keys of ``vector`` (restricted to ``scope`` if given).
 
     Keys of the receiver not in the vector (its head) are copied unchanged. Every key of the
-    vector must exist in the receiver with the same shape; all values must be finite.
+    vector must exist in the receiver with the same shape; all values must be finite. The sum is
+    formed in float64 and rounded once to the receiver's dtype, so with a float64 vector
+    θ_R + 1·(θ_QAT − θ_R) equals θ_QAT exactly.
     """
     vec = select(vector, scope) if scope is not None else dict(vector)
     missing = [k for k in vec if k not in receiver]
@@ -274,7 +285,7 @@ def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: flo
         raise ValueError(f"lam must be finite, got {lam}")
     out = {k: v.clone() for k, v in receiver.items()}
     for k, v in vec.items():
-        out[k] = (receiver[k] + lam * v.to(receiver[k].dtype)).to(receiver[k].dtype)
+        out[k] = (receiver[k].double() + lam * v.double()).to(receiver[k].dtype)
     return out
 
 

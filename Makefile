@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing and installs qgeom into it (torch from the machine's pip
+# constraints/cache when present; nothing is downloaded at run time).
+VENV   ?= .venv
+PYTHON ?= python3
+STAMP  := $(VENV)/.qgeom-installed
+
+.PHONY: demo test test-all figures benchmark clean-runs
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[dev,notebooks]'
+	@touch $(STAMP)
+
+demo: $(STAMP)  ## the transfer experiment's demo preset (micro ViT, 6 tasks, 2 bits) on CPU
+	$(VENV)/bin/qgeom demo
+
+test: $(STAMP)  ## the default test suite (< 10 minutes on 2 cores)
+	$(VENV)/bin/python -m pytest -q
+
+test-all: $(STAMP)  ## also the slow checks
+	$(VENV)/bin/python -m pytest -q -m ''
+
+benchmark: $(STAMP)
+	$(VENV)/bin/python benchmarks/curvature.py
+
+clean-runs:
+	rm -rf runs

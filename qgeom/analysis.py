@@ -1,0 +1,197 @@
+"""From a run's raw tables to per-pair gains, alignment correlations and the summary.
+
+Inputs are the tidy tables written by :mod:`qgeom.transfer` (``accuracy``, ``geometry``,
+``dissimilarity``). λ is chosen for every (receiver, donor) on the receiver's *validation*
+split (post-PTQ Top-1, ties broken towards λ = 1) and reported on *test*; test rows never
+influence the choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from qgeom.stats import Interval, qap_correlation, t_interval, two_way_bootstrap
+
+ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
+TARGETS = ("gain_unit", "gain_tuned", "recovery_unit")
+
+
+def choose_lambda(acc: pd.DataFrame) -> pd.DataFrame:
+    """For each (seed, bits, receiver, method, donor, scope): λ maximising *validation* PTQ Top-1.
+
+    Returns one row per group with ``lam_val`` and the *test* PTQ / FP Top-1 at that λ.
+    """
+    grid = acc[acc.method.isin(["patch", "multi_donor"])]
+    keys = ["seed", "bits", "receiver", "method", "donor", "scope"]
+    val = grid[(grid.split == "val") & (grid.metric == "ptq_top1")].copy()
+    val["dist"] = (val.lam - 1.0).abs()
+    best = val.sort_values(keys + ["value", "dist"], ascending=[True] * len(keys) + [False, True])
+    best = best.groupby(keys, as_index=False).first()[keys + ["lam"]].rename(columns={"lam": "lam_val"})
+    test = grid[grid.split == "test"].pivot_table(index=keys + ["lam"], columns="metric", values="value").reset_index()
+    out = best.merge(test, left_on=keys + ["lam_val"], right_on=keys + ["lam"], how="left").drop(columns="lam")
+    return out.rename(columns={"ptq_top1": "tuned_ptq", "fp_top1": "tuned_fp"})
+
+
+def _test(acc: pd.DataFrame, metric: str = "ptq_top1") -> pd.DataFrame:
+    return acc[(acc.split == "test") & (acc.metric == metric)]
+
+
+def pair_table(acc: pd.DataFrame, geo: pd.DataFrame | None = None, dis: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (seed, bits, scope, donor, receiver): accuracies, gains and alignments.
+
+    gain_unit = PTQ(θ_R + ρ_D) − PTQ(θ_R); gain_tuned at the validation λ; gain_vs_random =
+    PTQ(θ_R + ρ_D) − mean over draws PTQ(θ_R + r), r matched to ρ_D's per-tensor norms;
+    fp_cost = FP(θ_R + ρ_D) − FP(θ_R). Top-1 in percentage points.
+    """
+    t, tf = _test(acc), _test(acc, "fp_top1")
+    rk = ["seed", "bits", "receiver"]
+    base = t[t.method == "baseline"][rk + ["value"]].rename(columns={"value": "base_ptq"})
+    base = base.merge(tf[tf.method == "baseline"][rk + ["value"]].rename(columns={"value": "base_fp"}), on=rk)
+    qat = t[t.method == "qat"][rk + ["value"]].rename(columns={"value": "qat_ptq"})
+    pk = rk + ["donor", "scope"]
+    unit = t[(t.method == "patch") & (t.lam == 1.0)][pk + ["value"]].rename(columns={"value": "patch_ptq"})
+    unit_fp = tf[(tf.method == "patch") & (tf.lam == 1.0)][pk + ["value"]].rename(columns={"value": "patch_fp"})
+    rnd = t[t.method == "random"].groupby(pk, as_index=False).value.mean().rename(columns={"value": "random_ptq"})
+    tuned = choose_lambda(acc)
+    tuned = tuned[tuned.method == "patch"][pk + ["lam_val", "tuned_ptq", "tuned_fp"]]
+    df = unit.merge(unit_fp, on=pk).merge(base, on=rk).merge(qat, on=rk).merge(tuned, on=pk)
+    df = df.merge(rnd, on=pk, how="left")
+    for col in ["patch_ptq", "patch_fp", "base_ptq", "base_fp", "qat_ptq", "tuned_ptq", "tuned_fp", "random_ptq"]:
+        df[col] = 100 * df[col]
+    df["gain_unit"] = df.patch_ptq - df.base_ptq
+    df["gain_tuned"] = df.tuned_ptq - df.base_ptq
+    df["gain_vs_random"] = df.patch_ptq - df.random_ptq
+    df["fp_cost"] = df.patch_fp - df.base_fp
+    df["diagonal"] = df.donor == df.receiver
+    if geo is not None and len(geo):
+        cos = geo[geo.quantity == "cosine"].copy()
+        cos["alignment"] = np.where(cos.metric == "euclidean", "euclidean", cos.metric + "_" + cos.objective)
+        wide = cos.pivot_table(index=pk, columns="alignment", values="value").reset_index()
+        wide = wide.rename(columns={a: f"cos_{a}" for a in ALIGNMENTS})
+        df = df.merge(wide, on=pk, how="left")
+        lam = geo[(geo.quantity == "lam_star") & (geo.objective == "ste") & (geo.metric == "ggn")]
+        df = df.merge(lam[pk + ["value"]].rename(columns={"value": "lam_star_ggn_ste"}), on=pk, how="left")
+        rec = geo[geo.quantity == "recovery"].pivot_table(index=pk, columns="metric", values="value").reset_index()
+        rec = rec.rename(columns={c: f"recovery_{c}" for c in rec.columns if c not in pk})
+        df = df.merge(rec, on=pk, how="left")
+    if dis is not None and len(dis):
+        df = df.merge(dis, on=["donor", "receiver"], how="left")
+    return df.sort_values(["bits", "scope", "seed", "receiver", "donor"]).reset_index(drop=True)
+
+
+def receiver_table(acc: pd.DataFrame) -> pd.DataFrame:
+    """Per (seed, bits, scope, receiver): baseline, QAT ceiling, pretrained backbone, the
+    multi-donor patch (mean of the other donors' vectors) at λ = 1 and at the validation λ, and
+    the best single donor chosen on validation. Top-1 in percentage points (test split)."""
+    t = _test(acc)
+    rk = ["seed", "bits", "receiver"]
+    out = []
+    tuned = choose_lambda(acc)
+    for (seed, bits, rec), g in t.groupby(rk):
+        base = g[g.method == "baseline"].value.iloc[0]
+        row0 = dict(seed=seed, bits=bits, receiver=rec, base_ptq=100 * base,
+                    qat_ptq=100 * g[g.method == "qat"].value.iloc[0],
+                    pretrained_ptq=100 * g[g.method == "pretrained_backbone"].value.iloc[0])
+        for scope in sorted(g.scope[g.scope != ""].unique()):
+            md = g[(g.method == "multi_donor") & (g.scope == scope) & (g.lam == 1.0)].value.iloc[0]
+            tu = tuned[(tuned.seed == seed) & (tuned.bits == bits) & (tuned.receiver == rec) & (tuned.scope == scope)]
+            mdt = tu[tu.method == "multi_donor"]
+            single = tu[(tu.method == "patch") & (tu.donor != rec)]
+            val = acc[(acc.split == "val") & (acc.metric == "ptq_top1") & (acc.method == "patch") & (acc.seed == seed)
+                      & (acc.bits == bits) & (acc.receiver == rec) & (acc.scope == scope) & (acc.donor != rec)]
+            best_donor = val.sort_values("value", ascending=False).donor.iloc[0]
+            out.append(row0 | dict(scope=scope, multi_unit_ptq=100 * md, multi_tuned_ptq=100 * mdt.tuned_ptq.iloc[0],
+                                   multi_lam_val=mdt.lam_val.iloc[0], best_donor=best_donor,
+                                   best_donor_tuned_ptq=100 * single[single.donor == best_donor].tuned_ptq.iloc[0]))
+    return pd.DataFrame(out)
+
+
+def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
+    """Spearman and Pearson of every alignment with every target over off-diagonal cells, with
+    QAP p-values and leave-one-task-out ranges; matrices are averaged over seeds first."""
+    rows = []
+    for (bits, scope), g in pairs.groupby(["bits", "scope"]):
+        names = sorted(set(g.donor) | set(g.receiver))
+        mean = g.groupby(["donor", "receiver"]).mean(numeric_only=True)
+
+        def matrix(col):
+            m = np.full((len(names), len(names)), np.nan)
+            for (d, r), v in mean[col].items():
+                m[names.index(d), names.index(r)] = v
+            return m
+
+        for a in [c for c in g.columns if c.startswith("cos_")]:
+            for target in [t for t in TARGETS if t in g.columns]:
+                for method in ("spearman", "pearson"):
+                    res = qap_correlation(matrix(a), matrix(target), method, permutations)
+                    rows.append(dict(bits=bits, scope=scope, alignment=a[4:], target=target) | res.to_dict())
+    return pd.DataFrame(rows)
+
+
+def interval(pairs: pd.DataFrame, col: str) -> Interval:
+    """95% interval of the mean off-diagonal value of ``col``: a t-interval over seeds when
+    there are several (each seed's mean over pairs), else a task-resampling bootstrap."""
+    off = pairs[~pairs.diagonal]
+    seeds = sorted(off.seed.unique())
+    if len(seeds) >= 2:
+        return t_interval([off[off.seed == s][col].mean() for s in seeds])
+    names = sorted(set(off.donor) | set(off.receiver))
+    m = np.full((len(names), len(names)), np.nan)
+    for _, r in off.iterrows():
+        m[names.index(r.donor), names.index(r.receiver)] = r[col]
+    return two_way_bootstrap(m)
+
+
+def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) -> list[dict]:
+    """One record per (bits, scope): the headline numbers and plain-language verdicts."""
+    out = []
+    for (bits, scope), g in pairs.groupby(["bits", "scope"]):
+        rec = receivers[(receivers.bits == bits) & (receivers.scope == scope)]
+        off = g[~g.diagonal]
+        gain, vs_rand, tuned = interval(g, "gain_unit"), interval(g, "gain_vs_random"), interval(g, "gain_tuned")
+        c = corr[(corr.bits == bits) & (corr.scope == scope) & (corr.target == "gain_unit") & (corr.method == "spearman")]
+        rho = {row.alignment: (row.r, row.p_value) for row in c.itertuples()}
+        e = rho.get("euclidean", (math.nan, math.nan))
+        best_metric = max((k for k in rho if k != "euclidean"), key=lambda k: rho[k][0], default=None)
+        m = rho.get(best_metric, (math.nan, math.nan)) if best_metric else (math.nan, math.nan)
+        out.append(dict(
+            bits=int(bits), scope=scope, n_pairs=len(off), n_seeds=g.seed.nunique(),
+            base_fp=float(g.drop_duplicates(["seed", "receiver"]).base_fp.mean()),
+            base_ptq=float(g.drop_duplicates(["seed", "receiver"]).base_ptq.mean()),
+            qat_ptq=float(g.drop_duplicates(["seed", "receiver"]).qat_ptq.mean()),
+            gain_unit=gain.to_dict(), gain_vs_random=vs_rand.to_dict(), gain_tuned=tuned.to_dict(),
+            fp_cost=float(off.fp_cost.mean()),
+            multi_donor_gain_unit=float((rec.multi_unit_ptq - rec.base_ptq).mean()),
+            multi_donor_gain_tuned=float((rec.multi_tuned_ptq - rec.base_ptq).mean()),
+            qat_gain=float((rec.qat_ptq - rec.base_ptq).mean()),
+            spearman_euclidean=e[0], p_euclidean=e[1], best_metric=best_metric,
+            spearman_metric=m[0], p_metric=m[1],
+            verdict_patch=_verdict(gain, "the donor patch at λ = 1", "the unpatched receiver"),
+            verdict_random=_verdict(vs_rand, "the donor patch at λ = 1", "a norm-matched random direction"),
+            verdict_alignment=_alignment_verdict(e, m, best_metric),
+        ))
+    return out
+
+
+def _verdict(iv: Interval, what: str, against: str) -> str:
+    if not math.isfinite(iv.low):
+        return f"{what} vs {against}: {iv.mean:+.2f} points (no interval: too few seeds/tasks)"
+    if iv.low > 0:
+        return f"{what} beats {against}: {iv} points (95% interval above 0)"
+    if iv.high < 0:
+        return f"{what} is worse than {against}: {iv} points (95% interval below 0)"
+    return f"{what} does not reliably beat {against}: {iv} points (95% interval contains 0)"
+
+
+def _alignment_verdict(e: tuple[float, float], m: tuple[float, float], name: str | None) -> str:
+    if name is None or not math.isfinite(m[0]):
+        return "no curvature alignment measured"
+    better = m[0] > e[0]
+    sig = m[1] < 0.05
+    return (f"Spearman with the λ = 1 gain: {name} cosine {m[0]:+.2f} (QAP p = {m[1]:.3f}) vs Euclidean "
+            f"{e[0]:+.2f} (p = {e[1]:.3f}): the curvature alignment "
+            + ("predicts the gains better" if better and sig else
+               "ranks higher but is not significant" if better else "does not predict better"))

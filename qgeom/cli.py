@@ -1,0 +1,220 @@
+"""The ``qgeom`` command line: one command per pipeline stage, ``--help`` on each.
+
+Checkpoints are safetensors files whose metadata records how to rebuild the model
+(``preset``, ``num_classes``, ``task``) and where they came from (``stage``, inputs, config),
+so every command after ``pretrain`` needs only file names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qgeom import params as P
+
+app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+
+BITS_HELP = "weight bit width, 2–8 (per-row symmetric RTN, the paper's quantizer)"
+
+
+def _load(path: Path) -> tuple[P.Params, dict]:
+    params, meta = P.load_params(path)
+    return params, meta
+
+
+def _model_for(meta: dict, path: Path):
+    from qgeom.models import create_model
+
+    if "preset" not in meta or "num_classes" not in meta:
+        raise typer.BadParameter(f"{path} has no model metadata (preset, num_classes): was it written by qgeom?")
+    overrides = json.loads(meta.get("model_overrides", "{}"))
+    return create_model(meta["preset"], int(meta["num_classes"]), **overrides)
+
+
+def _save(path: Path, params: P.Params, meta: dict, **extra) -> None:
+    meta = {k: v for k, v in meta.items() if k not in ("content_hash", "qgeom_version")}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    P.save_params(path, params, meta)
+    console.print(f"wrote [bold]{path}[/] ({P.numel(params):,} values)")
+
+
+def _task(name: str, seed: int):
+    from qgeom.data import load_task
+
+    return load_task(name, seed)
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(..., help="where to write θ_0 (.safetensors)"),
+    preset: str = typer.Option("micro", help="model preset: micro, tiny, small, base, large"),
+    tasks: str = typer.Option("shape,stripes,count,hue,texture,position,size,mirror",
+                              help="comma-separated tasks of the pretext mixture (joint label space)"),
+    steps: int = typer.Option(500, help="optimizer steps"),
+    lr: float = typer.Option(2e-3, help="peak learning rate"),
+    batch_size: int = typer.Option(128),
+    n_per_task: int = typer.Option(3000, help="training images per task in the mixture"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Pretrain θ_0 on a pretext mixture of the offline tasks."""
+    from qgeom.data import pretext_task
+    from qgeom.models import create_model
+    from qgeom.train import TrainConfig, accuracy, pretrain as run
+
+    names = [t for t in tasks.split(",") if t]
+    task = pretext_task(names, seed=seed, n_per_task=n_per_task)
+    model = create_model(preset, task.num_classes, seed=seed)
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 15), seed=seed)
+    theta0 = run(model, task, cfg, progress=True)
+    console.print(f"pretext validation Top-1: {accuracy(model, theta0, task.val):.3f}")
+    _save(out, theta0, {}, preset=preset, num_classes=task.num_classes, task=task.name, stage="pretrain",
+          config=cfg.to_dict())
+
+
+@app.command()
+def finetune(
+    pretrained: Path = typer.Option(..., help="θ_0 checkpoint"),
+    task: str = typer.Option(..., help="task name (see `qgeom tasks`)"),
+    out: Path = typer.Option(..., help="where to write θ_t"),
+    steps: int = typer.Option(150),
+    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(128),
+    seed: int = typer.Option(0, help="seed of the head initialisation and the data order"),
+    data_seed: int = typer.Option(0, help="seed of the task's generated images"),
+) -> None:
+    """Fine-tune θ_0 on one task with a fresh head: θ_t."""
+    from qgeom.models import create_model
+    from qgeom.train import TrainConfig, accuracy, finetune as run
+
+    theta0, meta = _load(pretrained)
+    t = _task(task, data_seed)
+    model = create_model(meta["preset"], t.num_classes, **json.loads(meta.get("model_overrides", "{}")))
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
+    theta = run(model, theta0, t, cfg, progress=True)
+    console.print(f"{task} test Top-1: {accuracy(model, theta, t.test):.3f}")
+    _save(out, theta, meta, num_classes=t.num_classes, task=task, stage="finetune", parent=str(pretrained),
+          config=cfg.to_dict(), data_seed=data_seed)
+
+
+@app.command()
+def qat(
+    finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
+    out: Path = typer.Option(..., help="where to write θ_t,QAT"),
+    bits: int = typer.Option(2, help=BITS_HELP),
+    steps: int = typer.Option(100),
+    lr: float = typer.Option(5e-4),
+    batch_size: int = typer.Option(128),
+    seed: int = typer.Option(0),
+) -> None:
+    """Quantization-aware training (STE) from θ_t on its own task: θ_t,QAT."""
+    from qgeom.quant import QuantSpec
+    from qgeom.train import TrainConfig, accuracy, qat as run
+
+    theta, meta = _load(finetuned)
+    spec = QuantSpec(bits)
+    t = _task(meta["task"], int(meta.get("data_seed", "0")))
+    model = _model_for(meta, finetuned)
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
+    theta_q = run(model, theta, t, spec, cfg, progress=True)
+    console.print(f"{t.name} test Top-1 after {bits}-bit PTQ: {accuracy(model, theta_q, t.test, spec):.3f}")
+    _save(out, theta_q, meta, stage="qat", parent=str(finetuned), bits=bits, config=cfg.to_dict())
+
+
+@app.command()
+def extract(
+    qat_checkpoint: Path = typer.Option(..., "--qat", help="θ_t,QAT checkpoint"),
+    finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
+    out: Path = typer.Option(..., help="where to write ρ_t"),
+    scope: str = typer.Option("backbone", help="backbone (the paper's), quantized, or all"),
+) -> None:
+    """Extract the quantization vector ρ_t = θ_t,QAT − θ_t on a scope."""
+    q, meta = _load(qat_checkpoint)
+    theta, _ = _load(finetuned)
+    rho = P.quantization_vector(q, theta, scope)
+    console.print(f"‖ρ‖ = {P.norm(rho):.4g} over {len(rho)} tensors")
+    _save(out, rho, meta, stage="quantization_vector", scope=scope, parent=str(qat_checkpoint))
+
+
+@app.command()
+def patch(
+    receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
+    vector: Path = typer.Option(..., help="vector ρ_D (.safetensors)"),
+    out: Path = typer.Option(..., help="where to write θ_R + λ ρ_D"),
+    lam: float = typer.Option(1.0, "--lam", help="scale λ"),
+) -> None:
+    """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head)."""
+    theta, meta = _load(receiver)
+    rho, rmeta = _load(vector)
+    patched = P.patch(theta, rho, lam)
+    _save(out, patched, meta, stage="patch", parent=str(receiver), vector=str(vector), lam=lam)
+
+
+@app.command()
+def ptq(
+    weights: Path = typer.Option(..., help="checkpoint to quantize"),
+    out: Path = typer.Option(..., help="where to write Q_b(θ)"),
+    bits: int = typer.Option(2, help=BITS_HELP),
+    granularity: str = typer.Option("row", help="row (default), tensor or group"),
+) -> None:
+    """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
+    from qgeom.quant import QuantSpec, ptq as run, quantization_error
+
+    theta, meta = _load(weights)
+    spec = QuantSpec(bits, granularity=granularity)
+    table = Table("tensor", "rel. error", "levels/row")
+    for row in quantization_error(theta, spec):
+        table.add_row(row["name"], f"{row['rel_error']:.3f}", f"{row['levels_used']:.1f}")
+    console.print(table)
+    _save(out, run(theta, spec), meta, stage="ptq", parent=str(weights), bits=bits, granularity=granularity)
+
+
+@app.command()
+def evaluate(
+    weights: list[Path] = typer.Argument(..., help="checkpoints to evaluate"),
+    bits: Optional[list[int]] = typer.Option(None, help="also evaluate after PTQ at these bit widths"),
+    split: str = typer.Option("test", help="train, val or test"),
+) -> None:
+    """Top-1 of checkpoints on their own task, FP and after PTQ."""
+    from qgeom.quant import QuantSpec
+    from qgeom.train import accuracy
+
+    bits = bits or []
+    table = Table("checkpoint", "task", "FP", *[f"PTQ {b}b" for b in bits])
+    for path in weights:
+        theta, meta = _load(path)
+        model = _model_for(meta, path)
+        t = _task(meta["task"], int(meta.get("data_seed", "0")))
+        data = getattr(t, split)
+        accs = [accuracy(model, theta, data)] + [accuracy(model, theta, data, QuantSpec(b)) for b in bits]
+        table.add_row(str(path), t.name, *[f"{a:.3f}" for a in accs])
+    console.print(table)
+
+
+@app.command()
+def tasks() -> None:
+    """List the offline tasks and the known real tasks."""
+    from qgeom.data import REAL_TASKS, TASKS
+
+    table = Table("task", "classes", "what it asks")
+    for name, spec in TASKS.items():
+        table.add_row(name, str(len(spec.classes)), spec.description)
+    console.print(table)
+    console.print("real tasks (ImageFolder on disk): " + ", ".join(REAL_TASKS))
+
+
+# Commands defined in their own modules (one concept per module), registered here.
+for _name in ("curvature_cli", "invariance_cli", "transfer_cli", "figures_cli"):
+    if (Path(__file__).parent / "commands" / f"{_name}.py").exists():
+        importlib.import_module(f"qgeom.commands.{_name}").register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

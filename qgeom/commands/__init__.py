@@ -1,0 +1,1 @@
+"""CLI commands defined in their own modules; qgeom.cli registers each one."""

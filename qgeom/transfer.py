@@ -1,0 +1,324 @@
+"""The transfer experiment: donors × receivers, λ sweep, controls, geometry — resumable stages.
+
+Data flows one way (DESIGN.md §3)::
+
+    config → θ_0 → θ_t per task → θ_t,QAT → ρ_t → patched + quantized receivers → accuracy
+    receivers' curvature products with every ρ → geometry;   tables → statistics (stats.py)
+
+Each stage writes its artifact into the run directory (safetensors for tensors, CSV for
+tables, atomically) and is skipped when the artifact exists, so a killed run resumes where it
+stopped and a finished run re-reads everything in seconds. Layout::
+
+    RUN/config.json                      the RunConfig (a resumed run must ask for the same)
+    RUN/theta0.safetensors               pretrained θ_0
+    RUN/seed{s}/finetune/{t}.safetensors θ_t
+    RUN/seed{s}/qat{b}/{t}.safetensors   θ_t,QAT at b bits;  rho_{t}.safetensors: ρ_t (backbone)
+    RUN/seed{s}/eval{b}/{R}.csv          accuracy rows for receiver R
+    RUN/seed{s}/geometry{b}/{R}.csv      geometry rows for receiver R
+    RUN/dissimilarity.csv, accuracy.csv, geometry.csv, pairs.csv, correlations.csv, summary.json
+
+Seeds vary fine-tuning and QAT (head initialisation, data order); θ_0 and the task data are
+shared by all seeds, so seed-to-seed spread measures the training noise of the method.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from qgeom import params as P
+from qgeom.config import RunConfig
+from qgeom.data import Task, load_task, pretext_task, probe_batches
+from qgeom.models import create_model
+from qgeom.quant import QuantSpec, ptq
+from qgeom.train import accuracy, finetune, logits, loss, pretrain, qat
+
+EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
+
+
+class ConfigMismatchError(ValueError):
+    """The run directory holds results of a different configuration."""
+
+
+TEXT_COLUMNS = ("receiver", "donor", "method", "scope", "split", "metric", "objective", "quantity")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`: empty text cells stay ``""``, numbers float."""
+    df = pd.read_csv(path)
+    for col in TEXT_COLUMNS:
+        if col in df.columns:
+            df[col] = df[col].fillna("").astype(str)
+    return df
+
+
+def write_table(path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Write ``df`` atomically and return it as read back (so fresh and resumed runs agree)."""
+    P.atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    return read_table(path)
+
+
+def random_like(vector: P.Params, generator: torch.Generator) -> P.Params:
+    """A Gaussian direction with the same per-tensor norms as ``vector`` (the random control)."""
+    out = {}
+    for k, v in vector.items():
+        r = torch.randn(v.shape, generator=generator, dtype=torch.float64)
+        n = r.norm()
+        out[k] = (r * (v.double().norm() / n if n > 0 else 0.0)).to(v.dtype)
+    return out
+
+
+class TransferRun:
+    """One run directory of the transfer experiment; each ``stage_*`` method is idempotent."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
+        self.log = log or (lambda msg: None)
+        self._check_config()
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _check_config(self) -> None:
+        path = self.dir / "config.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            new = json.loads(self.cfg.to_json())
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if diff:
+                raise ConfigMismatchError(f"{self.dir} holds a run with another configuration (differs in: "
+                                          f"{', '.join(diff)}); choose a new run directory")
+        else:
+            P.atomic_write(path, lambda tmp: Path(tmp).write_text(self.cfg.to_json()))
+
+    def _params(self, path: Path, compute: Callable[[], P.Params], **meta) -> P.Params:
+        if path.exists():
+            return P.load_params(path)[0]
+        value = compute()
+        P.save_params(path, value, meta)
+        return value
+
+    def _table(self, path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if path.exists():
+            return read_table(path)
+        return write_table(path, compute())
+
+    @cached_property
+    def tasks(self) -> dict[str, Task]:
+        c = self.cfg
+        return {t: load_task(t, 0, n_train=c.n_train, n_val=c.n_val, n_test=c.n_test) for t in c.tasks}
+
+    def model(self, task: str):
+        """The architecture for ``task`` (a template; weights come from parameter dicts)."""
+        return create_model(self.cfg.preset, self.tasks[task].num_classes, **self.cfg.model_overrides)
+
+    # -- training stages ---------------------------------------------------------------------
+
+    def theta0(self) -> P.Params:
+        def compute():
+            self.log("pretraining θ_0")
+            task = pretext_task(self.cfg.pretext_tasks, seed=0, n_per_task=self.cfg.n_pretext_per_task)
+            m = create_model(self.cfg.preset, task.num_classes, seed=0, **self.cfg.model_overrides)
+            return pretrain(m, task, self.cfg.pretrain, progress=self.progress)
+
+        return self._params(self.dir / "theta0.safetensors", compute, stage="pretrain")
+
+    def finetuned(self, seed: int, task: str) -> P.Params:
+        def compute():
+            cfg = self.cfg.finetune.with_(seed=seed)
+            return finetune(self.model(task), self.theta0(), self.tasks[task], cfg, progress=self.progress)
+
+        return self._params(self.dir / f"seed{seed}/finetune/{task}.safetensors", compute, stage="finetune",
+                            task=task, seed=seed)
+
+    def qat(self, seed: int, bits: int, task: str) -> P.Params:
+        def compute():
+            cfg = self.cfg.qat.with_(seed=seed)
+            return qat(self.model(task), self.finetuned(seed, task), self.tasks[task], QuantSpec(bits), cfg,
+                       progress=self.progress)
+
+        return self._params(self.dir / f"seed{seed}/qat{bits}/{task}.safetensors", compute, stage="qat",
+                            task=task, seed=seed, bits=bits)
+
+    def rho(self, seed: int, bits: int, task: str) -> P.Params:
+        """ρ_t = θ_t,QAT − θ_t on the backbone (the quantized scope is a subset of its keys)."""
+        return self._params(self.dir / f"seed{seed}/qat{bits}/rho_{task}.safetensors",
+                            lambda: P.quantization_vector(self.qat(seed, bits, task), self.finetuned(seed, task),
+                                                          "backbone"),
+                            stage="quantization_vector", task=task, seed=seed, bits=bits, scope="backbone")
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
+        return self._table(self.dir / f"seed{seed}/eval{bits}/{receiver}.csv",
+                           lambda: self._evaluate(seed, bits, receiver))
+
+    def _evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
+        c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
+        model, theta = self.model(receiver), self.finetuned(seed, receiver)
+        rhos = {d: self.rho(seed, bits, d) for d in c.tasks}
+        rows: list[dict] = []
+
+        def ev(th, method, donor="", scope="", lam=np.nan, draw=-1, splits=("val", "test"), fp=True):
+            for split in splits:
+                data = getattr(task, split)
+                base = dict(seed=seed, bits=bits, receiver=receiver, donor=donor, method=method, scope=scope,
+                            lam=lam, draw=draw, split=split)
+                rows.append(base | dict(metric="ptq_top1", value=accuracy(model, th, data, spec, c.eval_batch)))
+                if fp and split == "test":
+                    rows.append(base | dict(metric="fp_top1", value=accuracy(model, th, data, None, c.eval_batch)))
+
+        ev(theta, "baseline")
+        ev(self.qat(seed, bits, receiver), "qat")
+        theta0 = self.theta0()
+        ev({k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}, "pretrained_backbone", splits=("test",))
+        others = [d for d in c.tasks if d != receiver]
+        lams = sorted(set(c.lambdas) | {1.0})
+        for scope in c.scopes:
+            vecs = {d: P.select(rhos[d], scope) for d in c.tasks}
+            for d in c.tasks:
+                for lam in lams:
+                    ev(P.patch(theta, vecs[d], lam), "patch", d, scope, lam)
+            mean = P.lincomb([vecs[d] for d in others], [1.0 / len(others)] * len(others))
+            for lam in lams:
+                ev(P.patch(theta, mean, lam), "multi_donor", "mean(others)", scope, lam)
+            for d in others:
+                g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{bits}/{d}/{receiver}/{scope}".encode()))
+                for draw in range(c.random_draws):
+                    ev(P.patch(theta, random_like(vecs[d], g), 1.0), "random", d, scope, 1.0, draw)
+        return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+
+    # -- geometry --------------------------------------------------------------------------
+
+    def geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
+        return self._table(self.dir / f"seed{seed}/geometry{bits}/{receiver}.csv",
+                           lambda: self._geometry(seed, bits, receiver))
+
+    def _geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
+        from qgeom.curvature import CurvatureOperator
+
+        c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
+        model = self.model(receiver)
+        points = {"fp": self.finetuned(seed, receiver), "ste": self.qat(seed, bits, receiver)}
+        probe = probe_batches(task.val, c.probe_size, c.probe_batch, seed=seed)
+        probe_x = torch.cat([x for x, _ in probe])
+        probe_y = torch.cat([y for _, y in probe])
+        names = list(c.tasks)
+        rows: list[dict] = []
+
+        def put(scope, metric, objective, donor, quantity, value):
+            rows.append(dict(seed=seed, bits=bits, receiver=receiver, donor=donor, scope=scope, metric=metric,
+                             objective=objective, quantity=quantity, value=float(value)))
+
+        def ptq_loss(th):  # L(Q_b(θ)) on the probe set: what the patch is meant to lower
+            out = logits(model, ptq(th, spec), probe_x, c.eval_batch)
+            return float(torch.nn.functional.cross_entropy(out, probe_y))
+
+        theta_r = points["fp"]
+        for scope in c.scopes:
+            V = [P.select(self.rho(seed, bits, d), scope) for d in names]
+            r = names.index(receiver)
+            gram = {"euclidean": np.array([[P.inner(a, b) for b in V] for a in V])}
+            grads = {}
+            for metric in c.metrics:
+                for objective, point in points.items():
+                    op = CurvatureOperator(model, point, probe, metric=metric, objective=objective, scope=scope,
+                                           spec=spec if objective == "ste" else None)
+                    MV = op.matmat(V)
+                    gram[f"{metric}_{objective}"] = np.array([[P.inner(a, mb) for mb in MV] for a in V])
+                    grads[objective] = op.gradient()
+            for key, K in gram.items():
+                metric, _, objective = key.partition("_")
+                K = 0.5 * (K + K.T)
+                for i, d in enumerate(names):
+                    kdd, krr, kdr = K[i, i], K[r, r], K[i, r]
+                    ok = kdd > 0 and krr > 0
+                    cos = kdr / np.sqrt(kdd * krr) if ok else np.nan
+                    put(scope, metric, objective, d, "inner", kdr)
+                    put(scope, metric, objective, d, "self", kdd)
+                    put(scope, metric, objective, d, "cosine", cos)
+                    put(scope, metric, objective, d, "cos2", cos**2 if ok else np.nan)
+                    put(scope, metric, objective, d, "lam_star", kdr / kdd if kdd > 0 else np.nan)
+                    put(scope, metric, objective, d, "indefinite", float(not ok))
+                for j, ev in enumerate(np.linalg.eigvalsh(K)):
+                    put(scope, metric, objective, "", f"K_eig_{j}", ev)
+            for objective, g in grads.items():
+                for i, d in enumerate(names):
+                    put(scope, "gradient", objective, d, "directional_gradient", P.inner(P.select(g, scope), V[i]))
+            # loss recovery R(D,R) = (L(0) − L(λ ρ_D)) / (L(0) − L(ρ_R)) of the quantized receiver
+            l0, lr = ptq_loss(theta_r), ptq_loss(P.patch(theta_r, V[r], 1.0))
+            for key in [k for k in gram if k.endswith("_ste")] + ["unit"]:
+                K = gram.get(key)
+                for i, d in enumerate(names):
+                    lam = 1.0 if K is None else (K[i, r] / K[i, i] if K[i, i] > 0 else np.nan)
+                    rec = (l0 - ptq_loss(P.patch(theta_r, V[i], lam))) / (l0 - lr) if np.isfinite(lam) else np.nan
+                    put(scope, key, "ptq_loss", d, "recovery", rec)
+            put(scope, "ptq_loss", "ptq_loss", "", "L0", l0)
+            put(scope, "ptq_loss", "ptq_loss", "", "L_own_qat_vector", lr)
+        return pd.DataFrame(rows)
+
+    def dissimilarity(self) -> pd.DataFrame:
+        """1 − cos of task prototypes: mean θ_0 features (pre-head) of each task's val images."""
+
+        def compute():
+            theta0 = self.theta0()
+            names = list(self.cfg.tasks)
+            protos = []
+            for t in names:
+                m = self.model(t)
+                th = {k: v for k, v in theta0.items() if not P.is_head(k)}
+                th.update({k: v for k, v in P.from_model(m).items() if P.is_head(k)})
+                P.load_into(m, th)
+                with torch.inference_mode():
+                    feats = m.forward_head(m.forward_features(self.tasks[t].val.x), pre_logits=True)
+                protos.append(feats.double().mean(0))
+            rows = []
+            for i, a in enumerate(names):
+                for j, b in enumerate(names):
+                    cos = float(torch.nn.functional.cosine_similarity(protos[i], protos[j], dim=0))
+                    rows.append(dict(donor=a, receiver=b, dissimilarity=1 - cos))
+            return pd.DataFrame(rows)
+
+        return self._table(self.dir / "dissimilarity.csv", compute)
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def run(self, geometry: bool = True) -> dict[str, pd.DataFrame]:
+        """Every stage in order (each skipped when its artifact exists); the combined tables."""
+        c = self.cfg
+        self.theta0()
+        jobs = [(s, b) for s in c.seeds for b in c.bits]
+        steps = [("finetune", s, None, t) for s in c.seeds for t in c.tasks]
+        steps += [("qat", s, b, t) for s, b in jobs for t in c.tasks]
+        steps += [("evaluate", s, b, t) for s, b in jobs for t in c.tasks]
+        if geometry:
+            steps += [("geometry", s, b, t) for s, b in jobs for t in c.tasks]
+        for stage, s, b, t in tqdm(steps, desc=c.name, disable=not self.progress, dynamic_ncols=True):
+            self.log(f"{stage} seed={s} bits={b} task={t}")
+            if stage == "finetune":
+                self.finetuned(s, t)
+            elif stage == "qat":
+                self.rho(s, b, t)
+            elif stage == "evaluate":
+                self.evaluate(s, b, t)
+            else:
+                self.geometry(s, b, t)
+        tables = {
+            "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in c.tasks], ignore_index=True),
+            "dissimilarity": self.dissimilarity(),
+        }
+        if geometry:
+            tables["geometry"] = pd.concat([self.geometry(s, b, t) for s, b in jobs for t in c.tasks],
+                                           ignore_index=True)
+        for name, df in tables.items():
+            if name != "dissimilarity":
+                write_table(self.dir / f"{name}.csv", df)
+        return tables

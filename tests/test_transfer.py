@@ -1,0 +1,123 @@
+"""End-to-end checks of the transfer experiment on the `tiny` preset (3 tasks, a few steps).
+
+They check the invariants of the tables, not the numbers a tiny model happens to reach.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qgeom import analysis
+from qgeom import params as P
+from qgeom.commands.transfer_cli import run_experiment
+from qgeom.config import preset, with_overrides
+from qgeom.transfer import ConfigMismatchError, TransferRun, random_like
+
+TABLES = ("accuracy.csv", "geometry.csv", "pairs.csv", "receivers.csv", "correlations.csv")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny")
+    run_experiment("tiny", run_dir, [], progress=False)
+    return run_dir
+
+
+def test_tables_exist_and_are_tidy(tiny_run: Path) -> None:
+    for name in TABLES:
+        assert (tiny_run / name).stat().st_size > 0, name
+    acc = pd.read_csv(tiny_run / "accuracy.csv")
+    assert set(acc.method) == {"baseline", "qat", "pretrained_backbone", "patch", "multi_donor", "random"}
+    assert acc.value.between(0, 1).all()
+    cfg = preset("tiny")
+    # every donor × receiver × λ × scope is there, for both splits
+    patch = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")]
+    lams = sorted(set(cfg.lambdas) | {1.0})
+    assert len(patch) == len(cfg.tasks) ** 2 * len(lams) * len(cfg.scopes) * 2
+
+
+def test_self_patch_reproduces_qat_backbone_exactly(tiny_run: Path) -> None:
+    """θ_R + 1·ρ_R on the backbone is θ_R,QAT's backbone, bit for bit (head stays θ_R's)."""
+    run = TransferRun(preset("tiny"), tiny_run, progress=False)
+    for t in run.cfg.tasks:
+        theta, theta_q, rho = run.finetuned(0, t), run.qat(0, 2, t), run.rho(0, 2, t)
+        patched = P.patch(theta, rho, 1.0)
+        for k in theta:
+            expected = theta[k] if P.is_head(k) else theta_q[k]
+            # ρ is stored in float64, where θ_q − θ of float32 values is exact: bit-for-bit equality
+            assert torch.equal(patched[k], expected), k
+        assert any(not torch.equal(theta[k], theta_q[k]) for k in rho)  # QAT moved the backbone
+
+
+def test_random_control_matches_per_tensor_norms() -> None:
+    g = torch.Generator().manual_seed(0)
+    vec = {"a.weight": torch.randn(5, 7), "b.bias": torch.randn(3) * 10, "z.weight": torch.zeros(4, 4)}
+    r = random_like(vec, g)
+    for k in vec:
+        assert r[k].norm().item() == pytest.approx(vec[k].norm().item(), rel=1e-6)
+    assert P.cosine(r, vec) < 0.9  # a different direction
+
+
+def test_lambda_is_chosen_on_validation_only(tiny_run: Path) -> None:
+    acc = pd.read_csv(tiny_run / "accuracy.csv", keep_default_na=False, na_values=[""])
+    chosen = analysis.choose_lambda(acc)
+    scrambled = acc.copy()
+    test_rows = scrambled.split == "test"
+    scrambled.loc[test_rows, "value"] = np.random.default_rng(0).random(test_rows.sum())
+    assert (analysis.choose_lambda(scrambled).lam_val.values == chosen.lam_val.values).all()
+    # and validation rows do drive it: making λ = 0.5 best on val selects it everywhere
+    forced = acc.copy()
+    forced.loc[(forced.split == "val") & (forced.lam == 0.5), "value"] = 2.0
+    assert (analysis.choose_lambda(forced).lam_val == 0.5).all()
+
+
+def test_resume_after_kill_gives_identical_tables(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Kill a fresh run half-way (an exception in the geometry stage), resume, compare tables."""
+    import qgeom.transfer as T
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(tiny_run, run_dir)
+    for f in list(run_dir.glob("seed0/eval2/*.csv"))[:1] + list(run_dir.glob("seed0/geometry2/*.csv")) + \
+            list(run_dir.glob("seed0/qat2/*position*")) + [run_dir / n for n in TABLES]:
+        f.unlink()
+    calls = {"n": 0}
+    original = T.TransferRun._geometry
+
+    def dying(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(T.TransferRun, "_geometry", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("tiny", run_dir, [], progress=False)
+    assert not list(run_dir.rglob("*.tmp")), "a killed stage left a partial file"
+    monkeypatch.setattr(T.TransferRun, "_geometry", original)
+    run_experiment("tiny", run_dir, [], progress=False)
+    for name in TABLES:
+        a, b = pd.read_csv(tiny_run / name), pd.read_csv(run_dir / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12, obj=name)
+
+
+def test_other_config_in_same_directory_is_refused(tiny_run: Path) -> None:
+    with pytest.raises(ConfigMismatchError, match="finetune"):
+        TransferRun(with_overrides(preset("tiny"), ["finetune.steps=11"]), tiny_run)
+
+
+def test_geometry_is_consistent(tiny_run: Path) -> None:
+    geo = pd.read_csv(tiny_run / "geometry.csv", keep_default_na=False, na_values=[""])
+    cos = geo[geo.quantity == "cosine"].value.dropna()
+    assert (cos.abs() <= 1 + 1e-9).all()
+    # the receiver's own vector has cosine 1 with itself and λ* = 1 in every metric
+    own = geo[(geo.donor == geo.receiver) & geo.quantity.isin(["cosine", "lam_star"])]
+    assert np.allclose(own.value, 1.0, atol=1e-6)
+    # GGN Gram matrices are PSD: eigenvalues ≥ −(roundoff)
+    eig = geo[geo.quantity.str.startswith("K_eig") & geo.metric.isin(["ggn", "euclidean"])]
+    assert (eig.value > -1e-6 * eig.value.abs().max()).all()

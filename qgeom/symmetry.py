@@ -305,8 +305,9 @@ class Symmetry:
     def quantizer_equivariant(self, spec: QuantSpec | None = None) -> bool:
         """Whether Q_b(gθ) = g Q_b(θ) for every θ, decided from the matrices on quantized tensors.
 
-        Per-row grids: rows may be mapped by any monomial matrix (sign flips need a symmetric
-        grid), columns by a scalar × signed permutation (it keeps each row's absmax ratio).
+        Per-row grids: rows may be mapped by any monomial matrix, columns by a scalar × signed
+        permutation (it keeps each row's absmax ratio). Sign flips are fine for the asymmetric
+        min/max grid too: its range always contains 0, so Q(−w) = −Q(w) (zero point q_max − zp).
         Per-tensor grids: both axes scalar × signed permutation. Per-group: columns must also map
         groups onto groups.
         """
@@ -344,8 +345,6 @@ def _orthogonal(cls: dict[int, AxisClass], rtol: float = 1e-9) -> bool:
 
 def _quantizer_ok(rows: AxisClass, cols: AxisClass, spec: QuantSpec) -> bool:
     if rows.monomial is None or cols.monomial is None or cols.ortho_scale is None:
-        return False
-    if not spec.symmetric and (bool((rows.monomial[1] < 0).any()) or bool((cols.monomial[1] < 0).any())):
         return False
     if spec.granularity == "tensor":
         return rows.ortho_scale is not None
@@ -659,11 +658,14 @@ def random_blocks(gen: torch.Generator, m: int, d: int, mode: str, strength: flo
     """m random d×d invertible matrices (float64) of ``mode`` (see :data:`MIXING_MODES`).
 
     mixing: U diag(e^{u}) Vᵀ with U, V Haar-orthogonal, condition number e^strength (d ≥ 2);
-    orthogonal: Haar; diagonal: diag(e^{u}) (positive, log-spread = strength); scalar: c·I
-    with log c = ±strength/2; signed_permutation: a random permutation with random signs.
+    orthogonal: Haar; diagonal: diag(e^{u}) (positive, log-spread = strength); scalar: c_h·I,
+    log c_h spread over [−strength/2, strength/2] across the m heads (±strength/2 when m = 1);
+    signed_permutation: a random permutation with random signs.
     """
     eye = torch.eye(d, dtype=torch.float64).expand(m, d, d)
     if mode == "scalar":
+        if m >= 2:  # distinct factors across heads, spread = strength
+            return eye * torch.exp(_spread(gen, (m,), strength)).reshape(m, 1, 1)
         sign = torch.randint(0, 2, (m, 1, 1), generator=gen).double() * 2 - 1
         return eye * torch.exp(sign * strength / 2)
     if mode == "diagonal":
@@ -682,8 +684,7 @@ def random_symmetry(model, kind: str, *, strength: float = 1.0, seed: int = 0, b
     """A random element of ``kind`` (see :data:`KINDS`) acting on every block (or ``blocks``).
 
     strength: log condition number of the GL blocks (e.g. 1.0 → κ = e) and the log-spread of
-    the scalings (LayerNorm/LayerScale folding, diagonal mixing); |log c| = strength/2 for
-    scalar mixing. Permutations are never the identity (when there are ≥ 2 things to permute).
+    the scalings (LayerNorm/LayerScale folding, diagonal and scalar mixing). Permutations are never the identity (when there are ≥ 2 things to permute).
     """
     L = layout_of(model)
     gen = torch.Generator().manual_seed(seed)

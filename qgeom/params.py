@@ -250,7 +250,9 @@ def task_vector(finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor
     """τ_t = θ_t − θ_0 on ``scope``; the two dicts must agree on the scope's keys.
 
     Computed and stored in ``dtype`` (float64 by default): the difference of two float32
-    tensors is exact in float64, so θ_0 + τ_t reproduces θ_t bit for bit (see :func:`patch`).
+    values is exact in float64 when their magnitudes are within a factor 2^29 of each other (or
+    one is 0), so θ_0 + τ_t reproduces θ_t bit for bit for all such entries (see :func:`patch`).
+    Beyond that ratio it is rounded once (e.g. θ_0 = 1, θ_t = (1 + 2^−23)·2^−31).
     """
     ft, pt = select(finetuned, scope), select(pretrained, scope)
     check_compatible(ft, pt, names=("fine-tuned", "pretrained"))

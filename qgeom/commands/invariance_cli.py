@@ -1,0 +1,135 @@
+"""``qgeom check-invariance``: measure every invariance level of the ViT symmetries.
+
+Builds a model (a preset with seeded random weights, or a qgeom checkpoint), a probe set from an
+offline task, random elements of the chosen symmetry kinds, and runs
+:func:`qgeom.invariance.check_invariance`. Prints a table, writes CSV/JSON with ``--out``, and
+exits with status 1 when an expected invariance (or covariance) fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _model_and_params(preset: str, checkpoint: Optional[Path], num_classes: int, seed: int, init_values: Optional[float]):
+    from qgeom.models import create_model
+    from qgeom.params import from_model, load_params
+
+    if checkpoint is None:
+        extra = {} if init_values is None else {"init_values": init_values}
+        model = create_model(preset, num_classes, seed=seed, **extra)
+        return model, from_model(model), f"preset {preset} (random weights, seed {seed})"
+    params, meta = load_params(checkpoint)
+    if "preset" not in meta or "num_classes" not in meta:
+        raise typer.BadParameter(f"{checkpoint} has no model metadata (preset, num_classes): was it written by qgeom?")
+    model = create_model(meta["preset"], int(meta["num_classes"]), **json.loads(meta.get("model_overrides", "{}")))
+    return model, params, f"checkpoint {checkpoint}"
+
+
+def _kinds(symmetry: str) -> list[str]:
+    from qgeom.symmetry import KINDS
+
+    kinds = list(KINDS) if symmetry == "all" else [k.strip() for k in symmetry.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise typer.BadParameter(f"unknown symmetry {', '.join(unknown)}; known: all, {', '.join(KINDS)}", param_hint="--symmetry")
+    return kinds
+
+
+def _table(frame) -> Table:
+    table = Table("symmetry", "level", "quantity", "expected", "measured", "tol", "", "before → after", show_lines=False)
+    mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}
+    for r in frame.to_dict("records"):
+        ba = "" if r["before"] != r["before"] else f"{r['before']:.6g} → {r['after']:.6g}"
+        agrees = None if r["agrees"] is None or r["agrees"] != r["agrees"] else bool(r["agrees"])
+        if agrees is False and r["expected"] == "not invariant":
+            flag = "[yellow]?[/]"
+        else:
+            flag = mark[agrees]
+        table.add_row(r["symmetry"], r["level"], r["quantity"], r["expected"], f"{r['measured']:.2e}",
+                      f"{r['tolerance']:.1e}", flag, ba)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``check-invariance`` to ``app``."""
+
+    @app.command("check-invariance")
+    def check_invariance_cmd(
+        symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
+        strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),
+        dtype: str = typer.Option("float64", help="float64 (tolerance 1e-10 on the function) or float32"),
+        preset: str = typer.Option("micro", help="model preset (random weights) when no --checkpoint"),
+        checkpoint: Optional[Path] = typer.Option(None, help="a qgeom checkpoint (.safetensors) instead of a preset"),
+        bits: int = typer.Option(2, help="weight bit width of Q_b, 2–8 (per-row symmetric RTN)"),
+        task: str = typer.Option("shape", help="offline task whose validation images form the probe set"),
+        samples: int = typer.Option(16, help="probe images"),
+        levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
+        metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
+        pipeline_steps: int = typer.Option(3, help="AdamW QAT steps of the pipeline level"),
+        rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
+        rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
+        init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
+        seed: int = typer.Option(0, help="seeds the weights, the elements and the random vectors"),
+        out: Optional[Path] = typer.Option(None, help="write <out>.csv and <out>.json"),
+    ) -> None:
+        """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
+        import torch
+
+        from qgeom.data import make_task, probe_batches
+        from qgeom.invariance import LEVELS, check_invariance
+        from qgeom.params import load_params
+        from qgeom.quant import QuantSpec
+        from qgeom.symmetry import CATALOGUE, applicable_kinds, random_symmetry
+
+        t0 = time.time()
+        kinds = _kinds(symmetry)
+        lv = list(LEVELS) if levels == "all" else [x.strip() for x in levels.split(",") if x.strip()]
+        if set(lv) - set(LEVELS):
+            raise typer.BadParameter(f"unknown levels {sorted(set(lv) - set(LEVELS))}", param_hint="--levels")
+        if dtype not in ("float32", "float64"):
+            raise typer.BadParameter("dtype must be float32 or float64", param_hint="--dtype")
+        data = make_task(task, seed=seed, n_train=1, n_val=max(samples, 1), n_test=1)
+        model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
+        classes = model.num_classes
+        batches = [(x, y % classes) for x, y in probe_batches(data.val, samples, batch_size=samples, seed=seed)]
+        vectors = None
+        if rho_d is not None or rho_r is not None:
+            if rho_d is None or rho_r is None:
+                raise typer.BadParameter("give both --rho-d and --rho-r")
+            vectors = (load_params(rho_d)[0], load_params(rho_r)[0])
+        why = applicable_kinds(model)
+        for k in [k for k in kinds if why[k]]:
+            console.print(f"[yellow]skipping {k}[/]: {why[k]}")
+        syms = [random_symmetry(model, k, strength=strength, seed=seed + i) for i, k in enumerate(kinds) if not why[k]]
+        if not syms:
+            raise typer.BadParameter("no applicable symmetry for this model", param_hint="--symmetry")
+        spec = QuantSpec(bits=bits)
+        if symmetry == "all":  # signed permutations, and one rescaling to show where the pipeline breaks
+            pipe = [g.kind for g in syms if CATALOGUE[g.kind]["pipeline"]] + ["qk_scalar"]
+        else:
+            pipe = None
+        report = check_invariance(model, params, syms, batches, vectors=vectors, spec=spec,
+                                  dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],
+                                  pipeline_steps=pipeline_steps, pipeline_for=pipe, seed=seed)
+        report.meta.update(source=source, task=task, strength=strength, kinds=[g.kind for g in syms])
+        console.print(_table(report.frame))
+        fails, surprises = report.failures(), report.surprises()
+        agree = sum(1 for r in report.rows if r["agrees"])
+        console.print(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "
+                      f"{len(report.rows)} checks: {agree} agree, [red]{len(fails)} failed[/], "
+                      f"[yellow]{len(surprises)} expected violations not measured[/] ({time.time() - t0:.1f} s)")
+        if out is not None:
+            csv, js = report.write(out)
+            console.print(f"wrote [bold]{csv}[/] and [bold]{js}[/]")
+        if fails:
+            raise typer.Exit(code=1)

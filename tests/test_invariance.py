@@ -1,0 +1,136 @@
+"""check_invariance: every level for random configurations and elements; pipeline; report; CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_symmetry import draw_element, tiny_vit, vit_configs  # shared cases (pytest puts tests/ on sys.path)
+
+from qgeom.invariance import InvarianceReport, Tolerances, check_invariance
+from qgeom.params import select
+from qgeom.quant import QuantSpec
+from qgeom.symmetry import KINDS, BlockLinear, Symmetry, applicable_kinds, random_symmetry
+
+TINY = dict(depth=2, num_heads=2, embed_dim=8, img_size=8, patch_size=4, mlp_ratio=2.0, init_values=0.5)
+
+
+def batches(cfg, n=6, classes=3, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, cfg["img_size"], cfg["img_size"], generator=g, dtype=dtype)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return [(x[: n // 2], y[: n // 2]), (x[n // 2 :], y[n // 2 :])]
+
+
+def assert_agrees(report: InvarianceReport) -> None:
+    bad = [r for r in report.rows if r["agrees"] is False]
+    assert not bad, "\n".join(f"{r['symmetry']} {r['level']} {r['quantity']}: expected {r['expected']}, "
+                              f"measured {r['measured']:.3g} (tol {r['tolerance']:.3g})" for r in bad)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cfg=vit_configs(min_head_dim=4), data=st.data())
+def test_every_level_agrees_with_the_expectations(cfg, data):
+    """float64: logits to 1e-10; ∇L, G·v and H·v covariant; λ*, cos_M, wᵀ∇L invariant; the
+    Euclidean cosine invariant for orthogonal g and measurably changed otherwise; Q_b equivariant
+    where the element's matrices say so and measurably not otherwise; one AdamW/SGD step likewise."""
+    model, theta = tiny_vit(cfg, seed=data.draw(st.integers(0, 99)))
+    g = draw_element(data, model)
+    report = check_invariance(model, theta, g, batches(cfg), spec=QuantSpec(bits=3),
+                              levels=("function", "covariance", "geometry", "quantizer", "optimizer"))
+    assert_agrees(report)
+    df = report.frame
+    exp = g.expectations(QuantSpec(bits=3))
+    assert (df.level == "covariance").sum() == 3 and (df[df.level == "covariance"].expected == "covariant").all()
+    eu = df[df.quantity == "Euclidean cosine"].iloc[0]
+    assert eu.expected == ("invariant" if exp["euclidean"] else "not invariant")
+    assert df[df.quantity.str.startswith("‖Q(gθ)")].iloc[0].expected == ("invariant" if exp["quantizer"] else "not invariant")
+    assert df[(df.level == "geometry") & df.quantity.str.startswith("λ*_ggn")].iloc[0].expected == "invariant"
+
+
+def test_pipeline_level_qat_commutes_with_a_permutation_and_breaks_under_a_rescaling():
+    """ρ(gθ) = g ρ(θ) for a real 3-step AdamW QAT run under a residual permutation (and a sign
+    flip of query/key coordinates), not under a query/key rescaling (AdamW is not scale-equivariant)."""
+    model, theta = tiny_vit(TINY)
+    syms = [random_symmetry(model, k, seed=2) for k in ("residual_permutation", "qk_signed_permutation", "qk_scalar")]
+    report = check_invariance(model, theta, syms, batches(TINY), spec=QuantSpec(bits=2), levels=("pipeline",),
+                              pipeline_steps=3)
+    rows = {r["symmetry"]: r for r in report.rows}
+    assert rows["residual_permutation"]["expected"] == "invariant" and rows["residual_permutation"]["measured"] <= 1e-10
+    assert rows["qk_signed_permutation"]["measured"] <= 1e-10
+    assert rows["qk_scalar"]["expected"] == "not invariant" and rows["qk_scalar"]["measured"] > 1e-3
+    assert report.ok and not report.surprises()
+
+
+def test_float32_tolerances_hold_for_every_kind():
+    model, theta = tiny_vit(TINY)
+    syms = [random_symmetry(model, k, seed=4) for k in KINDS]
+    report = check_invariance(model, theta, syms, batches(TINY), dtype=torch.float32, spec=QuantSpec(bits=3),
+                              levels=("function", "covariance", "geometry", "quantizer", "optimizer"))
+    assert_agrees(report)
+    assert report.meta["dtype"] == "float32"
+    assert (report.frame.tolerance[report.frame.level == "function"] >= Tolerances.for_dtype(torch.float32).function).all()
+
+
+def test_vectors_on_a_scope_and_a_broken_symmetry_fails(tmp_path):
+    model, theta = tiny_vit(TINY)
+    g = torch.Generator().manual_seed(0)
+    u = {k: 1e-2 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in select(theta, "backbone").items()}
+    v = {k: t + 1e-2 * torch.randn(t.shape, generator=g, dtype=t.dtype) for k, t in u.items()}
+    A = torch.randn(2, 4, 4, generator=g, dtype=torch.float64)
+    bad = Symmetry("bad", (("blocks.0.attn.qkv.weight", 0, BlockLinear(torch.cat([A, A, torch.eye(4).double().expand(2, 4, 4)]))),),
+                   {"blocks.0.attn.qkv.weight": (24, 8)})
+    good = random_symmetry(model, "vo_mixing", seed=1)
+    report = check_invariance(model, theta, [good, bad], batches(TINY), vectors=(u, v),
+                              levels=("function", "covariance", "geometry"))
+    assert report.meta["vector_keys"] == len(u)
+    assert not report.ok
+    assert {r["symmetry"] for r in report.failures()} == {"bad"}
+    assert {r["level"] for r in report.failures()} >= {"function", "covariance"}
+    csv, js = report.write(tmp_path / "inv")
+    assert list(pd.read_csv(csv).columns) == list(InvarianceReport.COLUMNS)
+    loaded = json.loads(js.read_text())
+    assert loaded["ok"] is False and len(loaded["rows"]) == len(report.rows)
+
+
+def test_cli_check_invariance(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from qgeom.commands.invariance_cli import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # keep typer in multi-command mode
+    out = tmp_path / "inv"
+    args = ["check-invariance", "--symmetry", "head_permutation,qk_scalar", "--levels", "function,quantizer",
+            "--samples", "4", "--bits", "3", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out.with_suffix(".csv"))
+    assert set(df.symmetry) == {"head_permutation", "qk_scalar"} and df.agrees.isin([True, False]).any()
+    res = CliRunner().invoke(app, ["check-invariance", "--symmetry", "no_such_kind"])
+    assert res.exit_code != 0 and "no_such_kind" in res.output
+
+
+def test_applicable_kinds_names_the_reason():
+    model, _ = tiny_vit({**TINY, "init_values": None})
+    why = applicable_kinds(model)
+    assert why["layerscale_folding"] and "LayerScale" in why["layerscale_folding"]
+    assert all(why[k] is None for k in KINDS if k != "layerscale_folding")
+
+
+@pytest.mark.slow
+def test_micro_preset_all_kinds_float64():
+    from qgeom.data import make_task
+    from qgeom.models import create_model
+    from qgeom.params import from_model
+
+    task = make_task("shape", n_train=8, n_val=16, n_test=8)
+    model = create_model("micro", task.num_classes, seed=0, init_values=0.1)
+    syms = [random_symmetry(model, k, seed=1) for k in KINDS]
+    report = check_invariance(model, from_model(model), syms, [(task.val.x, task.val.y)], spec=QuantSpec(bits=2),
+                              pipeline_for=("residual_permutation", "qk_scalar"))
+    assert_agrees(report)

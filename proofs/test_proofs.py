@@ -1,0 +1,131 @@
+"""Run every symbolic check in ``proofs/`` and every "must fail" perturbation.
+
+Each ``check_0N_*.py`` exposes ``CHECKS`` (plain functions raising AssertionError when
+the algebra fails). The perturbation tests inject one broken identity per case (a dropped
+inverse-transpose, g instead of g^-T, a flipped sign, a wrong constant ...) and require
+the corresponding check to raise: a check that cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import sympy as sp
+
+PROOFS = Path(__file__).resolve().parent
+if str(PROOFS) not in sys.path:
+    sys.path.insert(0, str(PROOFS))
+
+MODULES = [
+    "check_01_optimal_scale",
+    "check_02_second_order",
+    "check_03_covariance",
+    "check_04_vit_symmetries",
+    "check_05_quantizer",
+    "check_06_optimizer_pipeline",
+]
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+ALL_CHECKS = [(name, check.__name__) for name in MODULES for check in _load(name).CHECKS]
+
+
+@pytest.mark.parametrize(("module", "check"), ALL_CHECKS, ids=[f"{m}:{c}" for m, c in ALL_CHECKS])
+def test_check_passes(module: str, check: str) -> None:
+    """Every stated identity holds."""
+    line = getattr(_load(module), check)()
+    assert isinstance(line, str) and line
+
+
+def _m(name: str) -> ModuleType:
+    return _load(name)
+
+
+c1, c2, c3, c4, c5, c6 = (_m(n) for n in MODULES)
+
+# (id, check, keyword arguments that break exactly one identity)
+PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
+    # 1. optimal scale
+    ("01 non-symmetric metric", c1.check_quadratic_expansion, {"symmetric": False}),
+    ("01 lam* = b/c", c1.check_optimal_scale, {"lam_star": lambda a, b, c: b / c}),
+    ("01 lam* = -b/a (sign flip)", c1.check_optimal_scale, {"lam_star": lambda a, b, c: -b / a}),
+    ("01 fraction = cos (not cos^2)", c1.check_recovered_fraction,
+     {"fraction": lambda a, b, c: b / sp.sqrt(a * c)}),
+    ("01 counterexamples with a constant fraction", c1.check_counterexamples,
+     {"fraction": lambda a, b, c: sp.Rational(1, 2)}),
+    # 2. second order
+    ("02 Delta = lam* rho_D", c2.check_cubic_bound, {"delta_rule": lambda lam, u, v: lam * u}),
+    ("02 not stationary", c2.check_cubic_bound, {"stationary": False}),
+    ("02 constant 1/8", c2.check_taylor_remainder, {"const": sp.Rational(1, 8)}),
+    # 3. covariance
+    ("03 gradient as a vector (g, not g^-T)", c3.check_gradient_covariance,
+     {"rule": lambda g, gi, x: g * x}),
+    ("03 Hessian g^T H g", c3.check_hessian_covariance, {"rule": lambda g, gi, m: g.T * m * g}),
+    ("03 Hessian without the transpose", c3.check_hessian_covariance,
+     {"rule": lambda g, gi, m: gi * m * gi}),
+    ("03 GGN g^-1 G g^-T", c3.check_ggn_covariance, {"rule": lambda g, gi, m: gi * m * gi.T}),
+    ("03 Fisher g^T F g", c3.check_fisher_covariance, {"rule": lambda g, gi, m: g.T * m * g}),
+    ("03 rho as a covector", c3.check_metric_invariants, {"tangent": lambda g, gi, u: gi.T * u}),
+    # 4. ViT symmetries
+    ("04 keys by A (no inverse-transpose)", c4.check_qk_mixing, {"key_rule": lambda a, ai, w: a * w}),
+    ("04 keys by A^-1 (no transpose)", c4.check_qk_mixing, {"key_rule": lambda a, ai, w: ai * w}),
+    ("04 proj by B^T", c4.check_vo_mixing, {"out_rule": lambda b, bi, w: w * b.T}),
+    ("04 head perm without proj", c4.check_head_permutation, {"permute_proj": False}),
+    ("04 LN folding with s, not 1/s", c4.check_layernorm_gain_folding, {"col_rule": lambda s: s}),
+    ("04 LayerScale rows by s", c4.check_layerscale_folding, {"row_rule": lambda s: s}),
+    ("04 MLP perm without fc2", c4.check_mlp_hidden_permutation, {"permute_fc2": False}),
+    ("04 stream perm without LN gain", c4.check_residual_permutation, {"permute_gain": False}),
+    ("04 stream sign flip keeps gain", c4.check_residual_sign_flip, {"negate_gain": False}),
+    ("04 odd activation (tanh)", c4.check_mlp_sign_flip_fails, {"activation": sp.tanh}),
+    # 5. quantizer
+    ("05 round half up is not odd", c5.check_rounding_is_odd, {"rounder": c5.round_half_up}),
+    ("05 sign flips with round half up", c5.check_sign_flips, {"rounder": c5.round_half_up}),
+    ("05 sign flips with torch.ao scale", c5.check_sign_flips, {"scale": c5.torchao_scale}),
+    ("05 clamp reached with torch.ao scale", c5.check_clamp_inactive, {"scale": c5.torchao_scale}),
+    ("05 per-tensor scale vs row scaling", c5.check_positive_row_scaling,
+     {"quantizer": c5.per_tensor_quantize}),
+    ("05 no rounding: no counterexample", c5.check_column_scaling_counterexample,
+     {"quantizer": c5.identity_quantize}),
+    # 6. optimizer and pipeline
+    ("06 continuous rescaling", c6.check_adamw_signed_permutation, {"extra": [sp.diag(2, 1, 1)]}),
+    ("06 even update |m|", c6.check_adamw_signed_permutation,
+     {"update": lambda m, v, e, lr: lr * sp.Abs(m) / (sp.sqrt(v) + e)}),
+    ("06 gradient not transformed", c6.check_adamw_diagonal_forces_unit,
+     {"grad_rule": lambda x, d: x}),
+    ("06 pipeline under diag(2, 1/2)", c6.check_toy_pipeline,
+     {"extra_symmetry": np.diag([2.0, 0.5])}),
+]
+
+
+@pytest.mark.parametrize(("case", "check", "kwargs"), PERTURBATIONS,
+                         ids=[p[0] for p in PERTURBATIONS])
+def test_perturbation_is_detected(case: str, check: Callable[..., str],
+                                  kwargs: dict[str, Any]) -> None:
+    """A broken identity must make its check raise AssertionError."""
+    with pytest.raises(AssertionError):
+        check(**kwargs)
+
+
+def test_every_module_has_a_perturbation() -> None:
+    """Each check script is exercised by at least one must-fail case."""
+    covered = {p[1].__module__ for p in PERTURBATIONS}
+    assert covered == set(MODULES)
+
+
+@pytest.mark.parametrize("module", MODULES[:2])
+def test_script_entry_point(module: str) -> None:
+    """``python proofs/check_0N_*.py`` runs and reports its checks (two cheap scripts)."""
+    out = subprocess.run([sys.executable, str(PROOFS / f"{module}.py")],
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert "checks passed" in out.stdout

@@ -7,8 +7,10 @@ so every command after ``pretrain`` needs only file names.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +25,25 @@ app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — t
 console = Console()
 
 BITS_HELP = "weight bit width, 2–8 (per-row symmetric RTN, the paper's quantizer)"
+BITS_RANGE = dict(min=2, max=8)  # checked by click before any work: "Invalid value for '--bits'"
+
+
+def _clean_errors(command):
+    """Report qgeom's own errors (missing or corrupt checkpoints, incompatible vectors, unknown
+    tasks, unsupported bit widths: all ``ValueError``s) as one line on stderr with exit code 1,
+    instead of a traceback. ``QGEOM_DEBUG=1`` shows the traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as e:
+            if os.environ.get("QGEOM_DEBUG"):
+                raise
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(1) from e
+
+    return run
 
 
 def _load(path: Path) -> tuple[P.Params, dict]:
@@ -30,13 +51,13 @@ def _load(path: Path) -> tuple[P.Params, dict]:
     return params, meta
 
 
-def _model_for(meta: dict, path: Path):
+def _model_for(meta: dict, path: Path, num_classes: int | None = None):
     from qgeom.models import create_model
 
-    if "preset" not in meta or "num_classes" not in meta:
+    if "preset" not in meta or (num_classes is None and "num_classes" not in meta):
         raise typer.BadParameter(f"{path} has no model metadata (preset, num_classes): was it written by qgeom?")
     overrides = json.loads(meta.get("model_overrides", "{}"))
-    return create_model(meta["preset"], int(meta["num_classes"]), **overrides)
+    return create_model(meta["preset"], num_classes or int(meta["num_classes"]), **overrides)
 
 
 def _save(path: Path, params: P.Params, meta: dict, **extra) -> None:
@@ -53,6 +74,7 @@ def _task(name: str, seed: int):
 
 
 @app.command()
+@_clean_errors
 def pretrain(
     out: Path = typer.Option(..., help="where to write θ_0 (.safetensors)"),
     preset: str = typer.Option("micro", help="model preset: micro, tiny, small, base, large"),
@@ -63,23 +85,32 @@ def pretrain(
     batch_size: int = typer.Option(128),
     n_per_task: int = typer.Option(3000, help="training images per task in the mixture"),
     seed: int = typer.Option(0),
+    model_overrides: str = typer.Option("{}", help='timm keyword overrides as JSON, e.g. \'{"depth": 2}\'; '
+                                                   "recorded in every later checkpoint's metadata"),
 ) -> None:
     """Pretrain θ_0 on a pretext mixture of the offline tasks."""
     from qgeom.data import pretext_task
     from qgeom.models import create_model
     from qgeom.train import TrainConfig, accuracy, pretrain as run
 
+    try:
+        overrides = json.loads(model_overrides)
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"not JSON: {e}", param_hint="--model-overrides") from e
+    if not isinstance(overrides, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--model-overrides")
     names = [t for t in tasks.split(",") if t]
     task = pretext_task(names, seed=seed, n_per_task=n_per_task)
-    model = create_model(preset, task.num_classes, seed=seed)
+    model = create_model(preset, task.num_classes, seed=seed, **overrides)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 15), seed=seed)
     theta0 = run(model, task, cfg, progress=True)
     console.print(f"pretext validation Top-1: {accuracy(model, theta0, task.val):.3f}")
     _save(out, theta0, {}, preset=preset, num_classes=task.num_classes, task=task.name, stage="pretrain",
-          config=cfg.to_dict())
+          config=cfg.to_dict(), model_overrides=overrides)
 
 
 @app.command()
+@_clean_errors
 def finetune(
     pretrained: Path = typer.Option(..., help="θ_0 checkpoint"),
     task: str = typer.Option(..., help="task name (see `qgeom tasks`)"),
@@ -91,12 +122,11 @@ def finetune(
     data_seed: int = typer.Option(0, help="seed of the task's generated images"),
 ) -> None:
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
-    from qgeom.models import create_model
     from qgeom.train import TrainConfig, accuracy, finetune as run
 
     theta0, meta = _load(pretrained)
     t = _task(task, data_seed)
-    model = create_model(meta["preset"], t.num_classes, **json.loads(meta.get("model_overrides", "{}")))
+    model = _model_for(meta, pretrained, t.num_classes)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta = run(model, theta0, t, cfg, progress=True)
     console.print(f"{task} test Top-1: {accuracy(model, theta, t.test):.3f}")
@@ -105,10 +135,11 @@ def finetune(
 
 
 @app.command()
+@_clean_errors
 def qat(
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
     out: Path = typer.Option(..., help="where to write θ_t,QAT"),
-    bits: int = typer.Option(2, help=BITS_HELP),
+    bits: int = typer.Option(2, help=BITS_HELP, **BITS_RANGE),
     steps: int = typer.Option(100),
     lr: float = typer.Option(5e-4),
     batch_size: int = typer.Option(128),
@@ -129,6 +160,7 @@ def qat(
 
 
 @app.command()
+@_clean_errors
 def extract(
     qat_checkpoint: Path = typer.Option(..., "--qat", help="θ_t,QAT checkpoint"),
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
@@ -144,6 +176,7 @@ def extract(
 
 
 @app.command()
+@_clean_errors
 def patch(
     receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
     vector: Path = typer.Option(..., help="vector ρ_D (.safetensors)"),
@@ -158,10 +191,11 @@ def patch(
 
 
 @app.command()
+@_clean_errors
 def ptq(
     weights: Path = typer.Option(..., help="checkpoint to quantize"),
     out: Path = typer.Option(..., help="where to write Q_b(θ)"),
-    bits: int = typer.Option(2, help=BITS_HELP),
+    bits: int = typer.Option(2, help=BITS_HELP, **BITS_RANGE),
     granularity: str = typer.Option("row", help="row (default), tensor or group"),
 ) -> None:
     """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
@@ -177,15 +211,19 @@ def ptq(
 
 
 @app.command()
+@_clean_errors
 def evaluate(
     weights: list[Path] = typer.Argument(..., help="checkpoints to evaluate"),
-    bits: Optional[list[int]] = typer.Option(None, help="also evaluate after PTQ at these bit widths"),
+    bits: Optional[list[int]] = typer.Option(None, help="also evaluate after PTQ at these bit widths (2–8)",
+                                             **BITS_RANGE),
     split: str = typer.Option("test", help="train, val or test"),
 ) -> None:
     """Top-1 of checkpoints on their own task, FP and after PTQ."""
     from qgeom.quant import QuantSpec
     from qgeom.train import accuracy
 
+    if split not in ("train", "val", "test"):
+        raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--split")
     bits = bits or []
     table = Table("checkpoint", "task", "FP", *[f"PTQ {b}b" for b in bits])
     for path in weights:

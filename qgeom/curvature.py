@@ -1,0 +1,386 @@
+"""Curvature operators: products with the Hessian, the Gauss-Newton matrix and the empirical Fisher.
+
+All three are matrices over the coordinates of a *scope* (the variables; every other tensor of
+the model is held fixed at the expansion point θ), for the loss of one of two objectives on a
+fixed probe set {(x_b, y_b)} of N = Σ_b n_b samples (DESIGN.md §2):
+
+* ``fp``:  L(θ) = (1/N) Σ_i ℓ(f(θ, x_i), y_i), ℓ the softmax cross-entropy, eval mode;
+* ``ste``: L(Q_b(θ)) with Q_b's Jacobian taken as the identity (:func:`qgeom.quant.fake_quantize`
+  on the ``quantized`` tensors), so every derivative is the fp derivative evaluated at Q_b(θ):
+  ∇ = ∇L(Q_b(θ)), H_ste(θ) = H_L(Q_b(θ)).
+
+Metrics (P = number of scoped coordinates, K = classes, J_i = ∂f(θ, x_i)/∂θ ∈ R^{K×P}):
+
+* ``hessian``  H = ∇²L, products H·v by forward-over-reverse (``torch.func.jvp`` of
+  ``torch.func.grad``) or by double backward (``torch.autograd.grad(create_graph=True)``);
+* ``ggn``      G = (1/N) Σ_i J_iᵀ C_i J_i, C_i = diag(p_i) − p_i p_iᵀ the Hessian of ℓ in the
+  logits (p_i = softmax f(θ, x_i)): one JVP (J v) and one VJP (Jᵀ u) per batch; G ⪰ 0;
+* ``fisher``   F = (1/N) Σ_i g_i g_iᵀ, g_i = ∇ℓ_i = J_iᵀ r_i with r_i = p_i − e_{y_i}; by this
+  batch formula F v = (1/N) Σ_i J_iᵀ r_i (r_iᵀ J_i v), one JVP and one VJP per batch, no
+  per-sample gradients (the tests check it against vmap-ed per-sample gradients).
+
+Each batch contributes its mean, weighted n_b / N by :func:`reduce_over_probe` — the one place a
+data-parallel mode (all-reduce of the weighted sums) would slot in. Products with several
+vectors at once (:meth:`CurvatureOperator.matmat`) share the forward/backward of the expansion
+point and batch the tangents with ``torch.func.vmap``.
+
+Default route (``method="auto"``) for the Hessian: double backward, on every device and dtype.
+Measured (benchmarks/results/curvature_cpu.json, micro preset, batch 32, 2 CPU cores) it is
+the faster route on CPU, and FINDINGS.md shows it equal in fp32 and faster in bf16 on an H200.
+
+Known PyTorch defect this module steers around: ``torch.func.hessian`` (jacfwd∘jacrev) and any
+jvp∘vmap∘vjp composition give *wrong* second derivatives through ``F.layer_norm`` in torch
+2.14 (cf. pytorch/pytorch#196700). The compositions used here (vmap∘jvp∘grad, double backward)
+are correct; the tests compare them with a dense Hessian of a decomposed LayerNorm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.utils._pytree import tree_map
+
+from qgeom.models import supports_forward_ad
+from qgeom.params import (
+    Params, Scope, check_compatible, content_hash, flatten, scope_keys, unflatten,
+)
+from qgeom.quant import QuantSpec, fake_quantize
+
+Batch = tuple[Tensor, Tensor]
+T = TypeVar("T")
+METRICS = ("hessian", "ggn", "fisher")
+OBJECTIVES = ("fp", "ste")
+METHODS = ("auto", "forward-over-reverse", "double-backward")
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class TrainingModeError(ValueError):
+    """The model has a stochastic layer (dropout, drop-path, batch-norm) in training mode."""
+
+
+class ForwardADError(ValueError):
+    """The model's attention cannot be forward- or twice-differentiated (fused SDPA)."""
+
+
+# --------------------------------------------------------------------------------------------
+# checks, hashing, the one reduction over the probe set
+# --------------------------------------------------------------------------------------------
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Raise :class:`TrainingModeError` if a stochastic layer would act in the forward pass.
+
+    Curvature is defined for the deterministic eval-mode function: Dropout with p > 0, timm's
+    DropPath / PatchDropout with a positive rate, and BatchNorm are refused in training mode.
+    """
+    bad = []
+    for name, m in model.named_modules():
+        if not m.training:
+            continue
+        rate = getattr(m, "p", None) if isinstance(m, nn.modules.dropout._DropoutNd) else None
+        rate = rate if rate is not None else getattr(m, "drop_prob", None) or getattr(m, "prob", None)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(rate, float) and rate > 0):
+            bad.append(f"{name or type(m).__name__} ({type(m).__name__})")
+    if bad:
+        raise TrainingModeError(
+            f"model has stochastic layers in training mode: {', '.join(bad[:5])}; curvature is "
+            "defined for the eval-mode function — call model.eval() first")
+
+
+def check_forward_ad(model: nn.Module, route: str) -> None:
+    """Raise :class:`ForwardADError` if fused attention blocks ``route`` (see FINDINGS.md)."""
+    if not supports_forward_ad(model):
+        raise ForwardADError(
+            f"the {route} route needs second-order derivatives through attention, but the model "
+            "uses fused scaled_dot_product_attention (no forward-mode AD, no double backward); "
+            "build it with qgeom.models.create_model or call qgeom.models.disable_fused_attention")
+
+
+def probe_hash(batches: Sequence[Batch]) -> str:
+    """SHA-256 over the batches' shapes, dtypes and bytes, in order (the probe set's identity)."""
+    h = hashlib.sha256()
+    for x, y in batches:
+        for t in (x, y):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def reduce_over_probe(fn: Callable[[Tensor, Tensor], T], batches: Sequence[Batch]) -> T:
+    """Σ_b (n_b / N) fn(x_b, y_b) over a pytree of tensors (Params, lists of them, scalars).
+
+    fn returns a per-batch *mean*, so the result is the mean over all N samples. Accumulates in
+    float64 (results are float64; callers cast). A data-parallel mode replaces only this
+    function: the local Σ_b n_b fn(b) and Σ_b n_b, then ``torch.distributed.all_reduce``.
+    """
+    n_total = sum(int(y.shape[0]) for _, y in batches)
+    if n_total == 0:
+        raise ValueError("the probe set is empty")
+    total = None
+    for x, y in batches:
+        w = int(y.shape[0]) / n_total
+        out = fn(x, y)
+        if total is None:
+            total = tree_map(lambda a: a.detach().double() * w, out)
+        else:
+            total = tree_map(lambda t, a: t + a.detach().double() * w, total, out)
+    return total
+
+
+def default_method(device: torch.device, dtype: torch.dtype) -> str:
+    """The faster Hessian route for ``device``/``dtype``: double backward (see module docstring)."""
+    return "double-backward"
+
+
+def _as_scope(scope: Scope | Sequence[str]) -> tuple[Scope, str]:
+    """A scope usable by :func:`qgeom.params.in_scope` and the name recorded in ``info``."""
+    if isinstance(scope, (list, tuple, set, frozenset)):
+        names = frozenset(scope)
+        return (lambda k, _t: k in names), f"{len(names)} named tensors"
+    return scope, scope if isinstance(scope, str) else getattr(scope, "__name__", "callable")
+
+
+# --------------------------------------------------------------------------------------------
+# the operator
+# --------------------------------------------------------------------------------------------
+
+
+class CurvatureOperator:
+    """M ∈ {H, G, F} of the ``fp`` or ``ste`` objective at θ, over the coordinates of ``scope``.
+
+    model: a timm ViT (eval mode, manual attention); only its structure is used — values come
+    from ``params`` (the full dict, e.g. :func:`qgeom.params.from_model`; missing entries are
+    taken from the model). batches: the probe set, a list of (x (n_b, C, H, W), y (n_b,)).
+    scope: ``"quantized"|"backbone"|"all"``, a callable or a list of names. spec: the
+    quantizer of the ``ste`` objective (default ``QuantSpec()``). dtype: compute dtype (default:
+    the scoped parameters'). Vectors are Params keyed by the scope's keys; results come back in
+    the operator's dtype and device.
+    """
+
+    def __init__(self, model: nn.Module, params: Params, batches: Sequence[Batch], *, metric: str = "ggn",
+                 objective: str = "fp", scope: Scope | Sequence[str] = "all", spec: QuantSpec | None = None,
+                 method: str = "auto", dtype: torch.dtype | None = None) -> None:
+        for what, val, known in (("metric", metric, METRICS), ("objective", objective, OBJECTIVES),
+                                 ("method", method, METHODS)):
+            if val not in known:
+                raise ValueError(f"unknown {what} {val!r}; choose one of {', '.join(known)}")
+        check_eval_mode(model)
+        scope, scope_name = _as_scope(scope)
+        full = {k: v for k, v in model.state_dict().items() if torch.is_floating_point(v)}
+        full.update({k: v for k, v in params.items() if torch.is_floating_point(v)})
+        keys = scope_keys(full, scope)
+        if not keys:
+            raise ValueError(f"scope {scope_name!r} selects no floating tensor of the parameters")
+        dtype = dtype or full[keys[0]].dtype
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
+        self.device = full[keys[0]].device
+        self.dtype, self.keys = dtype, keys
+        full = {k: v.detach().to(self.device, dtype) for k, v in full.items()}
+        self.theta: Params = {k: full[k] for k in keys}
+        self._fixed: Params = {k: v for k, v in full.items() if k not in self.theta}
+        self.batches: list[Batch] = [(x.to(self.device, dtype), y.to(self.device)) for x, y in batches]
+        if not self.batches:
+            raise ValueError("the probe set is empty")
+        self.model, self.metric, self.objective = model, metric, objective
+        self.spec = (spec or QuantSpec()) if objective == "ste" else None
+        self.method = default_method(self.device, dtype) if method == "auto" else method
+        if metric != "hessian":
+            self.method = "jvp-vjp"
+        check_forward_ad(model, self.method)
+        self.n_params = sum(v.numel() for v in self.theta.values())
+        self.info: dict[str, Any] = {
+            "metric": metric, "objective": objective, "scope": scope_name, "method": self.method,
+            "dtype": str(dtype).removeprefix("torch."), "device": str(self.device),
+            "expansion_point": content_hash({k: v.detach().cpu() for k, v in params.items()}),
+            "probe": probe_hash(batches), "n_params": self.n_params, "n_tensors": len(keys),
+            "n_samples": sum(int(y.shape[0]) for _, y in batches), "n_batches": len(self.batches),
+            "spec": self.spec.to_dict() if self.spec else None,
+        }
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"CurvatureOperator({i['metric']}, {i['objective']}, scope={i['scope']}, "
+                f"method={i['method']}, {i['dtype']}, P={i['n_params']}, N={i['n_samples']})")
+
+    # ---- the objective ------------------------------------------------------------------------
+
+    def logits(self, theta: Params, x: Tensor) -> Tensor:
+        """f(θ, x) (n, K) with the scoped tensors from ``theta``; Q_b(θ) by STE for ``ste``."""
+        p = {**self._fixed, **theta}
+        if self.objective == "ste":
+            p = fake_quantize(p, self.spec)
+        return functional_call(self.model, p, (x,))
+
+    def batch_loss(self, theta: Params, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of one batch at ``theta``."""
+        return F.cross_entropy(self.logits(theta, x), y)
+
+    def loss(self, shift: Params | None = None) -> float:
+        """L(θ + shift) over the probe set (float64 sum); ``shift`` keyed by scope keys or None."""
+        theta = self.theta if shift is None else self._shifted(shift)
+        with torch.no_grad():
+            return float(reduce_over_probe(lambda x, y: self.batch_loss(theta, x, y), self.batches))
+
+    def gradient(self) -> Params:
+        """∇L(θ) on the scope (for ``ste``: ∇L at Q_b(θ), the STE gradient)."""
+        g = reduce_over_probe(lambda x, y: grad(self.batch_loss)(self.theta, x, y), self.batches)
+        return self._cast(g)
+
+    # ---- products -------------------------------------------------------------------------------
+
+    def matvec(self, v: Params) -> Params:
+        """M v for one vector keyed by the scope's keys."""
+        return self.matmat([v])[0]
+
+    def matmat(self, vs: Sequence[Params], chunk_size: int | None = None) -> list[Params]:
+        """[M v_1, …, M v_k]: one shared forward/backward per batch, tangents batched.
+
+        chunk_size bounds how many vectors travel together (memory); default all.
+        """
+        vs = [self._check(v) for v in vs]
+        if not vs:
+            return []
+        step = chunk_size or len(vs)
+        out: list[Params] = []
+        for i in range(0, len(vs), step):
+            chunk = vs[i : i + step]
+            stacked = {k: torch.stack([v[k] for v in chunk]) for k in self.keys}
+            prod = self._cast(reduce_over_probe(lambda x, y: self._batch_products(stacked, x, y), self.batches))
+            out += [{k: prod[k][j] for k in self.keys} for j in range(len(chunk))]
+        return out
+
+    def _batch_products(self, V: Params, x: Tensor, y: Tensor) -> Params:
+        """M_b V for stacked tangents V (k, *shape) on one batch (mean over its samples)."""
+        if self.metric == "hessian":
+            if self.method == "forward-over-reverse":
+                return self._hvp_forward(V, x, y)
+            return self._hvp_double(V, x, y)
+        return self._outer_vp(V, x, y)
+
+    def _hvp_forward(self, V: Params, x: Tensor, y: Tensor) -> Params:
+        """H_b V by jvp(grad): vmap over the tangents (k = 1 skips vmap)."""
+        g = grad(self.batch_loss)
+
+        def hv(t: Params) -> Params:
+            return jvp(lambda th: g(th, x, y), (self.theta,), (t,))[1]
+
+        if next(iter(V.values())).shape[0] == 1:
+            return {k: v.unsqueeze(0) for k, v in hv({k: t[0] for k, t in V.items()}).items()}
+        return vmap(hv)(V)
+
+    def _hvp_double(self, V: Params, x: Tensor, y: Tensor) -> Params:
+        """H_b V by reverse-over-reverse: one graph of ∇L_b, backpropagated once per tangent.
+
+        k = 1: ``torch.autograd.grad(create_graph=True)`` then a backward with v. k > 1: the same
+        two passes through ``torch.func`` (vjp of grad), the second vmapped over the tangents —
+        measured faster than a loop with ``retain_graph`` or ``is_grads_batched``.
+        """
+        if next(iter(V.values())).shape[0] > 1:
+            _, pullback = vjp(lambda th: grad(self.batch_loss)(th, x, y), self.theta)
+            return vmap(lambda t: pullback(t)[0])(V)
+        leaves = [self.theta[k].detach().requires_grad_(True) for k in self.keys]
+        with torch.enable_grad():
+            loss = self.batch_loss(dict(zip(self.keys, leaves)), x, y)
+            gs = torch.autograd.grad(loss, leaves, create_graph=True)
+            live = [i for i, g in enumerate(gs) if g.requires_grad]
+            hv = torch.autograd.grad([gs[i] for i in live], leaves, [V[self.keys[i]][0] for i in live],
+                                     allow_unused=True, materialize_grads=True)
+        return {key: h.unsqueeze(0) for key, h in zip(self.keys, hv)}
+
+    def _outer_vp(self, V: Params, x: Tensor, y: Tensor) -> Params:
+        """Jᵀ (C J V) / n_b with C = diag(p) − ppᵀ (``ggn``) or r rᵀ, r = p − e_y (``fisher``)."""
+        f = lambda th: self.logits(th, x)  # noqa: E731
+        z, pullback = vjp(f, self.theta)
+        JV = vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(V)  # (k, n, K)
+        p = torch.softmax(z.detach(), dim=-1)
+        if self.metric == "ggn":
+            U = p * JV - p * (p * JV).sum(-1, keepdim=True)
+        else:
+            r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+            U = r * (r * JV).sum(-1, keepdim=True)
+        return vmap(lambda u: pullback(u)[0])(U / y.shape[0])
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    def _check(self, v: Params) -> Params:
+        check_compatible(self.theta, v, check_dtype=False, names=("operator scope", "vector"))
+        return {k: v[k].detach().to(self.device, self.dtype) for k in self.keys}
+
+    def _shifted(self, shift: Params) -> Params:
+        s = self._check(shift)
+        return {k: self.theta[k] + s[k] for k in self.keys}
+
+    def _cast(self, p: Params) -> Params:
+        return {k: p[k].to(self.dtype) for k in self.keys}
+
+    def flatten(self, v: Params) -> Tensor:
+        """v (scope keys) → (P,) in the scope's key order."""
+        return flatten(v, self.keys)
+
+    def unflatten(self, x: Tensor) -> Params:
+        """(P,) → Params shaped like θ on the scope (operator dtype and device)."""
+        return unflatten(x.to(self.device, self.dtype), self.theta, self.keys)
+
+    def flat_matvec(self, x: Tensor) -> Tensor:
+        """M x for x (P,) → (P,) in the operator's dtype."""
+        return self.flatten(self.matvec(self.unflatten(x)))
+
+    def flat_matmat(self, X: Tensor) -> Tensor:
+        """M X for X (P, k) → (P, k), one :meth:`matmat`."""
+        cols = self.matmat([self.unflatten(X[:, j]) for j in range(X.shape[1])])
+        return torch.stack([self.flatten(c) for c in cols], dim=1)
+
+    def to_scipy(self) -> LinearOperator:
+        """A symmetric ``scipy.sparse.linalg.LinearOperator`` (P × P), float64 numpy in and out."""
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            return self.flat_matvec(torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(-1))).double().cpu().numpy()
+
+        def mm(X: np.ndarray) -> np.ndarray:
+            return self.flat_matmat(torch.from_numpy(np.asarray(X, dtype=np.float64))).double().cpu().numpy()
+
+        return LinearOperator((self.n_params, self.n_params), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# one-liners
+# --------------------------------------------------------------------------------------------
+
+
+def hvp(model: nn.Module, params: Params, v: Params, batches: Sequence[Batch], *, scope: Scope = "all",
+        objective: str = "fp", spec: QuantSpec | None = None, method: str = "auto") -> Params:
+    """H v of the probe-set loss at ``params`` (v keyed by the scope's keys)."""
+    op = CurvatureOperator(model, params, batches, metric="hessian", objective=objective, scope=scope,
+                           spec=spec, method=method)
+    return op.matvec(v)
+
+
+def ggn_vp(model: nn.Module, params: Params, v: Params, batches: Sequence[Batch], *, scope: Scope = "all",
+           objective: str = "fp", spec: QuantSpec | None = None) -> Params:
+    """G v = Jᵀ C J v of the probe-set loss at ``params``."""
+    return CurvatureOperator(model, params, batches, metric="ggn", objective=objective, scope=scope,
+                             spec=spec).matvec(v)
+
+
+def fisher_vp(model: nn.Module, params: Params, v: Params, batches: Sequence[Batch], *, scope: Scope = "all",
+              objective: str = "fp", spec: QuantSpec | None = None) -> Params:
+    """F v = (1/N) Σ_i g_i (g_iᵀ v), the empirical Fisher, at ``params``."""
+    return CurvatureOperator(model, params, batches, metric="fisher", objective=objective, scope=scope,
+                             spec=spec).matvec(v)
+
+
+__all__ = [
+    "Batch", "CurvatureOperator", "ForwardADError", "TrainingModeError", "check_eval_mode",
+    "check_forward_ad", "default_method", "fisher_vp", "ggn_vp", "hvp", "probe_hash",
+    "reduce_over_probe",
+]

@@ -138,6 +138,14 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
     return dict(obj)
 
 
+def default_device() -> torch.device:
+    """CUDA when present (or the device named by ``QGEOM_DEVICE``), else the CPU."""
+    name = os.environ.get("QGEOM_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

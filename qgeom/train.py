@@ -23,6 +23,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from qgeom.data import Split, ShuffledBatches, Task
+from qgeom.models import default_device
 from qgeom.params import Params, check_finite, from_model, is_head, load_into
 from qgeom.quant import QuantSpec, prepare_qat, ptq, strip_qat
 
@@ -79,17 +80,20 @@ def fit(
     optimizer: str = "adamw",
     progress: bool = False,
     desc: str = "fit",
+    device: torch.device | str | None = None,
 ) -> Params:
     """Train a copy of ``model`` from ``params`` on ``batches``; return the trained dict.
 
     Step i uses ``batches[i % len(batches)]`` and the mean cross-entropy. With ``qat_spec``
     every Linear but the head is fake-quantized with an STE (QAT); the returned keys are the
-    FP model's either way. Deterministic on CPU for a given seed and batch sequence.
+    FP model's either way. Deterministic on CPU for a given seed and batch sequence. Runs on
+    ``device`` (default: :func:`qgeom.models.default_device`); the result is on the CPU.
     """
     check_finite(params, "initial weights")
     steps = len(batches) if steps is None else steps
     torch.manual_seed(seed)
-    net = load_into(copy.deepcopy(model), params)
+    device = torch.device(device) if device is not None else default_device()
+    net = load_into(copy.deepcopy(model), params).to(device)
     if qat_spec is not None:
         prepare_qat(net, qat_spec)
     net.train()
@@ -99,6 +103,7 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
         x, y = batches[step % len(batches)]
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = nn.functional.cross_entropy(net(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
@@ -110,7 +115,7 @@ def fit(
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     strip_qat(net)
-    return {k: v for k, v in from_model(net.eval()).items() if k in params}
+    return {k: v.cpu() for k, v in from_model(net.eval()).items() if k in params}
 
 
 def fit_task(model: nn.Module, params: Mapping[str, Tensor], split: Split, cfg: TrainConfig, *,
@@ -143,9 +148,15 @@ def with_fresh_head(model: nn.Module, backbone: Mapping[str, Tensor], seed: int 
 
 @torch.inference_mode()
 def logits(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, batch_size: int = 1000) -> Tensor:
-    """f(θ, x) for a parameter dict, without touching the model's own weights."""
-    model.eval()
-    outs = [functional_call(model, dict(params), (x[i : i + batch_size],)) for i in range(0, len(x), batch_size)]
+    """f(θ, x) for a parameter dict, without touching the model's own weights.
+
+    Computed on the device of :func:`qgeom.models.default_device`; returned on the CPU.
+    """
+    device = default_device()
+    model.eval().to(device)
+    theta = {k: v.to(device) for k, v in params.items()}
+    outs = [functional_call(model, theta, (x[i : i + batch_size].to(device),)).cpu()
+            for i in range(0, len(x), batch_size)]
     return torch.cat(outs)
 
 

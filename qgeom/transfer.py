@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from qgeom import params as P
 from qgeom.config import RunConfig
 from qgeom.data import Task, load_task, pretext_task, probe_batches
-from qgeom.models import create_model
+from qgeom.models import create_model, default_device
 from qgeom.quant import QuantSpec, ptq
 from qgeom.train import accuracy, finetune, logits, loss, pretrain, qat
 
@@ -206,7 +206,7 @@ class TransferRun:
         from qgeom.curvature import CurvatureOperator
 
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
-        model = self.model(receiver)
+        model, device = self.model(receiver), default_device()
         points = {"fp": self.finetuned(seed, receiver), "ste": self.qat(seed, bits, receiver)}
         probe = probe_batches(task.val, c.probe_size, c.probe_batch, seed=seed)
         probe_x = torch.cat([x for x, _ in probe])
@@ -230,11 +230,12 @@ class TransferRun:
             grads = {}
             for metric in c.metrics:
                 for objective, point in points.items():
-                    op = CurvatureOperator(model, point, probe, metric=metric, objective=objective, scope=scope,
-                                           spec=spec if objective == "ste" else None)
-                    MV = op.matmat(V)
+                    on_device = {k: v.to(device) for k, v in point.items()}
+                    op = CurvatureOperator(model, on_device, probe, metric=metric, objective=objective,
+                                           scope=scope, spec=spec if objective == "ste" else None)
+                    MV = [{k: v.cpu() for k, v in mv.items()} for mv in op.matmat(V)]
                     gram[f"{metric}_{objective}"] = np.array([[P.inner(a, mb) for mb in MV] for a in V])
-                    grads[objective] = op.gradient()
+                    grads[objective] = {k: v.cpu() for k, v in op.gradient().items()}
             for key, K in gram.items():
                 metric, _, objective = key.partition("_")
                 K = 0.5 * (K + K.T)

@@ -220,3 +220,12 @@ def test_keys_that_do_not_fit_the_preset_are_refused(tmp_path, trained):
     P.save_params(tmp_path / "wide.safetensors", wide)
     with pytest.raises(P.CheckpointError, match="do not fit preset 'micro': blocks.0.attn.proj.bias, "):
         create_model("micro", 3, checkpoint=tmp_path / "wide.safetensors", **SMALL)
+
+
+def test_default_device_honours_qgeom_device(monkeypatch):
+    from qgeom.models import default_device
+
+    monkeypatch.setenv("QGEOM_DEVICE", "meta")
+    assert default_device() == torch.device("meta")
+    monkeypatch.delenv("QGEOM_DEVICE")
+    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

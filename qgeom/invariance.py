@@ -237,8 +237,9 @@ def _side(net: nn.Module, theta: Params, theta64: Params, u: Params, v: Params, 
         from qgeom.train import fit
 
         trained = fit(net, theta, batches, pipeline["steps"], lr=pipeline["lr"], weight_decay=0.1, warmup_steps=0,
-                      clip_grad_norm=1.0, qat_spec=spec, seed=pipeline["seed"], optimizer="adamw")
-        out["rho"] = {k: trained[k].double() - theta[k].double() for k in keys}  # exact difference
+                      clip_grad_norm=1.0, qat_spec=spec, seed=pipeline["seed"], optimizer="adamw",
+                      device=next(iter(theta.values())).device)
+        out["rho"] = {k: trained[k].to(theta[k].device).double() - theta[k].double() for k in keys}  # exact difference
     return out
 
 
@@ -288,7 +289,8 @@ def check_invariance(
     spec, tol = spec or QuantSpec(), tolerances or Tolerances.for_dtype(dtype)
     net = copy.deepcopy(model).to(dtype).eval()
     theta = {k: t.detach().to(dtype) for k, t in params.items() if torch.is_floating_point(t)}
-    batches = [(x.to(dtype), y) for x, y in batches]
+    device = next(iter(theta.values())).device
+    batches = [(x.to(device, dtype), y.to(device)) for x, y in batches]
     u, v = vectors if vectors is not None else random_vectors(theta, seed)
     u, v = ({k: t.detach().to(dtype) for k, t in w.items()} for w in (u, v))
     run_pipe = "pipeline" in levels and [g for g in syms if pipeline_for is None or g.kind in pipeline_for]

@@ -1,0 +1,241 @@
+"""``qgeom geometry`` and ``qgeom spectrum``: the receiver's curvature, from the command line.
+
+geometry: a receiver checkpoint θ_R and any number of vectors ρ (donors' and the receiver's own)
+→ norms, directional gradients ρᵀ∇L, and for every ordered pair (D, R): Euclidean and metric
+cosines, λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M and the recovered fraction cos²_M — all from one
+Gram matrix K = Vᵀ M V (N products). spectrum: top-k eigenvalues (Lanczos), Hutchinson's trace
+and the SLQ spectral density of M at θ_R.
+
+The probe set is ``--n-probe`` images of the task's ``--split`` picked by ``--probe-seed``
+(:func:`qgeom.data.probe_batches`); its hash is in the JSON. For ``--objective ste`` pass the
+receiver's QAT checkpoint: Proposition 1 expands there.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+DTYPES = {"float32": "float32", "float64": "float64"}
+
+
+def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int):
+    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data)."""
+    from qgeom.data import load_task, probe_batches
+
+    if split not in ("train", "val", "test"):
+        raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--split")
+    return probe_batches(getattr(load_task(task, data_seed), split), n, batch_size, seed)
+
+
+def _receiver(path: Path, task: Optional[str], preset: Optional[str]):
+    """(model, θ_R, task, metadata) from a qgeom checkpoint; --task/--preset override metadata."""
+    from qgeom.models import create_model
+    from qgeom.params import load_params
+
+    theta, meta = load_params(path)
+    task, preset = task or meta.get("task"), preset or meta.get("preset")
+    if task is None or preset is None:
+        raise typer.BadParameter(f"{path} records no task/preset in its metadata: pass --task and --preset")
+    if "head.weight" not in theta:
+        raise typer.BadParameter(f"{path} has no head.weight: is it a model checkpoint?")
+    overrides = json.loads(meta.get("model_overrides", "{}"))
+    model = create_model(preset, int(theta["head.weight"].shape[0]), **overrides)
+    return model, theta, task, meta
+
+
+def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
+              data_seed, dtype):
+    import torch
+
+    from qgeom.curvature import CurvatureOperator
+    from qgeom.quant import QuantSpec
+
+    model, theta, task, meta = _receiver(receiver, task, preset)
+    seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
+    batches = _probe(task, split, n_probe, batch_size, probe_seed, seed)
+    op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
+                           spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
+    op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
+                    "probe_seed": probe_seed, "data_seed": seed})
+    return op
+
+
+def _write(out: Path, name: str, rows: list[dict]) -> Path:
+    from qgeom.params import atomic_write
+
+    def w(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(out / name, w)
+
+
+def _write_json(out: Path, name: str, obj: dict) -> Path:
+    from qgeom.params import atomic_write
+
+    def w(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, allow_nan=True, default=str)
+
+    return atomic_write(out / name, w)
+
+
+def _clean(command):
+    """qgeom's ValueErrors (bad checkpoints, incompatible vectors, unknown tasks) as one line on
+    stderr with exit code 1; ``QGEOM_DEBUG=1`` shows the traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as e:
+            if os.environ.get("QGEOM_DEBUG"):
+                raise
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(1) from e
+
+    return run
+
+
+def _fmt(x: float) -> str:
+    return "indefinite" if isinstance(x, float) and math.isnan(x) else f"{x:.4g}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geometry`` and ``spectrum`` to ``app``."""
+
+    common = dict(
+        task=typer.Option(None, help="the receiver's task (default: from the checkpoint's metadata)"),
+        preset=typer.Option(None, help="model preset (default: from the checkpoint's metadata)"),
+        metric=typer.Option("ggn", help="ggn (PSD, the default), hessian or fisher"),
+        objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
+        bits=typer.Option(2, min=2, max=8, help="bit width of Q_b for --objective ste"),
+        split=typer.Option("train", help="split the probe set is drawn from: train, val or test"),
+        n_probe=typer.Option(256, min=1, help="probe images"),
+        batch_size=typer.Option(64, min=1, help="probe batch size"),
+        probe_seed=typer.Option(0, help="seed picking the probe images"),
+        data_seed=typer.Option(None, help="seed of the task's generated images (default: the checkpoint's)"),
+        dtype=typer.Option("float32", help="float32 or float64"),
+        out=typer.Option(None, help="directory for the CSV and JSON tables"),
+    )
+
+    @app.command("geometry")
+    @_clean
+    def geometry_cmd(
+        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (.safetensors)"),
+        vectors: list[Path] = typer.Argument(..., help="vectors ρ (.safetensors): donors' and the receiver's own"),
+        task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],
+        metric: str = common["metric"], objective: str = common["objective"], bits: int = common["bits"],
+        split: str = common["split"], n_probe: int = common["n_probe"], batch_size: int = common["batch_size"],
+        probe_seed: int = common["probe_seed"], data_seed: Optional[int] = common["data_seed"],
+        dtype: str = common["dtype"], out: Optional[Path] = common["out"],
+    ) -> None:
+        """Norms, cosines (Euclidean and metric), λ*, recovered fractions and directional gradients
+        of quantization vectors under the receiver's curvature."""
+        from qgeom.geometry import directional_gradients, gram
+        from qgeom.params import check_compatible, load_params, norm
+
+        if dtype not in DTYPES:
+            raise typer.BadParameter("float32 or float64", param_hint="--dtype")
+        names, vs = [], []
+        for p in vectors:
+            v, _ = load_params(p)
+            if vs:
+                check_compatible(vs[0], v, check_dtype=False, names=(str(vectors[0]), str(p)))
+            names.append(p.stem if p.stem not in names else f"{p.stem}#{len(names)}")
+            vs.append(v)
+        op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
+                       probe_seed, data_seed, dtype)
+        K = gram(op, dict(zip(names, vs)))
+        dg = directional_gradients(op, dict(zip(names, vs)))
+        Ks, cos, lam = K.terms["K_sym"], K.terms["cosines"], K.terms["scales"]
+        vec_rows = [{"vector": n, "path": str(p), "euclidean_norm": norm(v), "metric_form": Ks[i, i],
+                     "metric_norm": math.sqrt(Ks[i, i]) if Ks[i, i] > 0 else float("nan"),
+                     "directional_gradient": dg.value[i]} for i, (n, p, v) in enumerate(zip(names, vectors, vs))]
+        pair_rows = []
+        for i, d in enumerate(names):
+            for j, r in enumerate(names):
+                if i == j:
+                    continue
+                ip = sum(float((vs[i][k].double() * vs[j][k].double()).sum()) for k in vs[i])
+                ni, nj = vec_rows[i]["euclidean_norm"], vec_rows[j]["euclidean_norm"]
+                pair_rows.append({"donor": d, "receiver_vector": r,
+                                  "euclidean_cosine": ip / (ni * nj) if ni * nj > 0 else float("nan"),
+                                  "metric_cosine": cos[i, j], "optimal_scale": lam[i, j],
+                                  "recovered_fraction": cos[i, j] ** 2,
+                                  "euclidean_scale": ip / ni**2 if ni > 0 else float("nan"),
+                                  "indefinite": bool(math.isnan(cos[i, j]))})
+        t = Table("vector", "‖ρ‖", "ρᵀMρ", "ρᵀ∇L", title=f"{op!r}")
+        for row in vec_rows:
+            t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),
+                      _fmt(row["directional_gradient"]))
+        console.print(t)
+        t = Table("donor", "onto", "cos", "cos_M", "λ*", "cos²_M")
+        for row in pair_rows:
+            t.add_row(row["donor"], row["receiver_vector"], _fmt(row["euclidean_cosine"]),
+                      _fmt(row["metric_cosine"]), _fmt(row["optimal_scale"]), _fmt(row["recovered_fraction"]))
+        console.print(t)
+        if K.indefinite:
+            console.print(f"[yellow]{K.message}[/]")
+        if out is not None:
+            _write(out, "geometry_vectors.csv", vec_rows)
+            _write(out, "geometry_pairs.csv", pair_rows)
+            _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows,
+                                               "pairs": pair_rows, "gram": K.to_dict(), "message": K.message})
+            console.print(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
+
+    @app.command("spectrum")
+    @_clean
+    def spectrum_cmd(
+        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (.safetensors)"),
+        task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],
+        metric: str = common["metric"], objective: str = common["objective"], bits: int = common["bits"],
+        scope: str = typer.Option("backbone", help="backbone (the paper's), quantized or all"),
+        k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
+        lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
+        tol: float = typer.Option(1e-6, help="relative Ritz-residual tolerance"),
+        hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
+        slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
+        slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),
+        seed: int = typer.Option(0, help="seed of the Lanczos start vector and the probes"),
+        split: str = common["split"], n_probe: int = common["n_probe"], batch_size: int = common["batch_size"],
+        probe_seed: int = common["probe_seed"], data_seed: Optional[int] = common["data_seed"],
+        dtype: str = common["dtype"], out: Optional[Path] = common["out"],
+    ) -> None:
+        """Top-k eigenvalues, Hutchinson trace and SLQ spectral density of the receiver's curvature."""
+        from qgeom.lanczos import eigsh, hutchinson_trace, spectral_density
+
+        if dtype not in DTYPES:
+            raise typer.BadParameter("float32 or float64", param_hint="--dtype")
+        op = _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size,
+                       probe_seed, data_seed, dtype)
+        eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
+        tr = hutchinson_trace(op, n_probes=hutchinson_probes, seed=seed)
+        sd = spectral_density(op, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
+        t = Table("rank", "eigenvalue", "residual", title=f"{op!r}")
+        for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1):
+            t.add_row(str(i), f"{lam:.6g}", f"{res:.2e}")
+        console.print(t)
+        console.print(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
+                      f"(Hutchinson, {hutchinson_probes} probes); SLQ trace ≈ {sd.trace_estimate[0]:.6g}")
+        if out is not None:
+            _write(out, "spectrum_eigenvalues.csv", [{"rank": i + 1, "eigenvalue": float(lam), "residual": float(r)}
+                                                     for i, (lam, r) in enumerate(zip(eig.eigenvalues, eig.residuals))])
+            _write(out, "spectrum_density.csv", [{"x": float(x), "density": float(d)} for x, d in zip(sd.grid, sd.density)])
+            summary = {"info": op.info, "eigen": eig.to_dict(), "trace": tr.to_dict(),
+                       "slq": {k_: v for k_, v in sd.to_dict().items() if k_ not in ("grid", "density")}}
+            _write_json(out, "spectrum.json", summary)
+            console.print(f"wrote {out}/spectrum_eigenvalues.csv, spectrum_density.csv, spectrum.json")

@@ -8,9 +8,10 @@ g (:mod:`qgeom.symmetry`), :func:`check_invariance` measures:
               max over w ∈ {u, v} of ‖M(gθ)(g w) − g⁻ᵀ M(θ) w‖ / ‖M(gθ)(g w)‖;
 * geometry    :func:`qgeom.geometry.geometry_of_pair` at θ for (u, v) against the same at gθ
               for (gu, gv): λ*_M = ⟨u, v⟩_M / ⟨u, u⟩_M, cos_M(u, v) and the directional
-              gradients wᵀ∇L are invariant under every function-level symmetry (NaN where the
-              forms are indefinite: reported, not checked); the Euclidean cosine only for
-              orthogonal g;
+              gradients wᵀ∇L are invariant under every function-level symmetry (λ*, cos_M
+              are NaN where the forms are indefinite: reported, not checked; the forms
+              ⟨u,u⟩_M, ⟨u,v⟩_M, ⟨v,v⟩_M themselves are checked either way); the Euclidean
+              cosine only for orthogonal g;
 * quantizer   ‖Q_b(gθ) − g Q_b(θ)‖ / ‖g Q_b(θ)‖ on the quantized tensors, and the post-PTQ
               loss and accuracy on the probe set at θ and at gθ;
 * optimizer   one AdamW and one SGD step from gθ (gradient ∇L(gθ)) against g applied to the
@@ -330,6 +331,10 @@ def _compare(g: Symmetry, a: dict, b: dict, theta: Params, spec: QuantSpec, tol:
                 defined = math.isfinite(x0) and math.isfinite(x1)
                 rows.append(_row(name, "geometry", q, "invariant" if defined else "reported",
                                  _rel(x0, x1) if defined else math.nan, tol.geometry * k, x0, x1, pa.message or pb.message))
+            scale = max(abs(f) for f in pa.forms.values())
+            err = max(abs(pa.forms[f] - pb.forms[f]) for f in pa.forms) / max(scale, 1e-300)
+            rows.append(_row(name, "geometry", f"forms ⟨w,w'⟩_{m}", "invariant", err, tol.geometry * k,
+                             note="⟨gu, M(gθ)gv⟩ = ⟨u, M(θ)v⟩ (DD, DR, RR; rel. to the largest), definite or not"))
         pa, pb = next(iter(a["pair"].values())), next(iter(b["pair"].values()))
         for w in ("rho_D", "rho_R"):
             d0, d1 = pa.directional_gradients[w], pb.directional_gradients[w]

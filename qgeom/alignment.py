@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from qgeom.params import Params, Scope, in_scope, norm, patch, quantization_vector, select, sub
+from qgeom.params import Params, Scope, norm, patch, quantization_vector, select, sub
 from qgeom.quant import QuantSpec, ptq
 from qgeom.symmetry import (
     Symmetry, ViTLayout, compose, head_permutation, layout_of, mlp_permutation, random_symmetry, residual_permutation,

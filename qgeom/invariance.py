@@ -118,12 +118,14 @@ class InvarianceReport:
         stem.parent.mkdir(parents=True, exist_ok=True)
         csv, js = stem.with_suffix(".csv"), stem.with_suffix(".json")
         self.frame.to_csv(csv, index=False)
-        js.write_text(json.dumps({"meta": self.meta, "rows": self.rows, "ok": self.ok}, indent=1, default=_jsonable))
+        rows = [{k: _jsonable(v) for k, v in r.items()} for r in self.rows]
+        js.write_text(json.dumps({"meta": self.meta, "rows": rows, "ok": self.ok}, indent=1, default=str, allow_nan=False))
         return csv, js
 
 
 def _jsonable(x):
-    return None if isinstance(x, float) and math.isnan(x) else str(x)
+    """NaN → null (strict JSON)."""
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def _row(sym: str, level: str, quantity: str, expected: str, measured: float, tol: float,

@@ -16,7 +16,7 @@ from qgeom.models import create_model
 from qgeom.params import IncompatibleParamsError, cosine, from_model, inner, norm, select, sub
 from qgeom.quant import QuantSpec, ptq
 from qgeom.symmetry import (
-    CATALOGUE, KINDS, BlockLinear, Permutation, Scaling, Symmetry, UnsupportedSymmetryError, applicable_kinds,
+    CATALOGUE, BlockLinear, Permutation, Scaling, Symmetry, UnsupportedSymmetryError, applicable_kinds,
     classify, compose, head_permutation, layerscale_folding, mlp_permutation, qk_mixing, random_symmetry,
     residual_permutation,
 )

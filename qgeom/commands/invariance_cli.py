@@ -45,16 +45,47 @@ def _kinds(symmetry: str) -> list[str]:
     return kinds
 
 
-def _table(frame) -> Table:
-    table = Table("symmetry", "level", "quantity", "expected", "measured", "tol", "", "before → after", show_lines=False)
+COLUMNS = ("function", "covariance", "geometry", "euclidean", "quantizer", "adamw", "sgd", "pipeline")
+
+
+def _column(row: dict) -> str:
+    if row["quantity"] == "Euclidean cosine":
+        return "euclidean"
+    if row["level"] == "optimizer":
+        return "adamw" if row["quantity"].startswith("AdamW") else "sgd"
+    return row["level"]
+
+
+def _cell(rows: list[dict]) -> str:
+    """✓ worst value of the expected invariances; ✗ a failure; ≠ largest measured violation; ? none measured."""
+    checked = [r for r in rows if r["expected"] in ("invariant", "covariant")]
+    broken = [r for r in rows if r["expected"] == "not invariant"]
+    if any(not r["agrees"] for r in checked):
+        return "[red]✗ " + f"{max(r['measured'] for r in checked if not r['agrees']):.0e}[/]"
+    if broken:
+        worst = max(r["measured"] for r in broken)
+        return f"[yellow]? {worst:.0e}[/]" if any(not r["agrees"] for r in broken) else f"[cyan]≠ {worst:.0e}[/]"
+    if checked:
+        return f"[green]✓ {max(r['measured'] for r in checked):.0e}[/]"
+    return "[dim]–[/]"
+
+
+def _summary(rows: list[dict]) -> Table:
+    """One row per symmetry, one column per level: ✓ max error where invariance is expected,
+    ≠ the violation measured where it is not, ✗ an expected invariance that failed."""
+    table = Table("symmetry", *COLUMNS, title="invariance by level (relative errors; ≠ = expected and measured violation)")
+    for sym in dict.fromkeys(r["symmetry"] for r in rows):
+        cells = [_cell([r for r in rows if r["symmetry"] == sym and _column(r) == c]) for c in COLUMNS]
+        table.add_row(sym, *cells)
+    return table
+
+
+def _full(rows: list[dict]) -> Table:
+    table = Table("symmetry", "level", "quantity", "expected", "measured", "tol", "", "before → after")
     mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}
-    for r in frame.to_dict("records"):
+    for r in rows:
         ba = "" if r["before"] != r["before"] else f"{r['before']:.6g} → {r['after']:.6g}"
-        agrees = None if r["agrees"] is None or r["agrees"] != r["agrees"] else bool(r["agrees"])
-        if agrees is False and r["expected"] == "not invariant":
-            flag = "[yellow]?[/]"
-        else:
-            flag = mark[agrees]
+        flag = "[yellow]?[/]" if r["agrees"] is False and r["expected"] == "not invariant" else mark[r["agrees"]]
         table.add_row(r["symmetry"], r["level"], r["quantity"], r["expected"], f"{r['measured']:.2e}",
                       f"{r['tolerance']:.1e}", flag, ba)
     return table
@@ -81,6 +112,7 @@ def register(app: typer.Typer) -> None:
         init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
         seed: int = typer.Option(0, help="seeds the weights, the elements and the random vectors"),
         out: Optional[Path] = typer.Option(None, help="write <out>.csv and <out>.json"),
+        full: bool = typer.Option(False, "--full", help="print every check, not the per-level summary"),
     ) -> None:
         """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
         import torch
@@ -122,7 +154,7 @@ def register(app: typer.Typer) -> None:
                                   dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],
                                   pipeline_steps=pipeline_steps, pipeline_for=pipe, seed=seed)
         report.meta.update(source=source, task=task, strength=strength, kinds=[g.kind for g in syms])
-        console.print(_table(report.frame))
+        console.print(_full(report.rows) if full else _summary(report.rows))
         fails, surprises = report.failures(), report.surprises()
         agree = sum(1 for r in report.rows if r["agrees"])
         console.print(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "

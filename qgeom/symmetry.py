@@ -50,7 +50,7 @@ from qgeom.params import IncompatibleParamsError, Params, in_scope
 from qgeom.quant import QuantSpec
 
 Action = tuple[str, int, "AxisOp"]  # (parameter name, axis, operator)
-LEVELS = ("function", "quantizer", "optimizer_sgd", "optimizer_adamw", "pipeline", "euclidean")
+EXPECTED_LEVELS = ("function", "quantizer", "optimizer_sgd", "optimizer_adamw", "pipeline", "euclidean")  # keys of Symmetry.expectations()
 
 
 class UnsupportedSymmetryError(ValueError):

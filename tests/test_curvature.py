@@ -265,6 +265,8 @@ def test_mismatched_vector_keys_are_refused():
         op.matvec({k: t for k, t in list(v.items())[1:]})
     with pytest.raises(IncompatibleParamsError, match="shape"):
         op.matvec({k: t[..., :1] for k, t in v.items()})
+    with pytest.raises(ValueError, match="NaN"):
+        op.matvec({k: t * float("nan") for k, t in v.items()})
 
 
 def test_bad_arguments():

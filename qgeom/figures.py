@@ -56,6 +56,8 @@ TARGET_LABELS = {"gain_unit": "Δ post-PTQ Top-1 at λ = 1 (points)",
                  "gain_tuned": "Δ post-PTQ Top-1 at λ_val (points)",
                  "recovery_unit": "loss recovery R(D, R) at λ = 1",
                  "recovery_ggn_ste": "loss recovery R(D, R) at λ*"}
+TARGET_SHORT = {"gain_unit": "Δ Top-1, λ = 1 (points)", "gain_tuned": "Δ Top-1, λ_val (points)",
+                "recovery_unit": "recovery R(D, R), λ = 1", "recovery_ggn_ste": "recovery R(D, R), λ*"}
 RUN_TABLES = ("accuracy", "pairs", "receivers", "correlations", "geometry", "dissimilarity")
 
 
@@ -367,7 +369,7 @@ def task_colors(names: Sequence[str]) -> dict[str, tuple]:
 def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,
                   scope: str | None = None) -> Figure:
     """One panel per receiver: post-PTQ test Top-1 vs λ for each donor (own ρ_R dashed), the
-    receiver's QAT+PTQ (dotted), and each donor's λ* (GGN-ste) as a triangle on its curve
+    receiver's QAT+PTQ (black, dotted), and each donor's λ* (GGN-ste) as a triangle on its curve
     (hollow, at the panel's edge, when λ* lies outside the λ range)."""
     tab = lambda_table(acc, pairs, bits, scope)
     recs = sorted(tab.receiver.unique())
@@ -390,9 +392,9 @@ def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: in
                     xs = float(np.clip(ls, 0, lam_max))
                     ax.plot([xs], [np.interp(xs, g.lam, g.top1)], "v", ms=8, color=colors[donor],
                             mfc=colors[donor] if inside else "none", mew=1.5, zorder=5)
-            ax.axhline(d.qat_ptq.iloc[0], color=SETTING_COLORS["QAT+PTQ"], ls=":", lw=1.5)
+            ax.axhline(d.qat_ptq.iloc[0], color="0.15", ls=":", lw=1.5)
             ax.set_title(f"receiver {r}")
-            ax.set_xlabel("λ (patch θ_R + λρ_D)")
+            ax.set_xlabel("λ (patch θ_R + λρ_D)" if ax.get_subplotspec().is_last_row() else "")
             ax.set_ylabel("post-PTQ Top-1, test (%)")
         for ax in axes[len(recs):]:
             ax.set_visible(False)
@@ -400,7 +402,7 @@ def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: in
         for donor in sorted(colors):
             handles.append(Line2D([], [], color=colors[donor], marker="o", ms=3))
             labels.append(f"ρ_D from {donor}")
-        handles += [Line2D([], [], color=SETTING_COLORS["QAT+PTQ"], ls=":"),
+        handles += [Line2D([], [], color="0.15", ls=":"),
                     Line2D([], [], color="0.3", ls="", marker="v", ms=7),
                     Line2D([], [], color="0.3", ls="--")]
         labels += ["QAT+PTQ of the receiver", "λ* (GGN-ste; hollow: outside range)", "own ρ_R (diagonal)"]
@@ -488,7 +490,7 @@ def alignment_scatter(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bit
     tab = alignment_scatter_table(pairs, corr, bits, scope, targets)
     aligns, targets = list(dict.fromkeys(tab.alignment)), list(dict.fromkeys(tab.target))
     colors = task_colors(sorted(set(tab.receiver) | set(tab.donor)))
-    fig = _figure(figsize=(3.2 * len(targets) + 1.6, 2.6 * len(aligns) + 0.4))
+    fig = _figure(figsize=(3.6 * len(targets) + 1.6, 2.7 * len(aligns) + 0.4))
     with style():
         axes = fig.subplots(len(aligns), len(targets), squeeze=False)
         for i, a in enumerate(aligns):
@@ -501,7 +503,9 @@ def alignment_scatter(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bit
                 ax.text(0.03, 0.96, f"Spearman ρ = {r:+.2f}\nQAP p = {pv:.3f}", transform=ax.transAxes, va="top",
                         fontsize=8, bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
                 ax.set_xlabel(ALIGNMENT_LABELS.get(a, a))
-                ax.set_ylabel(TARGET_LABELS.get(t, t))
+                ax.set_ylabel(TARGET_SHORT.get(t, t))
+                if i == 0:
+                    ax.set_title(TARGET_LABELS.get(t, t), fontsize=9)
         h, lab = axes[0, 0].get_legend_handles_labels()
         fig.legend(h, lab, title="receiver", loc="outside right center", fontsize=8)
         fig.suptitle(f"Does alignment predict the transfer? off-diagonal pairs, {tab.bits.iloc[0]} bits, "
@@ -806,8 +810,7 @@ def spectrum(table: pd.DataFrame) -> Figure:
     r = table.receiver.iloc[0]
     dens, eig = table[table.part == "density"], table[table.part == "eigenpair"]
     vecs = list(dict.fromkeys(table[table.part == "norm_share"].vector))
-    donors = [v for v in vecs if not v.startswith("ρ_R")]
-    colors = task_colors([v[5:-1] for v in donors])
+    colors = task_colors([v[5:-1] for v in vecs])  # "ρ_D (task)" → task: the colours of the other figures
     col = {v: ("black" if v.startswith("ρ_R") else colors[v[5:-1]]) for v in vecs}
     fig = _figure(figsize=(12, 3.6))
     with style():
@@ -834,7 +837,7 @@ def spectrum(table: pd.DataFrame) -> Figure:
         axes[1].set_ylabel("(u_jᵀρ)² / ‖ρ‖²")
         axes[1].set_title("(b) norm share on top eigenvectors")
         axes[2].set_xlabel("number j of top eigendirections")
-        axes[2].set_ylabel("Σ_{i≤j} λ_i (u_iᵀρ)² / ρᵀMρ")
+        axes[2].set_ylabel(r"$\sum_{i\leq j}\, \lambda_i (u_i^\top\rho)^2 \,/\, \rho^\top M \rho$")
         axes[2].set_title("(c) cumulative curvature share")
         axes[2].set_ylim(bottom=0)
         axes[2].legend(fontsize=7, loc="lower right")
@@ -921,15 +924,22 @@ def landscape(table: pd.DataFrame) -> Figure:
 
 def invariance_table(run_dir: str | Path, *, receiver: str | None = None, donor: str | None = None,
                      seed: int | None = None, bits: int | None = None, scope: str = "backbone",
-                     kinds: Sequence[str] = ("qk_diagonal", "vo_mixing", "layernorm_folding"),
-                     strengths: Sequence[float] = (0.0, 1.0, 2.0, 3.0), metric: str = "ggn",
-                     probe_size: int = 64, symmetry_seed: int = 0) -> pd.DataFrame:
+                     kinds: Sequence[str] = ("qk_scalar", "qk_mixing", "vo_diagonal"),
+                     strengths: Sequence[float] = (0.0, 2.0, 4.0, 6.0), metric: str = "ggn",
+                     probe_size: int = 64, symmetry_seed: int = 0, touched_only: bool = True) -> pd.DataFrame:
     """Euclidean vs metric cosine of (gρ_D, gρ_R) at gθ_R, and post-PTQ Top-1 of gθ_R and of
     g(θ_R + ρ_D), for a random element g of each symmetry kind as its strength grows
     (:func:`qgeom.symmetry.random_symmetry`: the log condition number of GL blocks, the
-    log-spread of scalings). The metric cosine uses M(gθ_R) ((fp objective, probe set of
+    log-spread of scalings). The metric cosine uses M(gθ_R) (fp objective, probe set of
     ``probe_size`` validation images): invariant for every function-level symmetry; the
-    Euclidean cosine only for orthogonal g; PTQ only where Q_b commutes with g.
+    Euclidean cosine only for orthogonal g; PTQ only where Q_b commutes with g. Default kinds:
+    a per-head q/k rescaling (commutes with per-row Q_b), a q/k GL mixing and a per-channel
+    v/o rescaling (neither commutes), strengths up to 6 (κ(g) = e⁶ ≈ 400).
+
+    touched_only: the cosines are taken over the tensors g acts on (its ``touched`` ∩ the
+    scope), where the Euclidean drift is not diluted by the untouched rest of ρ. g is block
+    diagonal over tensors, so the metric's block on those coordinates transforms by the same
+    congruence and the metric cosine stays invariant there too.
 
     Long table: kind, strength, condition_number, quantity (``euclidean_cosine``,
     ``metric_cosine``, ``ptq_top1_receiver``, ``ptq_top1_patched``, Top-1 in % on val), value.
@@ -954,45 +964,58 @@ def invariance_table(run_dir: str | Path, *, receiver: str | None = None, donor:
     for kind in kinds:
         for s in strengths:
             g = random_symmetry(model, kind, strength=float(s), seed=symmetry_seed)
-            gt, gd, gr = g(theta), g(rd), g(rr)
-            op = CurvatureOperator(model, gt, probe, metric=metric, scope=list(rd))
+            keys = [k for k in g.touched if k in rd] if touched_only else list(rd)
+            gt = g(theta)
+            gd, gr = g({k: rd[k] for k in keys}), g({k: rr[k] for k in keys})
+            op = CurvatureOperator(model, gt, probe, metric=metric, scope=keys)
             vals = {"euclidean_cosine": cosine(gd, gr), "metric_cosine": float(metric_cosine(op, gd, gr).value),
                     "ptq_top1_receiver": 100 * accuracy(model, gt, val, spec, run.cfg.eval_batch),
                     "ptq_top1_patched": 100 * accuracy(model, g(patched), val, spec, run.cfg.eval_batch)}
             for q, v in vals.items():
                 rows.append(dict(seed=seed, bits=bits, scope=scope, receiver=r, donor=donor, metric=metric, kind=kind,
-                                 strength=float(s), condition_number=g.condition_number(), quantity=q, value=v))
+                                 strength=float(s), condition_number=g.condition_number(), n_tensors=len(keys),
+                                 quantity=q, value=v))
     return pd.DataFrame(rows)
 
 
 def invariance(table: pd.DataFrame) -> Figure:
-    """(a) Euclidean (dashed) vs metric (solid) cosine of (gρ_D, gρ_R) against the symmetry's
-    strength, one colour per kind: the metric cosine stays flat, the Euclidean one drifts;
+    """(a) change of the cosine of (gρ_D, gρ_R) from its value at s = 0, metric (solid) and
+    Euclidean (dashed), against the strength s of a random element g of each kind: the metric
+    line stays at 0, the Euclidean one drifts (legend: both cosines at s = 0);
     (b) post-PTQ Top-1 (val) of gθ_R (solid) and g(θ_R + ρ_D) (dashed) under the same elements."""
     kinds = list(dict.fromkeys(table.kind))
     pal = dict(zip(kinds, [CB[i] for i in (0, 3, 2, 4, 5, 8, 9)]))
     metric = table.metric.iloc[0].upper() if "metric" in table else "M"
-    fig = _figure(figsize=(10, 3.8))
+    fig = _figure(figsize=(10.5, 4.0))
     with style():
         axes = fig.subplots(1, 2)
+        labels = []
         for k in kinds:
             d = table[table.kind == k]
+            at0 = {}
             for q, ls, ax in (("metric_cosine", "-", axes[0]), ("euclidean_cosine", "--", axes[0]),
                               ("ptq_top1_receiver", "-", axes[1]), ("ptq_top1_patched", "--", axes[1])):
                 e = d[d.quantity == q].sort_values("strength")
-                ax.plot(e.strength, e.value, ls, marker="o", ms=3, color=pal[k], lw=1.6)
-        axes[0].set_xlabel("symmetry strength s (log condition number / log-spread)")
-        axes[0].set_ylabel("cos(gρ_D, gρ_R)")
+                y = e.value.to_numpy()
+                if q.endswith("cosine"):
+                    at0[q] = y[0]
+                    y = y - y[0]
+                ax.plot(e.strength, y, ls, marker="o", ms=3, color=pal[k], lw=1.6)
+            labels.append(f"{k} (cos at s = 0: {metric} {at0['metric_cosine']:.2f}, "
+                          f"Eucl. {at0['euclidean_cosine']:.2f})")
+        axes[0].axhline(0, color="0.3", lw=0.8)
+        for ax in axes:
+            ax.set_xlabel("symmetry strength s (log condition number / log-spread)")
+        axes[0].set_ylabel("cos(gρ_D, gρ_R) − cos(ρ_D, ρ_R)")
         axes[0].set_title(f"(a) {metric} cosine at gθ_R (—) vs Euclidean (--)")
-        axes[1].set_xlabel("symmetry strength s (log condition number / log-spread)")
         axes[1].set_ylabel("post-PTQ Top-1 on val (%)")
         axes[1].set_title("(b) PTQ of gθ_R (—) and g(θ_R + ρ_D) (--)")
         handles = [Line2D([], [], color=pal[k], lw=2) for k in kinds]
         handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
-        fig.legend(handles, kinds + ["metric cosine / receiver", "Euclidean cosine / patched"],
-                   loc="outside lower center", ncols=len(kinds) + 2, fontsize=8)
+        fig.legend(handles, labels + ["(a) metric cosine, (b) receiver", "(a) Euclidean cosine, (b) patched"],
+                   loc="outside lower center", ncols=2, fontsize=8)
         fig.suptitle(f"Invariance under random ViT symmetries (receiver {table.receiver.iloc[0]}, "
-                     f"donor {table.donor.iloc[0]}, {table.bits.iloc[0]} bits)")
+                     f"donor {table.donor.iloc[0]}, {table.bits.iloc[0]} bits; cosines over the tensors g touches)")
     return fig
 
 

@@ -44,6 +44,7 @@ from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 CB = sns.color_palette("colorblind")
 SETTING_COLORS = {"FT": CB[0], "FT+PTQ": CB[0], "QAT": CB[1], "QAT+PTQ": CB[1], "patch+PTQ": CB[2],
@@ -81,7 +82,7 @@ def _figure(**kw) -> Figure:
         return Figure(layout="constrained", **kw)
 
 
-def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str, dpi: int = 200) -> dict[str, Path]:
+def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str, dpi: int = 150) -> dict[str, Path]:
     """Write ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table drawn) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
         ax.set_ylabel("Top-1 on test (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"Fine-tuned vs QAT, before and after {tab.bits.iloc[0]}-bit PTQ")
-        ax.legend(ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(tasks) <= 5 else -0.25))
+        fig.legend(*ax.get_legend_handles_labels(), ncols=4, loc="outside lower center")
     return fig
 
 
@@ -327,7 +328,7 @@ def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: st
         ax.set_xlabel("receiver task")
         ax.set_ylabel("(patch+PTQ − FT+PTQ) / QAT+PTQ")
         ax.set_title(f"Normalized improvement ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope, test)")
-        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside lower center")
     return fig
 
 
@@ -900,8 +901,12 @@ def landscape(table: pd.DataFrame) -> Figure:
     with style():
         ax = fig.add_subplot()
         A, B = np.meshgrid(grid.columns.to_numpy(), grid.index.to_numpy())
-        cs = ax.contourf(A, B, grid.to_numpy(), levels=12, cmap="viridis")
-        ax.contour(A, B, grid.to_numpy(), levels=cs.levels, colors="white", linewidths=0.3, alpha=0.6)
+        z = grid.to_numpy()
+        lo, hi = np.nanmin(z), np.nanmax(z)
+        levels = MaxNLocator(12).tick_values(lo, hi if hi > lo else lo + 1)  # round numbers, within 0–100 %
+        levels = np.unique(np.clip(levels, 0, 100)) if 0 <= lo and hi <= 100 else levels
+        cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
+        ax.contour(A, B, z, levels=cs.levels, colors="white", linewidths=0.3, alpha=0.6)
         fig.colorbar(cs, ax=ax, label=f"post-PTQ Top-1 on {table.split.iloc[0]} (%)")
         for (x, y), m, lab in (((0, 0), "o", "θ_R (FT + PTQ)"), ((1, 0), "*", "θ_R + ρ_D (zero-shot patch)"),
                                ((0, 1), "s", "θ_R + ρ_R (own QAT vector)")):

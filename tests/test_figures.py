@@ -117,7 +117,7 @@ def test_baseline_bars(synth):
     assert len(ax.patches) == 4 * N
     assert [t.get_text() for t in ax.get_xticklabels()] == list(TASKS)
     assert "Top-1" in ax.get_ylabel() and "%" in ax.get_ylabel() and ax.get_xlabel() == "task"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["FT", "FT+PTQ", "QAT", "QAT+PTQ"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["FT", "FT+PTQ", "QAT", "QAT+PTQ"]
     ptq = tab[tab.setting == "FT+PTQ"].set_index("task").top1
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [b.get_height() for b in bars[1]] == pytest.approx(list(ptq[list(TASKS)]))

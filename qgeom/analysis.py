@@ -32,7 +32,7 @@ def choose_lambda(acc: pd.DataFrame) -> pd.DataFrame:
     best = best.groupby(keys, as_index=False).first()[keys + ["lam"]].rename(columns={"lam": "lam_val"})
     test = grid[grid.split == "test"].pivot_table(index=keys + ["lam"], columns="metric", values="value").reset_index()
     out = best.merge(test, left_on=keys + ["lam_val"], right_on=keys + ["lam"], how="left").drop(columns="lam")
-    return out.rename(columns={"ptq_top1": "tuned_ptq", "fp_top1": "tuned_fp"})
+    return out.rename(columns={"ptq_top1": "tuned_ptq"})[keys + ["lam_val", "tuned_ptq"]]
 
 
 def _test(acc: pd.DataFrame, metric: str = "ptq_top1") -> pd.DataFrame:
@@ -56,10 +56,10 @@ def pair_table(acc: pd.DataFrame, geo: pd.DataFrame | None = None, dis: pd.DataF
     unit_fp = tf[(tf.method == "patch") & (tf.lam == 1.0)][pk + ["value"]].rename(columns={"value": "patch_fp"})
     rnd = t[t.method == "random"].groupby(pk, as_index=False).value.mean().rename(columns={"value": "random_ptq"})
     tuned = choose_lambda(acc)
-    tuned = tuned[tuned.method == "patch"][pk + ["lam_val", "tuned_ptq", "tuned_fp"]]
+    tuned = tuned[tuned.method == "patch"][pk + ["lam_val", "tuned_ptq"]]
     df = unit.merge(unit_fp, on=pk).merge(base, on=rk).merge(qat, on=rk).merge(tuned, on=pk)
     df = df.merge(rnd, on=pk, how="left")
-    for col in ["patch_ptq", "patch_fp", "base_ptq", "base_fp", "qat_ptq", "tuned_ptq", "tuned_fp", "random_ptq"]:
+    for col in ["patch_ptq", "patch_fp", "base_ptq", "base_fp", "qat_ptq", "tuned_ptq", "random_ptq"]:
         df[col] = 100 * df[col]
     df["gain_unit"] = df.patch_ptq - df.base_ptq
     df["gain_tuned"] = df.tuned_ptq - df.base_ptq

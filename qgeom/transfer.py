@@ -184,16 +184,17 @@ class TransferRun:
         lams = sorted(set(c.lambdas) | {1.0})
         for scope in c.scopes:
             vecs = {d: P.select(rhos[d], scope) for d in c.tasks}
+            # λ grid: post-PTQ Top-1 on val (to choose λ) and test; FP Top-1 at λ = 1 only
             for d in c.tasks:
                 for lam in lams:
-                    ev(P.patch(theta, vecs[d], lam), "patch", d, scope, lam)
+                    ev(P.patch(theta, vecs[d], lam), "patch", d, scope, lam, fp=lam == 1.0)
             mean = P.lincomb([vecs[d] for d in others], [1.0 / len(others)] * len(others))
             for lam in lams:
-                ev(P.patch(theta, mean, lam), "multi_donor", "mean(others)", scope, lam)
-            for d in others:
+                ev(P.patch(theta, mean, lam), "multi_donor", "mean(others)", scope, lam, fp=lam == 1.0)
+            for d in others:  # the control: no λ is chosen for it, so test split only
                 g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{bits}/{d}/{receiver}/{scope}".encode()))
                 for draw in range(c.random_draws):
-                    ev(P.patch(theta, random_like(vecs[d], g), 1.0), "random", d, scope, 1.0, draw)
+                    ev(P.patch(theta, random_like(vecs[d], g), 1.0), "random", d, scope, 1.0, draw, splits=("test",))
         return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
     # -- geometry --------------------------------------------------------------------------

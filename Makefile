@@ -22,6 +22,9 @@ test: $(STAMP)  ## the default test suite (< 10 minutes on 2 cores)
 test-all: $(STAMP)  ## also the slow checks
 	$(VENV)/bin/python -m pytest -q -m ''
 
+figures: $(STAMP)  ## regenerate paper_figures/ from the demo run
+	$(VENV)/bin/qgeom figures runs/demo --out paper_figures
+
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/curvature.py
 

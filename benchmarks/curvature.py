@@ -16,7 +16,9 @@ attention, float32 unless --dtype):
 * Lanczos: milliseconds per iteration (one product plus full reorthogonalization);
 * peak memory of one call: on CUDA ``torch.cuda.max_memory_allocated`` above the baseline; on
   CPU the resident set size sampled every millisecond by a thread, above its value before the
-  call (approximate: short spikes between samples are missed).
+  call, in a child process where glibc returns every freed block over 64 KiB to the OS
+  (``MALLOC_MMAP_THRESHOLD_``), so the RSS follows the live tensors (approximate: spikes
+  shorter than a millisecond are missed). Timings never run in that child.
 
 Timing is interleaved — every repeat runs each measurement once in turn — so a change in the
 machine's load hits all of them alike; the JSON gives medians and quartiles over the repeats
@@ -32,6 +34,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -122,12 +125,11 @@ def machine(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
         "numpy": numpy.__version__, "scipy": scipy.__version__, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     return info
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default=None, help="micro (CPU default) or base (CUDA default)")
     ap.add_argument("--batch", type=int, default=32)
@@ -137,13 +139,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lanczos-iter", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/curvature_<device>.json)")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU memory child
+    return ap.parse_args(argv)
+
+
+def setup(args: argparse.Namespace) -> tuple[dict, CurvatureOperator, torch.nn.Module, str]:
+    """The measured callables, the default Hessian operator, the model and the preset."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = args.preset or ("base" if device.type == "cuda" else "micro")
-    dtype = getattr(torch, args.dtype)
-
     model = create_model(preset, num_classes=10, seed=0).to(device, dtype)
     img = model.patch_embed.img_size
     g = torch.Generator().manual_seed(0)
@@ -158,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
     fisher = CurvatureOperator(model, theta, batches, metric="fisher")
     vs = [{k: torch.randn(t.shape, generator=g).to(device, dtype) for k, t in default.theta.items()} for _ in range(4)]
     v, v_list = vs[0], [vs[0][n] for n, _ in model.named_parameters()]
-
     fns = {
         "forward": default.loss,
         "gradient": default.gradient,
@@ -172,15 +176,43 @@ def main(argv: list[str] | None = None) -> dict:
                      ("ggn", ggn)):
         fns[f"{name}_4_singles"] = lambda op=op: [op.matvec(u) for u in vs]
         fns[f"{name}_matmat_4"] = lambda op=op: op.matmat(vs)
+    fns["lanczos_10_iterations"] = lambda: lanczos(default, args.lanczos_iter, seed=0, keep_basis=False)
     for p in model.parameters():
         p.requires_grad_(True)
-    t = time_interleaved(fns, args.repeats, device)
+    return fns, default, model, preset
 
-    def lanczos_run() -> None:
-        lanczos(default, args.lanczos_iter, seed=0, keep_basis=False)
 
-    lz = time_interleaved({"lanczos": lanczos_run}, max(3, args.repeats // 5), device, warmup=1)["lanczos"]
-    mem = {k: peak_memory_mib(fn, device) for k, fn in fns.items() if not k.endswith("4_singles")}
+def memory(args: argparse.Namespace, fns: dict) -> tuple[dict, str]:
+    """Peak memory per call (MiB). CPU: in a child process whose glibc returns every block over
+    64 KiB to the OS on free (MALLOC_MMAP_THRESHOLD_), so the RSS follows live tensors."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        return ({k: peak_memory_mib(fn, device) for k, fn in fns.items() if not k.endswith("4_singles")},
+                "torch.cuda.max_memory_allocated above memory_allocated before the call")
+    cmd = [sys.executable, __file__, "--memory-only", "--batch", str(args.batch), "--dtype", args.dtype,
+           "--device", args.device, "--lanczos-iter", str(args.lanczos_iter)]
+    cmd += ["--preset", args.preset] if args.preset else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return (json.loads(res.stdout.strip().splitlines()[-1]),
+            "RSS sampled at 1 kHz above its value before the call, in a child process with "
+            "MALLOC_MMAP_THRESHOLD_=65536 (freed tensors leave the RSS); approximate")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    fns, default, model, preset = setup(args)
+    device = torch.device(args.device)
+    if args.memory_only:
+        for fn in fns.values():
+            fn()  # warm-up: lazy initialisation is not the call's memory
+        print(json.dumps({k: peak_memory_mib(fn, device) for k, fn in fns.items() if not k.endswith("4_singles")}))
+        return {}
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    t = time_interleaved({k: f for k, f in fns.items() if not k.startswith("lanczos")}, args.repeats, device)
+    lz = time_interleaved({"lanczos": fns["lanczos_10_iterations"]}, max(3, args.repeats // 5), device, warmup=1)
+    mem, mem_method = memory(args, fns)
 
     med = {k: s["median_ms"] for k, s in t.items()}
     dflt = "hvp_" + default.method.replace("-", "_")
@@ -199,11 +231,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     default_key = dflt.removeprefix("hvp_")
     result = {
-        "machine": {**machine(device), "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "machine": {**machine(device), "load_average_start": load_start,
+                    "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "config": {"preset": preset, "batch": args.batch, "dtype": args.dtype, "repeats": args.repeats,
-                   "n_params": default.n_params, "default_hvp_method": default.method, "img_size": list(img)},
+                   "n_params": default.n_params, "default_hvp_method": default.method,
+                   "img_size": list(model.patch_embed.img_size), "lanczos_iter": args.lanczos_iter},
         "timings": t,
-        "lanczos_ms_per_iteration": {k: v / args.lanczos_iter for k, v in lz.items() if k.endswith("_ms")},
+        "lanczos_ms_per_iteration": lz["lanczos"]["median_ms"] / args.lanczos_iter,
         "ratios": ratios,
         "targets": {
             "default_hvp_le_3x_gradient": ratios["hvp_default_over_gradient"] <= 3.0,
@@ -211,14 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
             "matmat_4_ge_1.5x_default_route": ratios[f"matmat_4_speedup_{default_key}"] >= 1.5,
         },
         "peak_memory_mib": mem,
-        "peak_memory_method": "torch.cuda.max_memory_allocated above baseline" if device.type == "cuda"
-        else "RSS sampled at 1 kHz above its value before the call (approximate)",
+        "peak_memory_method": mem_method,
         "process_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"curvature_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({"ratios": ratios, "targets": result["targets"],
+    print(json.dumps({"ratios": ratios, "targets": result["targets"], "lanczos_ms_per_iteration":
+                      result["lanczos_ms_per_iteration"], "peak_memory_mib": mem,
                       "median_ms": {k: round(v, 2) for k, v in med.items()}}, indent=2))
     print(f"wrote {out}")
     return result

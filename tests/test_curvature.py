@@ -304,3 +304,20 @@ def test_agrees_with_curvlinops():
         with ctx() if ctx else contextlib.nullcontext():
             theirs = cls(model, nn.CrossEntropyLoss(), params, case.batches).to_scipy() @ X
         assert np.abs(mine - theirs).max() / np.abs(mine).max() < 1e-6
+
+
+@pytest.mark.gpu
+def test_cuda_products_match_cpu():
+    """On CUDA (float64): Hessian and GGN products equal the CPU ones to 1e-10 relative."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    case = tiny_case()
+    cuda_params = {k: v.cuda() for k, v in case.params.items()}
+    cuda_batches = [(x.cuda(), y.cuda()) for x, y in case.batches]
+    model = create_model("micro", **TINY).double().cuda()
+    for metric in ("hessian", "ggn"):
+        cpu = operator(metric)
+        gpu = CurvatureOperator(model, cuda_params, cuda_batches, metric=metric)
+        vs = [random_vector(cpu.theta, s) for s in range(2)]
+        for a, b in zip(cpu.matmat(vs), gpu.matmat(vs)):
+            assert rel_err(gpu.flatten(b).cpu(), cpu.flatten(a)) < F64_TOL

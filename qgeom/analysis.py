@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from qgeom.stats import Interval, qap_correlation, t_interval, two_way_bootstrap
+from qgeom.stats import Interval, correlation_difference, qap_correlation, t_interval, two_way_bootstrap
 
 ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
 TARGETS = ("gain_unit", "gain_tuned", "recovery_unit")
@@ -109,25 +109,35 @@ def receiver_table(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def pair_matrix(pairs: pd.DataFrame, col: str, names: list[str]) -> np.ndarray:
+    """The donor × receiver matrix of ``col`` (mean over seeds), NaN where a cell is missing."""
+    mean = pairs.groupby(["donor", "receiver"])[col].mean()
+    m = np.full((len(names), len(names)), np.nan)
+    for (d, r), v in mean.items():
+        m[names.index(d), names.index(r)] = v
+    return m
+
+
 def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
     """Spearman and Pearson of every alignment with every target over off-diagonal cells, with
-    QAP p-values and leave-one-task-out ranges; matrices are averaged over seeds first."""
+    QAP p-values and leave-one-task-out ranges; matrices are averaged over seeds first. Rows of a
+    curvature alignment also carry ``diff_vs_euclidean``: r(alignment) − r(Euclidean) with a
+    task-bootstrap 95% interval (``diff_low``, ``diff_high``)."""
     rows = []
     for (bits, scope), g in pairs.groupby(["bits", "scope"]):
         names = sorted(set(g.donor) | set(g.receiver))
-        mean = g.groupby(["donor", "receiver"]).mean(numeric_only=True)
-
-        def matrix(col):
-            m = np.full((len(names), len(names)), np.nan)
-            for (d, r), v in mean[col].items():
-                m[names.index(d), names.index(r)] = v
-            return m
-
-        for a in [c for c in g.columns if c.startswith("cos_")]:
-            for target in [t for t in TARGETS if t in g.columns]:
+        aligns = [c for c in g.columns if c.startswith("cos_")]
+        for target in [t for t in TARGETS if t in g.columns]:
+            y = pair_matrix(g, target, names)
+            for a in aligns:
+                x = pair_matrix(g, a, names)
                 for method in ("spearman", "pearson"):
-                    res = qap_correlation(matrix(a), matrix(target), method, permutations)
-                    rows.append(dict(bits=bits, scope=scope, alignment=a[4:], target=target) | res.to_dict())
+                    res = qap_correlation(x, y, method, permutations)
+                    row = dict(bits=bits, scope=scope, alignment=a[4:], target=target) | res.to_dict()
+                    if a != "cos_euclidean" and "cos_euclidean" in aligns:
+                        d = correlation_difference(x, pair_matrix(g, "cos_euclidean", names), y, method)
+                        row |= dict(diff_vs_euclidean=d.mean, diff_low=d.low, diff_high=d.high)
+                    rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -154,6 +164,8 @@ def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) 
         gain, vs_rand, tuned = interval(g, "gain_unit"), interval(g, "gain_vs_random"), interval(g, "gain_tuned")
         c = corr[(corr.bits == bits) & (corr.scope == scope) & (corr.target == "gain_unit") & (corr.method == "spearman")]
         rho = {row.alignment: (row.r, row.p_value) for row in c.itertuples()}
+        diff = {row.alignment: (getattr(row, "diff_vs_euclidean", math.nan), getattr(row, "diff_low", math.nan),
+                                getattr(row, "diff_high", math.nan)) for row in c.itertuples()}
         e = rho.get("euclidean", (math.nan, math.nan))
         best_metric = max((k for k in rho if k != "euclidean"), key=lambda k: rho[k][0], default=None)
         m = rho.get(best_metric, (math.nan, math.nan)) if best_metric else (math.nan, math.nan)
@@ -171,7 +183,8 @@ def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) 
             spearman_metric=m[0], p_metric=m[1],
             verdict_patch=_verdict(gain, "the donor patch at λ = 1", "the unpatched receiver"),
             verdict_random=_verdict(vs_rand, "the donor patch at λ = 1", "a norm-matched random direction"),
-            verdict_alignment=_alignment_verdict(e, m, best_metric),
+            diff_vs_euclidean=diff.get(best_metric, (math.nan,) * 3),
+            verdict_alignment=_alignment_verdict(e, m, best_metric, diff.get(best_metric, (math.nan,) * 3)),
         ))
     return out
 
@@ -186,12 +199,18 @@ def _verdict(iv: Interval, what: str, against: str) -> str:
     return f"{what} does not reliably beat {against}: {iv} points (95% interval contains 0)"
 
 
-def _alignment_verdict(e: tuple[float, float], m: tuple[float, float], name: str | None) -> str:
+def _alignment_verdict(e: tuple[float, float], m: tuple[float, float], name: str | None,
+                       diff: tuple[float, float, float]) -> str:
     if name is None or not math.isfinite(m[0]):
         return "no curvature alignment measured"
-    better = m[0] > e[0]
-    sig = m[1] < 0.05
-    return (f"Spearman with the λ = 1 gain: {name} cosine {m[0]:+.2f} (QAP p = {m[1]:.3f}) vs Euclidean "
-            f"{e[0]:+.2f} (p = {e[1]:.3f}): the curvature alignment "
-            + ("predicts the gains better" if better and sig else
-               "ranks higher but is not significant" if better else "does not predict better"))
+    head = (f"Spearman with the λ = 1 gain: {name} cosine {m[0]:+.2f} (QAP p = {m[1]:.3f}), Euclidean "
+            f"{e[0]:+.2f} (p = {e[1]:.3f}); difference {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] (95%, task "
+            f"bootstrap): ")
+    if math.isfinite(diff[1]) and diff[1] > 0:
+        return head + "the curvature alignment predicts the gains better"
+    if m[1] < 0.05 <= e[1]:
+        return head + ("only the curvature alignment is significant, but the interval of the difference "
+                       "contains 0: not shown to predict better")
+    if m[0] > e[0]:
+        return head + "the curvature alignment ranks higher, not significantly"
+    return head + "the curvature alignment does not predict better"

@@ -121,3 +121,15 @@ def test_geometry_is_consistent(tiny_run: Path) -> None:
     # GGN Gram matrices are PSD: eigenvalues ≥ −(roundoff)
     eig = geo[geo.quantity.str.startswith("K_eig") & geo.metric.isin(["ggn", "euclidean"])]
     assert (eig.value > -1e-6 * eig.value.abs().max()).all()
+
+
+def test_align_demo_on_a_trained_run(tiny_run: Path) -> None:
+    """The hidden permutation is recovered and the aligned patch equals g(same-basis patch)."""
+    from typer.testing import CliRunner
+
+    from qgeom.cli import app
+
+    res = CliRunner().invoke(app, ["align-demo", str(tiny_run), "--donor", "shape", "--receiver", "hue"])
+    assert res.exit_code == 0, res.output
+    assert "recovered exactly: True" in res.output
+    assert "= 0.00e+00" in res.output.replace("\n", "")

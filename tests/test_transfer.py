@@ -22,11 +22,7 @@ from qgeom.transfer import ConfigMismatchError, TransferRun, random_like
 TABLES = ("accuracy.csv", "geometry.csv", "pairs.csv", "receivers.csv", "correlations.csv")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("tiny")
-    run_experiment("tiny", run_dir, [], progress=False)
-    return run_dir
+from _tiny_run import tiny_run  # noqa: E402,F401  (one tiny run per session, shared with the figure tests)
 
 
 def test_tables_exist_and_are_tidy(tiny_run: Path) -> None:

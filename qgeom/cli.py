@@ -7,10 +7,8 @@ so every command after ``pretrain`` needs only file names.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qgeom import params as P
+from qgeom.commands import clean_errors
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -26,24 +25,6 @@ console = Console()
 
 BITS_HELP = "weight bit width, 2–8 (per-row symmetric RTN, the paper's quantizer)"
 BITS_RANGE = dict(min=2, max=8)  # checked by click before any work: "Invalid value for '--bits'"
-
-
-def _clean_errors(command):
-    """Report qgeom's own errors (missing or corrupt checkpoints, incompatible vectors, unknown
-    tasks, unsupported bit widths: all ``ValueError``s) as one line on stderr with exit code 1,
-    instead of a traceback. ``QGEOM_DEBUG=1`` shows the traceback."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as e:
-            if os.environ.get("QGEOM_DEBUG"):
-                raise
-            typer.echo(f"Error: {e}", err=True)
-            raise typer.Exit(1) from e
-
-    return run
 
 
 def _load(path: Path) -> tuple[P.Params, dict]:
@@ -74,7 +55,7 @@ def _task(name: str, seed: int):
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def pretrain(
     out: Path = typer.Option(..., help="where to write θ_0 (.safetensors)"),
     preset: str = typer.Option("micro", help="model preset: micro, tiny, small, base, large"),
@@ -110,7 +91,7 @@ def pretrain(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def finetune(
     pretrained: Path = typer.Option(..., help="θ_0 checkpoint"),
     task: str = typer.Option(..., help="task name (see `qgeom tasks`)"),
@@ -135,7 +116,7 @@ def finetune(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def qat(
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
     out: Path = typer.Option(..., help="where to write θ_t,QAT"),
@@ -160,7 +141,7 @@ def qat(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def extract(
     qat_checkpoint: Path = typer.Option(..., "--qat", help="θ_t,QAT checkpoint"),
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
@@ -176,7 +157,7 @@ def extract(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def patch(
     receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
     vector: Path = typer.Option(..., help="vector ρ_D (.safetensors)"),
@@ -191,7 +172,7 @@ def patch(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def ptq(
     weights: Path = typer.Option(..., help="checkpoint to quantize"),
     out: Path = typer.Option(..., help="where to write Q_b(θ)"),
@@ -211,7 +192,7 @@ def ptq(
 
 
 @app.command()
-@_clean_errors
+@clean_errors
 def evaluate(
     weights: list[Path] = typer.Argument(..., help="checkpoints to evaluate"),
     bits: Optional[list[int]] = typer.Option(None, help="also evaluate after PTQ at these bit widths (2–8)",

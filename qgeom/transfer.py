@@ -39,7 +39,7 @@ from qgeom.config import RunConfig
 from qgeom.data import Task, load_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device
 from qgeom.quant import QuantSpec, ptq
-from qgeom.train import accuracy, finetune, logits, loss, pretrain, qat
+from qgeom.train import accuracy, finetune, logits, pretrain, qat
 
 EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
 

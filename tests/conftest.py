@@ -1,7 +1,9 @@
 """Shared test settings: one thread by default (tiny models gain nothing from more; CI has 2 cores), deterministic seeds, hypothesis profile."""
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -9,3 +11,14 @@ torch.set_num_threads(int(os.environ.get("QGEOM_TEST_THREADS", "1")))
 settings.register_profile("qgeom", deadline=None, max_examples=30,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile("qgeom")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of the ``tiny`` preset (geometry included), made once per session and
+    shared by the transfer, figure and notebook tests (read-only: copy it before changing it)."""
+    from qgeom.commands.transfer_cli import run_experiment
+
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    run_experiment("tiny", run_dir, [], progress=False)
+    return run_dir

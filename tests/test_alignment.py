@@ -1,7 +1,6 @@
 """Weight matching recovers planted permutations; aligned transfer is g applied to the plain patch."""
 
 import torch
-from test_symmetry import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from qgeom.alignment import alignment_demo, permutation_element, weight_matching
 from qgeom.models import create_model

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _tiny_run import tiny_run  # noqa: F401  (session fixture: one tiny run for figures and notebooks)
 from matplotlib.container import BarContainer
 from matplotlib.collections import LineCollection, PathCollection, QuadMesh
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_symmetry import draw_element, one_thread, tiny_vit, vit_configs  # noqa: F401  (shared cases; pytest puts tests/ on sys.path)
+from test_symmetry import draw_element, tiny_vit, vit_configs  # noqa: F401  (shared cases; pytest puts tests/ on sys.path)
 
 from qgeom.invariance import InvarianceReport, Tolerances, check_invariance
 from qgeom.params import select

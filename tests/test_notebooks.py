@@ -18,7 +18,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from _tiny_run import tiny_run  # noqa: F401  (session fixture, shared with test_figures)
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient

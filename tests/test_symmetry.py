@@ -24,15 +24,6 @@ from qgeom.symmetry import (
 FUNCTION_RTOL = 1e-10  # float64, relative to max |logits|
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which only thrash on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @st.composite
 def vit_configs(draw, min_head_dim: int = 2) -> dict:
     """Random tiny timm ViT keyword arguments (embed dim = heads × head_dim)."""

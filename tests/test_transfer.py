@@ -22,7 +22,6 @@ from qgeom.transfer import ConfigMismatchError, TransferRun, random_like
 TABLES = ("accuracy.csv", "geometry.csv", "pairs.csv", "receivers.csv", "correlations.csv")
 
 
-from _tiny_run import tiny_run  # noqa: E402,F401  (one tiny run per session, shared with the figure tests)
 
 
 def test_tables_exist_and_are_tidy(tiny_run: Path) -> None:

@@ -13,11 +13,11 @@ receiver's QAT checkpoint: Proposition 1 expands there.
 
 from __future__ import annotations
 
+from qgeom.commands import clean_errors
+
 import csv
-import functools
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -93,21 +93,6 @@ def _write_json(out: Path, name: str, obj: dict) -> Path:
     return atomic_write(out / name, w)
 
 
-def _clean(command):
-    """qgeom's ValueErrors (bad checkpoints, incompatible vectors, unknown tasks) as one line on
-    stderr with exit code 1; ``QGEOM_DEBUG=1`` shows the traceback."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as e:
-            if os.environ.get("QGEOM_DEBUG"):
-                raise
-            typer.echo(f"Error: {e}", err=True)
-            raise typer.Exit(1) from e
-
-    return run
 
 
 def _fmt(x: float) -> str:
@@ -133,7 +118,7 @@ def register(app: typer.Typer) -> None:
     )
 
     @app.command("geometry")
-    @_clean
+    @clean_errors
     def geometry_cmd(
         receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (.safetensors)"),
         vectors: list[Path] = typer.Argument(..., help="vectors ρ (.safetensors): donors' and the receiver's own"),
@@ -198,7 +183,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
 
     @app.command("spectrum")
-    @_clean
+    @clean_errors
     def spectrum_cmd(
         receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (.safetensors)"),
         task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],

@@ -11,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qgeom.commands import clean_errors
+
 console = Console(width=None if Console().is_terminal else 120)
 
 
 def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geometry: bool = True,
                    progress: bool = True) -> dict:
     """Run (or resume) a configured experiment and write its tables and summary; returns the summary."""
-    import pandas as pd
 
     from qgeom import analysis
     from qgeom.config import load_config, with_overrides
@@ -78,6 +79,7 @@ def print_summary(summary: dict, console: Console = console) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
+    @clean_errors
     def run_cmd(
         config: str = typer.Argument("demo", help="a preset (demo, tiny, gpu) or a .json/.yaml config file"),
         overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. bits=2,3 finetune.steps=300"),
@@ -90,6 +92,7 @@ def register(app: typer.Typer) -> None:
         print_summary(run_experiment(config, run_dir, ov, geometry))
 
     @app.command("demo")
+    @clean_errors
     def demo_cmd(
         run_dir: Path = typer.Option(Path("runs/demo"), help="run directory; an existing one is resumed"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (default: the preset's 2)"),
@@ -98,6 +101,7 @@ def register(app: typer.Typer) -> None:
         print_summary(run_experiment("demo", run_dir, [f"bits={bits}"] if bits else []))
 
     @app.command("summary")
+    @clean_errors
     def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
         """Print the summary table of a finished run."""
         path = run_dir / "summary.json"

@@ -1,0 +1,223 @@
+"""The catalogue: constructors with explicit group elements, and its expected levels as data.
+
+Each constructor (head_permutation, qk_mixing, vo_mixing, mlp_permutation, layernorm_folding,
+layerscale_folding, residual_permutation) takes a model or a
+:class:`~qgeom.symmetry.layout.ViTLayout` and explicit group elements, and returns a
+:class:`~qgeom.symmetry.element.Symmetry`; :data:`CATALOGUE` states which levels a generic
+element of each kind satisfies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from qgeom.symmetry.element import Symmetry
+from qgeom.symmetry.layout import UnsupportedSymmetryError, ViTLayout, layout_of
+from qgeom.symmetry.operators import Action, BlockLinear, Permutation, Scaling, invert_blocks
+
+
+# --------------------------------------------------------------------------------------------
+# building an element on a layout
+# --------------------------------------------------------------------------------------------
+
+
+def _existing(layout: ViTLayout, actions: list[Action]) -> list[Action]:
+    """Drop actions on tensors the model lacks (e.g. qkv.bias with qkv_bias=False)."""
+    return [a for a in actions if a[0] in layout.shapes]
+
+
+def _make(kind: str, layout: ViTLayout, actions: list[Action]) -> Symmetry:
+    actions = _existing(layout, actions)
+    for name, axis, op in actions:
+        if layout.shapes[name][axis] != op.n:
+            raise ValueError(f"{kind}: {name} has {layout.shapes[name][axis]} entries on axis {axis}, the map has {op.n}")
+    return Symmetry(kind, tuple(actions), layout.sub(dict.fromkeys(a[0] for a in actions)))
+
+
+def _check_perm(p: Tensor, n: int, what: str) -> Tensor:
+    p = torch.as_tensor(p, dtype=torch.int64)
+    if p.shape != (n,) or not torch.equal(torch.sort(p).values, torch.arange(n)):
+        raise ValueError(f"{what}: expected a permutation of range({n}), got {p.tolist()[:8]}…")
+    return p
+
+
+def _check_block(layout: ViTLayout, i: int) -> str:
+    if not 0 <= i < layout.depth:
+        raise ValueError(f"block {i} out of range (depth {layout.depth})")
+    return f"blocks.{i}."
+
+
+# --------------------------------------------------------------------------------------------
+# the catalogue: constructors with explicit group elements
+# --------------------------------------------------------------------------------------------
+
+
+def head_permutation(model, perms: Mapping[int, Tensor]) -> Symmetry:
+    """π_i ∈ S_H per block i: head h of the new model is head π_i[h] of the old one.
+
+    qkv.weight (3Hd, D) and qkv.bias (3Hd,): row blocks of q, k and v; proj.weight (D, Hd):
+    column blocks; the attention-output norm (scale_norm, over Hd) likewise.
+    """
+    L = layout_of(model)
+    H, d, acts = L.num_heads, L.head_dim, []
+    for i, pi in perms.items():
+        p = _check_block(L, i) + "attn."
+        cols = (_check_perm(pi, H, f"head permutation of block {i}")[:, None] * d + torch.arange(d)).reshape(-1)
+        rows = torch.cat([cols + part * H * d for part in range(3)])
+        acts += [(p + "qkv.weight", 0, Permutation(rows)), (p + "qkv.bias", 0, Permutation(rows)),
+                 (p + "proj.weight", 1, Permutation(cols)), (p + "norm.weight", 0, Permutation(cols)),
+                 (p + "norm.bias", 0, Permutation(cols))]
+    return _make("head_permutation", L, acts)
+
+
+def qk_mixing(model, A: Mapping[int, Tensor], kind: str = "qk_mixing") -> Symmetry:
+    """A_i (H, d, d) per block: W_q,h → A_h W_q,h, W_k,h → A_h⁻ᵀ W_k,h, biases likewise.
+
+    Acts on qkv.weight rows and qkv.bias as diag(A_1…A_H, A_1⁻ᵀ…A_H⁻ᵀ, I…I). Exact because
+    (A q)ᵀ(A⁻ᵀ k) = qᵀk; refused with q/k normalisation (LayerNorm of A q ≠ A LayerNorm q).
+    """
+    L = layout_of(model)
+    if L.qk_norm:
+        raise UnsupportedSymmetryError("query/key mixing is not a symmetry with q/k normalisation (qk_norm=True)")
+    acts = []
+    for i, a in A.items():
+        p = _check_block(L, i) + "attn.qkv."
+        a = _check_gl(a, L, i)
+        op = BlockLinear(torch.cat([a, invert_blocks(a).mT, torch.eye(L.head_dim, dtype=a.dtype).expand_as(a)]))
+        acts += [(p + "weight", 0, op), (p + "bias", 0, op)]
+    return _make(kind, L, acts)
+
+
+def vo_mixing(model, B: Mapping[int, Tensor], kind: str = "vo_mixing") -> Symmetry:
+    """B_i (H, d, d) per block: W_v,h, b_v,h → B_h ·; proj columns of head h → · B_h⁻¹.
+
+    qkv rows/bias: diag(I…, I…, B_1…B_H); proj.weight columns (mode matrix diag(B_h⁻ᵀ)).
+    Refused with an attention-output norm (scale_norm), which does not commute with B_h.
+    """
+    L = layout_of(model)
+    if L.attn_out_norm:
+        raise UnsupportedSymmetryError("value/output mixing is not a symmetry with an attention-output norm (scale_norm)")
+    acts = []
+    for i, b in B.items():
+        p = _check_block(L, i) + "attn."
+        b = _check_gl(b, L, i)
+        op = BlockLinear(torch.cat([torch.eye(L.head_dim, dtype=b.dtype).expand(2 * L.num_heads, -1, -1), b]))
+        acts += [(p + "qkv.weight", 0, op), (p + "qkv.bias", 0, op), (p + "proj.weight", 1, BlockLinear(invert_blocks(b).mT))]
+    return _make(kind, L, acts)
+
+
+def _check_gl(a: Tensor, L: ViTLayout, i: int) -> Tensor:
+    a = torch.as_tensor(a, dtype=torch.float64)
+    if a.shape != (L.num_heads, L.head_dim, L.head_dim):
+        raise ValueError(f"block {i}: expected (H, d, d) = {(L.num_heads, L.head_dim, L.head_dim)} matrices, got {tuple(a.shape)}")
+    if not bool((torch.linalg.svdvals(a).min(-1).values > 1e-12 * torch.linalg.svdvals(a).max(-1).values).all()):
+        raise ValueError(f"block {i}: a mixing matrix is singular")
+    return a
+
+
+def mlp_permutation(model, perms: Mapping[int, Tensor]) -> Symmetry:
+    """σ_i ∈ S_hidden per block: fc1.weight rows and fc1.bias ← σ; fc2.weight columns ← σ
+    (and the MLP's hidden norm, if any). Exact for any elementwise activation."""
+    L = layout_of(model)
+    acts = []
+    for i, s in perms.items():
+        p = _check_block(L, i) + "mlp."
+        op = Permutation(_check_perm(s, L.shapes[p + "fc1.weight"][0], f"MLP permutation of block {i}"))
+        acts += [(p + "fc1.weight", 0, op), (p + "fc1.bias", 0, op), (p + "fc2.weight", 1, op),
+                 (p + "norm.weight", 0, op), (p + "norm.bias", 0, op)]
+    return _make("mlp_permutation", L, acts)
+
+
+def layernorm_folding(model, s: Mapping[str, Tensor]) -> Symmetry:
+    """s per norm (keys: ``blocks.i.norm1``, ``blocks.i.norm2``, ``norm``/``fc_norm``):
+    norm weight and bias × s; the Linear reading the norm (see ``ViTLayout.fold_sites``):
+    columns × 1/s. The catalogue uses s > 0; any nonzero s is a symmetry."""
+    L = layout_of(model)
+    acts = []
+    for norm, sv in s.items():
+        if norm not in L.fold_sites:
+            raise UnsupportedSymmetryError(f"cannot fold {norm!r}: foldable norms are {', '.join(L.fold_sites)}")
+        op = Scaling(torch.as_tensor(sv, dtype=torch.float64))
+        acts += [(norm + ".weight", 0, op), (norm + ".bias", 0, op), (L.fold_sites[norm] + ".weight", 1, op.inverse())]
+    return _make("layernorm_folding", L, acts)
+
+
+def layerscale_folding(model, s: Mapping[str, Tensor]) -> Symmetry:
+    """s per LayerScale (keys ``blocks.i.ls1``/``blocks.i.ls2``): gamma × s; the Linear
+    before it (attn.proj / mlp.fc2): rows and bias × 1/s."""
+    L = layout_of(model)
+    if not L.layerscale:
+        raise UnsupportedSymmetryError("LayerScale folding needs LayerScale (timm init_values set); this model has none")
+    acts = []
+    for ls, sv in s.items():
+        i, which = ls.removeprefix("blocks.").split(".")
+        p = _check_block(L, int(i))
+        writer = {"ls1": "attn.proj", "ls2": "mlp.fc2"}[which]
+        op = Scaling(torch.as_tensor(sv, dtype=torch.float64))
+        acts += [(ls + ".gamma", 0, op), (p + writer + ".weight", 0, op.inverse()), (p + writer + ".bias", 0, op.inverse())]
+    return _make("layerscale_folding", L, acts)
+
+
+# Residual-stream axis of every tensor kind (None: the tensor does not touch the stream).
+_RESIDUAL_AXIS = [
+    (r"(cls_token|reg_token|pos_embed)", 2),
+    (r"(patch_embed\.proj|patch_embed\.norm|norm_pre|norm|fc_norm)\.(weight|bias)", 0),
+    (r"blocks\.\d+\.(norm1|norm2|attn\.proj|mlp\.fc2)\.(weight|bias)|blocks\.\d+\.ls[12]\.gamma", 0),
+    (r"blocks\.\d+\.(attn\.qkv|mlp\.fc1)\.weight|head\.weight", 1),
+    (r"blocks\.\d+\.((attn\.qkv|mlp\.fc1)\.bias|attn\.(q_norm|k_norm|norm)\.\w+|mlp\.norm\.\w+)|head\.bias", None),
+]
+
+
+def residual_permutation(model, perm: Tensor) -> Symmetry:
+    """P ∈ S_D on the residual stream: every tensor axis that is the stream (see the package
+    docstring). Exact because LayerNorm/RmsNorm statistics are permutation invariant. Refused
+    for a tensor qgeom does not know, and without a head (the output would be permuted)."""
+    import re
+
+    L = layout_of(model)
+    if not L.has_head:
+        raise UnsupportedSymmetryError("residual permutation needs a Linear head (num_classes > 0)")
+    op = Permutation(_check_perm(perm, L.embed_dim, "residual permutation"))
+    acts = []
+    for name in L.shapes:
+        axes = [ax for pat, ax in _RESIDUAL_AXIS if re.fullmatch(pat, name)]
+        if not axes:
+            raise UnsupportedSymmetryError(f"residual permutation: unknown tensor {name} {L.shapes[name]}")
+        if axes[0] is not None:
+            acts.append((name, axes[0], op))
+    return _make("residual_permutation", L, acts)
+
+
+# --------------------------------------------------------------------------------------------
+# the catalogue as data
+# --------------------------------------------------------------------------------------------
+
+
+def _levels(quantizer: bool, sgd: bool, adamw: bool) -> dict[str, bool]:
+    return {"function": True, "quantizer": quantizer, "optimizer_sgd": sgd, "optimizer_adamw": adamw,
+            "pipeline": adamw and quantizer, "euclidean": sgd}
+
+
+#: Expected levels of a *generic* random element of each kind (per-row symmetric Q_b; H ≥ 2),
+#: DESIGN.md's table as data. Elements compute their own (exact) expectations; a degenerate
+#: element may satisfy more (e.g. vo_scalar with one head is a row scaling of proj).
+CATALOGUE: dict[str, dict[str, bool]] = {
+    "head_permutation": _levels(True, True, True),
+    "qk_mixing": _levels(False, False, False),
+    "qk_orthogonal": _levels(False, True, False),
+    "qk_diagonal": _levels(True, False, False),
+    "qk_scalar": _levels(True, False, False),
+    "qk_signed_permutation": _levels(True, True, True),
+    "vo_mixing": _levels(False, False, False),
+    "vo_orthogonal": _levels(False, True, False),
+    "vo_diagonal": _levels(False, False, False),
+    "vo_scalar": _levels(False, False, False),
+    "vo_signed_permutation": _levels(True, True, True),
+    "mlp_permutation": _levels(True, True, True),
+    "layernorm_folding": _levels(False, False, False),
+    "layerscale_folding": _levels(True, False, False),
+    "residual_permutation": _levels(True, True, True),
+}

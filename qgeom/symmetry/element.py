@@ -1,0 +1,144 @@
+"""The symmetry element: a :class:`Symmetry` value acting on points, tangents and covectors.
+
+g applies its ``actions`` (tensor name, axis, :class:`~qgeom.symmetry.operators.AxisOp`) in
+order; it composes, inverts and transposes exactly, and computes from its matrices which levels
+it should satisfy (:meth:`Symmetry.expectations`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from qgeom.params import IncompatibleParamsError, Params, in_scope
+from qgeom.quant import QuantSpec
+from qgeom.symmetry.operators import Action, AxisClass, AxisOp, classify
+
+EXPECTED_LEVELS = ("function", "quantizer", "optimizer_sgd", "optimizer_adamw", "pipeline", "euclidean")  # keys of Symmetry.expectations()
+
+
+@dataclass(frozen=True, eq=False)
+class Symmetry:
+    """A symmetry element g: ``actions`` applied in order, each (tensor name, axis, operator).
+
+    ``shapes`` records the shape of every touched tensor, so a dict of the wrong model is
+    refused instead of being silently half-transformed. ``kind`` names the element.
+    """
+
+    kind: str
+    actions: tuple[Action, ...] = ()
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __call__(self, params: Mapping[str, Tensor]) -> Params:
+        """g θ (points) — and g ρ (tangent vectors): the same linear map. Untouched tensors shared."""
+        return self._act(params, self.actions)
+
+    act = __call__
+
+    def act_covector(self, c: Mapping[str, Tensor]) -> Params:
+        """g⁻ᵀ c for a covector c (a gradient, a product M·v): ⟨g⁻ᵀ c, g v⟩ = ⟨c, v⟩."""
+        return self._act(c, tuple((n, a, op.inverse().transpose()) for n, a, op in self.actions))
+
+    def inverse(self) -> "Symmetry":
+        """g⁻¹ (exact for permutations and monomial maps)."""
+        return Symmetry(f"({self.kind})⁻¹", tuple((n, a, op.inverse()) for n, a, op in reversed(self.actions)), self.shapes)
+
+    def transpose(self) -> "Symmetry":
+        """gᵀ, the adjoint for the Euclidean inner product: ⟨gᵀ c, v⟩ = ⟨c, g v⟩."""
+        return Symmetry(f"({self.kind})ᵀ", tuple((n, a, op.transpose()) for n, a, op in reversed(self.actions)), self.shapes)
+
+    def __matmul__(self, other: "Symmetry") -> "Symmetry":
+        """(g @ h) θ = g(h(θ))."""
+        return Symmetry(f"{self.kind}∘{other.kind}", other.actions + self.actions, {**other.shapes, **self.shapes})
+
+    @property
+    def touched(self) -> list[str]:
+        return list(dict.fromkeys(n for n, _, _ in self.actions))
+
+    def _act(self, params: Mapping[str, Tensor], actions: tuple[Action, ...]) -> Params:
+        out = dict(params)
+        for name, axis, op in actions:
+            if name not in out:
+                continue  # a missing tensor is a zero component: it stays zero
+            t = out[name]
+            if tuple(t.shape) != tuple(self.shapes[name]):
+                raise IncompatibleParamsError(
+                    f"symmetry {self.kind!r} was built for {name} of shape {tuple(self.shapes[name])}, got {tuple(t.shape)}")
+            out[name] = op.apply(t, axis)
+        return out
+
+    # ---------------- what g is, and which levels it should satisfy ----------------
+
+    def axis_classes(self) -> dict[str, dict[int, AxisClass]]:
+        """For every touched tensor and each of its axes: the class of the composed axis map."""
+        ops: dict[tuple[str, int], list[AxisOp]] = {}
+        for name, axis, op in self.actions:
+            ops.setdefault((name, axis), []).append(op)
+        return {n: {a: classify(ops.get((n, a), []), s) for a, s in enumerate(self.shapes[n])} for n in self.touched}
+
+    def condition_number(self) -> float:
+        """max over tensors of Π_axes cond(M_axis): roundoff amplification of g."""
+        return max((math.prod(c.cond for c in cls.values()) for cls in self.axis_classes().values()), default=1.0)
+
+    def is_orthogonal(self) -> bool:
+        """gᵀ g = I: each tensor's map ⊗_a M_a with M_a = α_a O_a and Π α_a = 1."""
+        return all(_orthogonal(cls) for cls in self.axis_classes().values())
+
+    def is_signed_permutation(self) -> bool:
+        """g maps each coordinate to ± another coordinate (commutes with elementwise optimizers)."""
+        return all(_orthogonal(cls) and all(c.monomial is not None for c in cls.values()) for cls in self.axis_classes().values())
+
+    def quantizer_equivariant(self, spec: QuantSpec | None = None) -> bool:
+        """Whether Q_b(gθ) = g Q_b(θ) for every θ, decided from the matrices on quantized tensors.
+
+        Per-row grids: rows may be mapped by any monomial matrix, columns by a scalar × signed
+        permutation (it keeps each row's absmax ratio). Sign flips are fine for the asymmetric
+        min/max grid too: its range always contains 0, so Q(−w) = −Q(w) (zero point q_max − zp).
+        Per-tensor grids: both axes scalar × signed permutation. Per-group: columns must also map
+        groups onto groups.
+        """
+        spec = spec or QuantSpec()
+        for name, cls in self.axis_classes().items():
+            if in_scope(name, torch.empty(self.shapes[name]), "quantized") and not _quantizer_ok(cls[0], cls[1], spec):
+                return False
+        return True
+
+    def expectations(self, spec: QuantSpec | None = None) -> dict[str, bool]:
+        """Which levels g should satisfy: function (always, by construction), quantizer, one
+        SGD step (orthogonal g), one AdamW step (signed permutations), the QAT pipeline (signed
+        permutation and quantizer), the Euclidean cosine (orthogonal g)."""
+        q, o, sp = self.quantizer_equivariant(spec), self.is_orthogonal(), self.is_signed_permutation()
+        return {"function": True, "quantizer": q, "optimizer_sgd": o, "optimizer_adamw": sp,
+                "pipeline": sp and q, "euclidean": o}
+
+
+def identity() -> Symmetry:
+    return Symmetry("identity")
+
+
+def compose(*gs: Symmetry) -> Symmetry:
+    """g_1 ∘ g_2 ∘ … ∘ g_k (g_k applied first)."""
+    out = gs[0]
+    for g in gs[1:]:
+        out = out @ g
+    return out
+
+
+def _orthogonal(cls: dict[int, AxisClass], rtol: float = 1e-9) -> bool:
+    scales = [c.ortho_scale for c in cls.values()]
+    return all(s is not None for s in scales) and abs(math.prod(scales) - 1.0) <= rtol
+
+
+def _quantizer_ok(rows: AxisClass, cols: AxisClass, spec: QuantSpec) -> bool:
+    if rows.monomial is None or cols.monomial is None or cols.ortho_scale is None:
+        return False
+    if spec.granularity == "tensor":
+        return rows.ortho_scale is not None
+    if spec.granularity == "group":
+        groups = (cols.monomial[0] // spec.group_size).reshape(-1, spec.group_size)
+        return bool((groups == groups[:, :1]).all())
+    return True

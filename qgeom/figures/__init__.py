@@ -1,0 +1,66 @@
+"""Figures from a run's tables: one function per figure, one look, vector PDF + PNG + the CSV.
+
+Every figure comes in two parts: a *table* function (a run's tables → the tidy table that is
+drawn) and a *figure* function (→ a ``matplotlib.figure.Figure``). Figures built from the
+experiment's own tables (``accuracy``, ``pairs``, ``receivers``, ``correlations``,
+``geometry``; :func:`load_run`) take those tables and compute their table internally;
+:func:`save_figure` writes ``NAME.pdf``, ``NAME.png`` and ``NAME.csv`` (the table it was drawn
+from). Four figures need new computation on a run's checkpoints; their table functions take the
+run directory and are kept cheap (small probe sets, small grids):
+
+=========================  ==============================================================
+table (from a run dir)     what it computes
+=========================  ==============================================================
+quadratic_model_table      Proposition 1: L(Q_b(θ_R + λρ_D)) measured vs its quadratic model
+spectrum_table             SLQ density of the receiver's Hessian; ρ energy on top eigvecs
+landscape_table            post-PTQ Top-1 on the plane θ_R + aρ_D + bρ_R
+invariance_table           Euclidean vs metric cosine and PTQ Top-1 under random symmetries
+=========================  ==============================================================
+
+Modules, one purpose each (every public name is re-exported here):
+
+=========================  ==============================================================
+module                     what it holds
+=========================  ==============================================================
+theme                      the look: palette, setting/task colours, bare figure, heatmap
+files                      load_run, read_table, save_figure, cached_table
+selection                  choose_bits, choose_scope (one bit width, one scope per figure)
+accuracy                   baselines, Δ heatmaps, radar, normalized improvement, λ curves
+alignment                  alignment heatmaps and scatter (cosine vs transfer)
+artifacts                  RunArtifacts: read-only checkpoints and task data of a run
+checkpoint_tables          the four tables above, computed on checkpoints
+diagnostics                Proposition 1, spectrum, landscape and invariance figures
+=========================  ==============================================================
+
+Conventions: Top-1 in percent, gains in percentage points, losses in nats (mean cross-entropy);
+tasks in sorted order everywhere; seeds averaged (bars show ± 1 s.d. when there are several);
+one bit width and one scope per figure (default: the lowest bits, the ``backbone`` scope, the
+paper's). Colours: seaborn's colour-blind palette for categories (blue = fine-tuned receiver,
+orange = QAT, green = patched), ColorBrewer RdBu / PuOr for signed matrices, viridis for
+accuracies.
+"""
+
+from qgeom.figures.accuracy import (
+    BASELINE_SETTINGS, baseline_bars, baseline_table, delta_heatmaps, delta_table, improvement_bars,
+    improvement_table, lambda_curves, lambda_table, radar, radar_table,
+)
+from qgeom.figures.alignment import (
+    ALIGNMENT_LABELS, TARGET_LABELS, TARGET_SHORT, alignment_heatmaps, alignment_scatter, alignment_scatter_table,
+    alignment_table,
+)
+from qgeom.figures.artifacts import RunArtifacts
+from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
+from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, spectrum
+from qgeom.figures.files import RUN_TABLES, cached_table, load_run, read_table, save_figure
+from qgeom.figures.selection import choose_bits, choose_scope
+from qgeom.figures.theme import CB, SETTING_COLORS, robust_range, style, task_colors
+
+__all__ = [
+    "ALIGNMENT_LABELS", "BASELINE_SETTINGS", "CB", "RUN_TABLES", "SETTING_COLORS", "TARGET_LABELS", "TARGET_SHORT",
+    "RunArtifacts", "alignment_heatmaps", "alignment_scatter", "alignment_scatter_table", "alignment_table",
+    "baseline_bars", "baseline_table", "cached_table", "choose_bits", "choose_scope", "delta_heatmaps",
+    "delta_table", "improvement_bars", "improvement_table", "invariance", "invariance_table", "lambda_curves",
+    "lambda_table", "landscape", "landscape_table", "load_run", "proposition1", "proposition1_table",
+    "quadratic_model_table", "radar", "radar_table", "read_table", "robust_range", "save_figure", "spectrum",
+    "spectrum_table", "style", "task_colors",
+]

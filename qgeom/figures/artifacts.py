@@ -1,0 +1,62 @@
+"""Read-only access to a finished run's checkpoints, quantization vectors and task data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunArtifacts:
+    """Read-only access to a finished run's checkpoints and task data (the layout of
+    :mod:`qgeom.transfer`); nothing is ever trained or written."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        from qgeom.config import from_dict
+
+        self.dir = Path(run_dir)
+        path = self.dir / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: not a qgeom run directory")
+        self.cfg = from_dict(json.loads(path.read_text()))
+        self._tasks: dict = {}
+
+    def _load(self, rel: str):
+        from qgeom.params import load_params
+
+        path = self.dir / rel
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `qgeom run` to finish {self.dir}")
+        return load_params(path)[0]
+
+    def finetuned(self, seed: int, task: str):
+        return self._load(f"seed{seed}/finetune/{task}.safetensors")
+
+    def qat(self, seed: int, bits: int, task: str):
+        return self._load(f"seed{seed}/qat{bits}/{task}.safetensors")
+
+    def rho(self, seed: int, bits: int, task: str, scope: str = "backbone"):
+        from qgeom.params import select
+
+        return select(self._load(f"seed{seed}/qat{bits}/rho_{task}.safetensors"), scope)
+
+    def model(self, params):
+        """The run's architecture for a checkpoint (classes read from its head)."""
+        from qgeom.models import create_model
+
+        return create_model(self.cfg.preset, int(params["head.weight"].shape[0]), **self.cfg.model_overrides)
+
+    def task(self, name: str):
+        """The task's val and test splits (as the run made them; the train split is not built)."""
+        from qgeom.data import load_task
+
+        if name not in self._tasks:
+            self._tasks[name] = load_task(name, 0, n_train=8, n_val=self.cfg.n_val, n_test=self.cfg.n_test)
+        return self._tasks[name]
+
+    def probe(self, task: str, seed: int, n: int):
+        from qgeom.data import probe_batches
+
+        return probe_batches(self.task(task).val, n, min(n, self.cfg.probe_batch), seed=seed)
+
+    def defaults(self, seed: int | None, bits: int | None) -> tuple[int, int]:
+        return (self.cfg.seeds[0] if seed is None else int(seed)), (min(self.cfg.bits) if bits is None else int(bits))

@@ -1,0 +1,214 @@
+"""Figures of the diagnostics: Proposition 1's assumptions, the curvature spectrum, the post-PTQ
+landscape and invariance under symmetries. Each draws a table: :func:`proposition1` the run's
+``geometry`` table (and :func:`~qgeom.figures.checkpoint_tables.quadratic_model_table`), the
+others the table of the same name in :mod:`qgeom.figures.checkpoint_tables`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from qgeom.figures.alignment import ALIGNMENT_LABELS
+from qgeom.figures.selection import _select
+from qgeom.figures.theme import CB, SETTING_COLORS, _figure, style, task_colors
+
+
+def proposition1_table(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, bits: int | None = None,
+                       scope: str | None = None) -> pd.DataFrame:
+    """Everything :func:`proposition1` draws, long, with a ``panel`` column:
+
+    * ``K_eigenvalue``: receiver, alignment (metric_objective), index j, value λ_j(K), rel = λ_j / max|λ|;
+    * ``stationarity``: receiver, donor, objective, value = ρ_Dᵀ∇L / ρ_DᵀGρ_D (same objective);
+    * ``quadratic``: the rows of :func:`quadratic_model_table` (lam, measured, quadratic, …).
+    """
+    g, bits, scope = _select(geometry, bits, scope)
+    eig = g[g.quantity.str.startswith("K_eig_")].copy()
+    eig["alignment"] = np.where(eig.metric == "euclidean", "euclidean", eig.metric + "_" + eig.objective)
+    eig["index"] = eig.quantity.str[6:].astype(int)
+    eig["rel"] = eig.value / eig.groupby(["seed", "receiver", "alignment"]).value.transform(lambda v: v.abs().max())
+    eig = eig[["seed", "receiver", "alignment", "index", "value", "rel"]].assign(panel="K_eigenvalue")
+    keys = ["seed", "receiver", "donor", "objective"]
+    dg = g[g.quantity == "directional_gradient"][keys + ["value"]]
+    selfs = g[(g.quantity == "self") & (g.metric == "ggn")][keys + ["value"]]
+    st = dg.merge(selfs, on=keys, suffixes=("_g", "_m"))
+    st = st.assign(value=st.value_g / st.value_m, panel="stationarity")[keys + ["value", "panel"]]
+    parts = [eig, st]
+    if quadratic is not None and len(quadratic):
+        parts.append(quadratic.drop(columns=["bits", "scope"], errors="ignore").assign(panel="quadratic"))
+    return pd.concat(parts, ignore_index=True).assign(bits=bits, scope=scope)
+
+
+def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, bits: int | None = None,
+                 scope: str | None = None, receiver: str | None = None) -> Figure:
+    """Proposition 1's assumptions, three panels (data: :func:`proposition1_table`):
+
+    (a) eigenvalues of each Gram K = VᵀMV (÷ its largest; log, symlog if any is ≤ 0) per
+        receiver — positive for GGN, possibly negative for the Hessian;
+    (b) stationarity: ρ_Dᵀ∇L / ρ_DᵀGρ_D per receiver for the fp (at θ_R) and STE (at θ_R,QAT)
+        objectives — how far the gradient term moves the quadratic model's minimiser in λ;
+        small when the expansion point is stationary along ρ_D;
+    (c) measured L(Q_b(θ_R + λρ_D)) (solid) vs the quadratic model (dashed) along λ for one
+        receiver (``quadratic`` from :func:`quadratic_model_table`; panel omitted without it).
+    """
+    tab = proposition1_table(geometry, quadratic, bits, scope)
+    eig, st, q = (tab[tab.panel == k] for k in ("K_eigenvalue", "stationarity", "quadratic"))
+    recs = sorted(set(eig.receiver) | set(st.receiver))
+    panels = 3 if len(q) else 2
+    fig = _figure(figsize=(4.0 * panels, 3.6))
+    with style():
+        axes = fig.subplots(1, panels)
+        order = [a for a in ALIGNMENT_LABELS if a in set(eig.alignment)]
+        sns.stripplot(eig, x="receiver", y="rel", hue="alignment", hue_order=order, order=recs, dodge=True,
+                      ax=axes[0], size=4, jitter=False, palette="colorblind")
+        if (eig.rel <= 0).any():
+            axes[0].set_yscale("symlog", linthresh=1e-3)
+            axes[0].axhline(0, color="0.3", lw=0.8)
+        else:
+            axes[0].set_yscale("log")
+        axes[0].set_ylabel("eigenvalue of K ÷ largest |eigenvalue|")
+        axes[0].set_title("(a) Gram K = VᵀMV: spectrum")
+        axes[0].legend(title="M", fontsize=7, title_fontsize=8)
+        st = st.assign(point=st.objective.map({"fp": "fp at θ_R", "ste": "STE at θ_R,QAT"}))
+        sns.stripplot(st, x="receiver", y="value", hue="point", hue_order=["fp at θ_R", "STE at θ_R,QAT"], order=recs,
+                      dodge=True, ax=axes[1], size=4, jitter=0.1, palette=[SETTING_COLORS["FT"], SETTING_COLORS["QAT"]])
+        axes[1].axhline(0, color="0.3", lw=0.8)
+        axes[1].set_yscale("symlog", linthresh=1e-2)
+        axes[1].set_ylabel("ρ_Dᵀ∇L / ρ_DᵀGρ_D (shift of λ*)")
+        axes[1].set_title("(b) stationarity along each ρ_D")
+        axes[1].legend(fontsize=7)
+        for ax in axes[:2]:
+            ax.set_xlabel("receiver")
+            ax.tick_params(axis="x", labelrotation=30 if len(recs) > 4 else 0)
+        if panels == 3:
+            ax = axes[2]
+            r = receiver if receiver is not None else sorted(q.receiver.unique())[0]
+            q = q[q.receiver == r]
+            colors = task_colors(sorted(q.donor.unique()))
+            for d, gd in q.groupby("donor"):
+                own = " (own)" if d == r else ""
+                ax.plot(gd.lam, gd.measured, "-o", ms=3, color=colors[d], label=f"ρ from {d}{own}")
+                ax.plot(gd.lam, gd.quadratic, "--", color=colors[d], lw=1)
+            ax.set_xlabel("λ (patch θ_R + λρ_D)")
+            ax.set_ylabel("post-PTQ loss on probe set (nats)")
+            ax.set_title(f"(c) measured (—) vs quadratic (--), receiver {r}")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Proposition 1 diagnostics ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope)")
+    return fig
+
+
+def spectrum(table: pd.DataFrame) -> Figure:
+    """(a) SLQ spectral density (log scale) with the top Lanczos eigenvalues as ticks;
+    (b) share of each ρ's squared norm on each top eigenvector u_j (at x = λ_j);
+    (c) cumulative share of ρᵀMρ carried by the top-j eigendirections. ρ_R in black."""
+    r = table.receiver.iloc[0]
+    dens, eig = table[table.part == "density"], table[table.part == "eigenpair"]
+    vecs = list(dict.fromkeys(table[table.part == "norm_share"].vector))
+    colors = task_colors([v[5:-1] for v in vecs])  # "ρ_D (task)" → task: the colours of the other figures
+    col = {v: ("black" if v.startswith("ρ_R") else colors[v[5:-1]]) for v in vecs}
+    fig = _figure(figsize=(12, 3.6))
+    with style():
+        axes = fig.subplots(1, 3)
+        ax = axes[0]
+        ax.plot(dens.eigenvalue, np.maximum(dens.value, 1e-12), color=CB[0], lw=1.5)
+        ax.set_yscale("log")
+        ax.set_ylim(max(dens.value.max() * 1e-7, 1e-12), dens.value.max() * 3)
+        for lam in eig.eigenvalue:
+            ax.axvline(lam, color=CB[3], lw=0.8, alpha=0.7, ymax=0.12)
+        ax.set_xlabel("eigenvalue of M")
+        ax.set_ylabel("spectral density (SLQ)")
+        ax.set_title(f"(a) {table.metric.iloc[0]} spectrum at receiver {r}")
+        for v in vecs:
+            d = table[(table.part == "norm_share") & (table.vector == v)]
+            own = v.startswith("ρ_R")
+            axes[1].plot(d.eigenvalue, d.value, "o" if own else ".", ls="-" if own else ":", color=col[v], label=v,
+                         ms=6 if own else 5, lw=1.5 if own else 0.8, zorder=3 if own else 2)
+            c = table[(table.part == "curvature_share") & (table.vector == v)].sort_values("index")
+            axes[2].plot(c["index"] + 1, c.value.cumsum(), "-o" if own else "-", color=col[v], ms=3,
+                         lw=2 if own else 1, label=v)
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("eigenvalue λ_j of the top eigenvector u_j")
+        axes[1].set_ylabel("(u_jᵀρ)² / ‖ρ‖²")
+        axes[1].set_title("(b) norm share on top eigenvectors")
+        axes[2].set_xlabel("number j of top eigendirections")
+        axes[2].set_ylabel(r"$\sum_{i\leq j}\, \lambda_i (u_i^\top\rho)^2 \,/\, \rho^\top M \rho$")
+        axes[2].set_title("(c) cumulative curvature share")
+        axes[2].set_ylim(bottom=0)
+        axes[2].legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"Where quantization vectors put their energy ({table.bits.iloc[0]} bits, {table.scope.iloc[0]} "
+                     f"scope, {table.objective.iloc[0]} objective)")
+    return fig
+
+
+def landscape(table: pd.DataFrame) -> Figure:
+    """Filled contours of post-PTQ Top-1 over (a, b): θ_R + aρ_D + bρ_R; markers at θ_R (0, 0),
+    the zero-shot patch (1, 0) and the own QAT vector (0, 1)."""
+    r, d = table.receiver.iloc[0], table.donor.iloc[0]
+    grid = table.pivot_table(index="b", columns="a", values="ptq_top1")
+    fig = _figure(figsize=(5.4, 4.4))
+    with style():
+        ax = fig.add_subplot()
+        A, B = np.meshgrid(grid.columns.to_numpy(), grid.index.to_numpy())
+        z = grid.to_numpy()
+        lo, hi = np.nanmin(z), np.nanmax(z)
+        levels = MaxNLocator(12).tick_values(lo, hi if hi > lo else lo + 1)  # round numbers, within 0–100 %
+        levels = np.unique(np.clip(levels, 0, 100)) if 0 <= lo and hi <= 100 else levels
+        cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
+        ax.contour(A, B, z, levels=cs.levels, colors="white", linewidths=0.3, alpha=0.6)
+        fig.colorbar(cs, ax=ax, label=f"post-PTQ Top-1 on {table.split.iloc[0]} (%)")
+        for (x, y), m, lab in (((0, 0), "o", "θ_R (FT + PTQ)"), ((1, 0), "*", "θ_R + ρ_D (zero-shot patch)"),
+                               ((0, 1), "s", "θ_R + ρ_R (own QAT vector)")):
+            ax.plot([x], [y], m, color="white", mec="black", ms=11 if m == "*" else 8, label=lab, ls="")
+        ax.axhline(0, color="white", lw=0.6, ls="--")
+        ax.axvline(0, color="white", lw=0.6, ls="--")
+        ax.set_xticks(grid.columns[:: max(1, len(grid.columns) // 7)])
+        ax.set_yticks(grid.index[:: max(1, len(grid.index) // 7)])
+        ax.set_xlabel(f"a (coefficient of ρ_D, donor {d})")
+        ax.set_ylabel(f"b (coefficient of ρ_R, receiver {r})")
+        ax.set_title(f"Post-PTQ landscape at receiver {r} ({table.bits.iloc[0]} bits)")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)
+    return fig
+
+
+def invariance(table: pd.DataFrame) -> Figure:
+    """(a) change of the cosine of (gρ_D, gρ_R) from its value at s = 0, metric (solid) and
+    Euclidean (dashed), against the strength s of a random element g of each kind: the metric
+    line stays at 0, the Euclidean one drifts (legend: both cosines at s = 0);
+    (b) post-PTQ Top-1 (val) of gθ_R (solid) and g(θ_R + ρ_D) (dashed) under the same elements."""
+    kinds = list(dict.fromkeys(table.kind))
+    pal = dict(zip(kinds, [CB[i] for i in (0, 3, 2, 4, 5, 8, 9)]))
+    metric = table.metric.iloc[0].upper() if "metric" in table else "M"
+    fig = _figure(figsize=(10.5, 4.0))
+    with style():
+        axes = fig.subplots(1, 2)
+        labels = []
+        for k in kinds:
+            d = table[table.kind == k]
+            at0 = {}
+            for q, ls, ax in (("metric_cosine", "-", axes[0]), ("euclidean_cosine", "--", axes[0]),
+                              ("ptq_top1_receiver", "-", axes[1]), ("ptq_top1_patched", "--", axes[1])):
+                e = d[d.quantity == q].sort_values("strength")
+                y = e.value.to_numpy()
+                if q.endswith("cosine"):
+                    at0[q] = y[0]
+                    y = y - y[0]
+                ax.plot(e.strength, y, ls, marker="o", ms=3, color=pal[k], lw=1.6)
+            labels.append(f"{k} (cos at s = 0: {metric} {at0['metric_cosine']:.2f}, "
+                          f"Eucl. {at0['euclidean_cosine']:.2f})")
+        axes[0].axhline(0, color="0.3", lw=0.8)
+        for ax in axes:
+            ax.set_xlabel("symmetry strength s (log condition number / log-spread)")
+        axes[0].set_ylabel("cos(gρ_D, gρ_R) − cos(ρ_D, ρ_R)")
+        axes[0].set_title(f"(a) {metric} cosine at gθ_R (—) vs Euclidean (--)")
+        axes[1].set_ylabel("post-PTQ Top-1 on val (%)")
+        axes[1].set_title("(b) PTQ of gθ_R (—) and g(θ_R + ρ_D) (--)")
+        handles = [Line2D([], [], color=pal[k], lw=2) for k in kinds]
+        handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
+        fig.legend(handles, labels + ["(a) metric cosine, (b) receiver", "(a) Euclidean cosine, (b) patched"],
+                   loc="outside lower center", ncols=2, fontsize=8)
+        fig.suptitle(f"Invariance under random ViT symmetries (receiver {table.receiver.iloc[0]}, "
+                     f"donor {table.donor.iloc[0]}, {table.bits.iloc[0]} bits; cosines over the tensors g touches)")
+    return fig

@@ -1,0 +1,80 @@
+"""A run's tables in, figure files out: :func:`load_run` reads the experiment's tables without
+torch, :func:`save_figure` writes ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the
+table drawn), and :func:`cached_table` keeps a table computed on checkpoints beside its figure,
+recomputed only when its parameters or the run change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+RUN_TABLES = ("accuracy", "pairs", "receivers", "correlations", "geometry", "dissimilarity")
+
+
+def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str, dpi: int = 150) -> dict[str, Path]:
+    """Write ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table drawn) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{name}.{ext}" for ext in ("pdf", "png", "csv")}
+    fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None, "Creator": "qgeom"})
+    fig.savefig(paths["png"], bbox_inches="tight", dpi=dpi, metadata={"Software": "qgeom"})
+    table.to_csv(paths["csv"], index=False)
+    return paths
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A run table as :func:`qgeom.transfer.read_table` reads it (empty text cells stay ``""``,
+    numbers float) without importing torch: text columns are the non-numeric ones."""
+    df = pd.read_csv(path)
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype):
+            df[col] = df[col].fillna("").astype(str)
+    return df
+
+
+def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The run's tables that exist (``accuracy``, ``pairs``, ``receivers``, ``correlations``,
+    ``geometry``, ``dissimilarity``), read with :func:`read_table`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "accuracy.csv").exists():
+        raise FileNotFoundError(f"{run_dir} has no accuracy.csv: is it a finished run directory (qgeom run)?")
+    return {n: read_table(run_dir / f"{n}.csv") for n in RUN_TABLES if (run_dir / f"{n}.csv").exists()}
+
+
+def cached_table(out_dir: str | Path | None, name: str, run_dir: str | Path,
+                 fn: Callable[..., pd.DataFrame], **kwargs) -> pd.DataFrame:
+    """``fn(run_dir, **kwargs)`` unless ``out_dir/NAME.csv`` already holds it.
+
+    ``NAME.params.json`` records ``fn``'s name, its parameters (defaults updated by ``kwargs``)
+    and a fingerprint of the run (its config.json and accuracy.csv); any difference recomputes
+    and rewrites both files. ``out_dir=None`` always computes.
+    """
+    if out_dir is None:
+        return fn(run_dir, **kwargs)
+    out, run = Path(out_dir), Path(run_dir)
+    params = {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not v.empty}
+    h = hashlib.sha256()
+    for f in ("config.json", "accuracy.csv"):
+        if (run / f).exists():
+            h.update((run / f).read_bytes())
+    meta = {"table": name, "function": fn.__name__, "params": json.loads(json.dumps(params | kwargs, default=str)),
+            "run_fingerprint": h.hexdigest()}
+    csv, js = out / f"{name}.csv", out / f"{name}.params.json"
+    if csv.exists() and js.exists():
+        try:
+            if json.loads(js.read_text()) == meta:
+                return read_table(csv)
+        except json.JSONDecodeError:
+            pass
+    df = fn(run_dir, **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv, index=False)
+    js.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    return df

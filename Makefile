@@ -9,7 +9,6 @@ STAMP  := $(VENV)/.qgeom-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[dev,notebooks]'
 	@touch $(STAMP)
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(run_dir: str = "runs/demo", block: str = "demo") -> None:
     qgeom = ROOT / ".venv" / "bin" / "qgeom"
     out = subprocess.run([str(qgeom), "summary", run_dir], check=True, capture_output=True, text=True,
-                         env={"COLUMNS": "120", "PATH": "/usr/bin:/bin", "TERM": "dumb"}).stdout
+                         env={"COLUMNS": "150", "PATH": "/usr/bin:/bin", "TERM": "dumb"}).stdout
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"

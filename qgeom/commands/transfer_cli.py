@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,7 +14,14 @@ from rich.table import Table
 
 from qgeom.commands import clean_errors
 
-console = Console(width=None if Console().is_terminal else 120)
+def _console() -> Console:
+    """A terminal's own width; COLUMNS when set; else 120 (files and pipes)."""
+    if "COLUMNS" in os.environ or Console().is_terminal:
+        return Console()
+    return Console(width=120)
+
+
+console = _console()
 
 
 def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geometry: bool = True,

@@ -236,9 +236,12 @@ class TransferRun:
                                            scope=scope, spec=spec if objective == "ste" else None)
                     MV = [{k: v.cpu() for k, v in mv.items()} for mv in op.matmat(V)]
                     gram[f"{metric}_{objective}"] = np.array([[P.inner(a, mb) for mb in MV] for a in V])
-                    grads[objective] = {k: v.cpu() for k, v in op.gradient().items()}
+                    if objective not in grads:  # the gradient does not depend on the metric
+                        grads[objective] = {k: v.cpu() for k, v in op.gradient().items()}
             for key, K in gram.items():
                 metric, _, objective = key.partition("_")
+                # a diagnostic of Proposition 1: K = VᵀMV is symmetric up to roundoff
+                put(scope, metric, objective, "", "K_asymmetry", np.abs(K - K.T).max() / max(np.abs(K).max(), 1e-300))
                 K = 0.5 * (K + K.T)
                 for i, d in enumerate(names):
                     kdd, krr, kdr = K[i, i], K[r, r], K[i, r]

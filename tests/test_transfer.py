@@ -128,3 +128,14 @@ def test_align_demo_on_a_trained_run(tiny_run: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "recovered exactly: True" in res.output
     assert "= 0.00e+00" in res.output.replace("\n", "")
+
+
+def test_gram_matrices_are_symmetric_up_to_float32_roundoff(tiny_run: Path) -> None:
+    """K = VᵀMV from one matmat per metric: K[i,j] = v_iᵀ(M v_j) and K[j,i] = v_jᵀ(M v_i) agree up to
+    the roundoff of the float32 products (≈ 1e-7 relative per entry; sums are float64): 1e-5 leaves
+    headroom without hiding a real asymmetry (a wrong transpose gives O(1))."""
+    geo = pd.read_csv(tiny_run / "geometry.csv", keep_default_na=False, na_values=[""])
+    asym = geo[geo.quantity == "K_asymmetry"]
+    assert len(asym) == 3 * 2 * 3  # 3 receivers × 2 scopes × (euclidean, ggn_fp, ggn_ste)
+    assert (asym[asym.metric == "euclidean"].value == 0).all()
+    assert (asym.value < 1e-5).all()

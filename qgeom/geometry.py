@@ -9,8 +9,12 @@ M is a :class:`qgeom.curvature.CurvatureOperator` (Hessian, GGN or Fisher of the
 point hash, scope, probe-set hash — and its ``to_dict()`` is JSON-ready. A cosine is defined
 only where both quadratic forms are positive; otherwise the result is *indefinite*: value NaN,
 ``indefinite=True`` and a message saying which form failed — never a silent number. The same
-for λ* when ⟨ρ_D, ρ_D⟩_M ≤ 0 (the quadratic model has no minimizer). All sums are float64; N
-vectors cost N products (one ``matmat``), never N².
+for λ* when ⟨ρ_D, ρ_D⟩_M ≤ 0 (the quadratic model has no minimizer). Where several products are
+at hand (:func:`metric_cosine`, :func:`gram`, :func:`geometry_of_pair`,
+:func:`eigenbasis_projection`), a form at roundoff level, ⟨w, w⟩_M ≤ 16·eps·s·‖w‖² with
+s = max_i ‖M v_i‖ / ‖v_i‖ (a lower bound of ‖M‖), counts as zero: w lies in a null direction of
+M (e.g. the key biases, which the function ignores) and a "positive" 1e-34 must not become a
+λ* of 1e17. All sums are float64; N vectors cost N products (one ``matmat``), never N².
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from qgeom.curvature import Batch, CurvatureOperator
@@ -67,16 +72,36 @@ def _named(vectors: Sequence[Params] | Mapping[str, Params]) -> tuple[list[str],
     return [f"v{i}" for i in range(len(vectors))], list(vectors)
 
 
-def _cosine(uv: float, uu: float, vv: float, names=("u", "v")) -> tuple[float, bool, str]:
-    bad = [f"⟨{n},{n}⟩_M = {f:.3g} ≤ 0" for n, f in zip(names, (uu, vv)) if not f > 0]
+def null_thresholds(op: CurvatureOperator, vectors: Sequence[Params], products: Sequence[Params]) -> list[float]:
+    """Roundoff level of each form ⟨v, v⟩_M: 16·eps(op dtype)·s·‖v‖², s = max_i ‖M v_i‖/‖v_i‖.
+
+    s is a lower bound of ‖M‖ taken from the products at hand; the error of a computed vᵀ(Mv) is
+    of order eps·‖M‖·‖v‖², so a form below the threshold is indistinguishable from 0."""
+    norms = [norm(v) for v in vectors]
+    s = max((norm(mv) / n for mv, n in zip(products, norms) if n > 0), default=0.0)
+    eps = torch.finfo(op.dtype).eps
+    return [16 * eps * s * n**2 for n in norms]
+
+
+def _form_ok(f: float, floor: float) -> bool:
+    return f > floor
+
+
+def _bad_form(name: str, f: float, floor: float) -> str:
+    why = f"≤ {floor:.3g} (roundoff: a null direction of M)" if f > 0 else "≤ 0"
+    return f"⟨{name},{name}⟩_M = {f:.3g} {why}"
+
+
+def _cosine(uv: float, uu: float, vv: float, names=("u", "v"), floors=(0.0, 0.0)) -> tuple[float, bool, str]:
+    bad = [_bad_form(n, f, t) for n, f, t in zip(names, (uu, vv), floors) if not _form_ok(f, t)]
     if bad:
         return NAN, True, f"indefinite: {'; '.join(bad)} — cos_M is undefined (use a PSD metric such as 'ggn')"
     return uv / math.sqrt(uu * vv), False, ""
 
 
-def _scale(dr: float, dd: float, name: str = "ρ_D") -> tuple[float, bool, str]:
-    if not dd > 0:
-        return NAN, True, (f"indefinite: ⟨{name},{name}⟩_M = {dd:.3g} ≤ 0 — the quadratic model along {name} "
+def _scale(dr: float, dd: float, name: str = "ρ_D", floor: float = 0.0) -> tuple[float, bool, str]:
+    if not _form_ok(dd, floor):
+        return NAN, True, (f"indefinite: {_bad_form(name, dd, floor)} — the quadratic model along {name} "
                            "has no minimizer, so λ* is undefined")
     return dr / dd, False, ""
 
@@ -95,7 +120,7 @@ def metric_cosine(op: CurvatureOperator, u: Params, v: Params) -> GeometryResult
     """cos_M(u, v) from one ``matmat([u, v])``; ⟨u,v⟩_M is the mean of uᵀMv and vᵀMu."""
     Mu, Mv = op.matmat([u, v])
     uu, vv, uMv, vMu = inner(u, Mu), inner(v, Mv), inner(u, Mv), inner(v, Mu)
-    val, bad, msg = _cosine(0.5 * (uMv + vMu), uu, vv)
+    val, bad, msg = _cosine(0.5 * (uMv + vMu), uu, vv, floors=null_thresholds(op, [u, v], [Mu, Mv]))
     return GeometryResult("metric_cosine", val, bad, msg, {"uu": uu, "vv": vv, "uv": 0.5 * (uMv + vMu),
                                                            "asymmetry": abs(uMv - vMu)}, dict(op.info))
 
@@ -108,7 +133,10 @@ def hessian_cosine(model: nn.Module, params: Params, u: Params, v: Params, batch
 
 
 def optimal_scale(op: CurvatureOperator, rho_D: Params, rho_R: Params) -> GeometryResult:
-    """λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M from one product M ρ_D."""
+    """λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M from one product M ρ_D.
+
+    With one product there is no scale for M, so only ⟨ρ_D, ρ_D⟩_M ≤ 0 is flagged; use
+    :func:`geometry_of_pair` (two products) to also catch a ρ_D in a null direction of M."""
     Md = op.matvec(rho_D)
     dd, dr = inner(rho_D, Md), inner(rho_R, Md)
     val, bad, msg = _scale(dr, dd)
@@ -138,11 +166,13 @@ def gram(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params]
     K = np.array([[inner(a, Mb) for Mb in MV] for a in vs])
     Ks = 0.5 * (K + K.T)
     d = np.diag(Ks)
+    ok = d > np.array(null_thresholds(op, vs, MV))
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(np.outer(d > 0, d > 0), Ks / np.sqrt(np.outer(np.abs(d), np.abs(d))), NAN)
-        scales = np.where((d > 0)[:, None], Ks / d[:, None], NAN)
-    bad = [n for n, f in zip(names, d) if not f > 0]
-    msg = f"indefinite: ⟨v,v⟩_M ≤ 0 for {', '.join(bad)} — their cosines and scales are NaN" if bad else ""
+        cos = np.where(np.outer(ok, ok), Ks / np.sqrt(np.outer(np.abs(d), np.abs(d))), NAN)
+        scales = np.where(ok[:, None], Ks / d[:, None], NAN)
+    bad = [n for n, good in zip(names, ok) if not good]
+    msg = (f"indefinite: ⟨v,v⟩_M ≤ 0 or at roundoff level for {', '.join(bad)} — their cosines and scales are NaN"
+           if bad else "")
     nk = np.linalg.norm(K)
     terms = {"names": names, "K_sym": Ks, "eigenvalues": np.linalg.eigvalsh(Ks), "cosines": cos, "scales": scales,
              "asymmetry": float(np.linalg.norm(K - K.T) / nk) if nk > 0 else 0.0}
@@ -172,10 +202,11 @@ def eigenbasis_projection(op: CurvatureOperator, vectors: Sequence[Params] | Map
     MV = op.matmat(vs)
     forms = np.array([inner(v, Mv) for v, Mv in zip(vs, MV)])
     sq = np.array([norm(v) ** 2 for v in vs])
+    ok = forms > np.array(null_thresholds(op, vs, MV))
     with np.errstate(invalid="ignore", divide="ignore"):
         frac_norm = (c**2).sum(1) / sq
-        frac_curv = np.where(forms > 0, (lam[None, :] * c**2).sum(1) / forms, NAN)
-    bad = [n for n, f in zip(names, forms) if not f > 0]
+        frac_curv = np.where(ok, (lam[None, :] * c**2).sum(1) / forms, NAN)
+    bad = [n for n, good in zip(names, ok) if not good]
     msg = f"indefinite: ρᵀMρ ≤ 0 for {', '.join(bad)}" if bad else ""
     return GeometryResult("eigenbasis_projection", np.stack([frac_norm, frac_curv], 1), bool(bad), msg,
                           {"names": names, "coefficients": c, "eigenvalues": lam, "forms": forms}, dict(op.info))
@@ -233,8 +264,9 @@ def geometry_of_pair(op: CurvatureOperator, rho_D: Params, rho_R: Params) -> Pai
     g = op.gradient()
     dd, rr = inner(rho_D, Md), inner(rho_R, Mr)
     dr = 0.5 * (inner(rho_R, Md) + inner(rho_D, Mr))
-    cos, bad_c, msg_c = _cosine(dr, dd, rr, ("ρ_D", "ρ_R"))
-    lam, bad_l, msg_l = _scale(dr, dd)
+    floors = null_thresholds(op, [rho_D, rho_R], [Md, Mr])
+    cos, bad_c, msg_c = _cosine(dr, dd, rr, ("ρ_D", "ρ_R"), floors)
+    lam, bad_l, msg_l = _scale(dr, dd, floor=floors[0])
     nd, nr = norm(rho_D), norm(rho_R)
     return PairGeometry(
         euclidean_cosine=inner(rho_D, rho_R) / (nd * nr) if nd > 0 and nr > 0 else NAN,
@@ -258,5 +290,5 @@ def pair_geometry(model: nn.Module, theta_R: Params, rho_D: Params, rho_R: Param
 
 
 __all__ = ["GeometryResult", "PairGeometry", "directional_gradients", "eigenbasis_projection", "geometry_of_pair",
-           "gram", "hessian_cosine", "metric_cosine", "metric_inner", "optimal_scale", "pair_geometry",
-           "quadratic_model", "recovered_fraction"]
+           "gram", "hessian_cosine", "metric_cosine", "metric_inner", "null_thresholds", "optimal_scale",
+           "pair_geometry", "quadratic_model", "recovered_fraction"]

@@ -251,7 +251,8 @@ class _Reuse:
     products and gradient already taken (so the geometry level costs no extra products)."""
 
     def __init__(self, op: CurvatureOperator, vectors: list[Params], products: list[Params], grad: Params) -> None:
-        self.op, self.info, self._v, self._p, self._g = op, op.info, vectors, products, grad
+        self.op, self.info, self.dtype = op, op.info, op.dtype
+        self._v, self._p, self._g = vectors, products, grad
 
     def matmat(self, vs: Sequence[Params]) -> list[Params]:
         same = len(vs) == len(self._v) and all(a is b for a, b in zip(vs, self._v))

@@ -205,6 +205,7 @@ class TransferRun:
 
     def _geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         from qgeom.curvature import CurvatureOperator
+        from qgeom.geometry import null_thresholds
 
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
         model, device = self.model(receiver), default_device()
@@ -228,6 +229,7 @@ class TransferRun:
             V = [P.select(self.rho(seed, bits, d), scope) for d in names]
             r = names.index(receiver)
             gram = {"euclidean": np.array([[P.inner(a, b) for b in V] for a in V])}
+            floors = {"euclidean": np.zeros(len(V))}  # forms at roundoff level count as 0 (geometry.py)
             grads = {}
             for metric in c.metrics:
                 for objective, point in points.items():
@@ -236,6 +238,7 @@ class TransferRun:
                                            scope=scope, spec=spec if objective == "ste" else None)
                     MV = [{k: v.cpu() for k, v in mv.items()} for mv in op.matmat(V)]
                     gram[f"{metric}_{objective}"] = np.array([[P.inner(a, mb) for mb in MV] for a in V])
+                    floors[f"{metric}_{objective}"] = np.array(null_thresholds(op, V, MV))
                     if objective not in grads:  # the gradient does not depend on the metric
                         grads[objective] = {k: v.cpu() for k, v in op.gradient().items()}
             for key, K in gram.items():
@@ -243,15 +246,16 @@ class TransferRun:
                 # a diagnostic of Proposition 1: K = VᵀMV is symmetric up to roundoff
                 put(scope, metric, objective, "", "K_asymmetry", np.abs(K - K.T).max() / max(np.abs(K).max(), 1e-300))
                 K = 0.5 * (K + K.T)
+                pos = np.diag(K) > floors[key]
                 for i, d in enumerate(names):
                     kdd, krr, kdr = K[i, i], K[r, r], K[i, r]
-                    ok = kdd > 0 and krr > 0
+                    ok = pos[i] and pos[r]
                     cos = kdr / np.sqrt(kdd * krr) if ok else np.nan
                     put(scope, metric, objective, d, "inner", kdr)
                     put(scope, metric, objective, d, "self", kdd)
                     put(scope, metric, objective, d, "cosine", cos)
                     put(scope, metric, objective, d, "cos2", cos**2 if ok else np.nan)
-                    put(scope, metric, objective, d, "lam_star", kdr / kdd if kdd > 0 else np.nan)
+                    put(scope, metric, objective, d, "lam_star", kdr / kdd if pos[i] else np.nan)
                     put(scope, metric, objective, d, "indefinite", float(not ok))
                 for j, ev in enumerate(np.linalg.eigvalsh(K)):
                     put(scope, metric, objective, "", f"K_eig_{j}", ev)
@@ -263,7 +267,7 @@ class TransferRun:
             for key in [k for k in gram if k.endswith("_ste")] + ["unit"]:
                 K = gram.get(key)
                 for i, d in enumerate(names):
-                    lam = 1.0 if K is None else (K[i, r] / K[i, i] if K[i, i] > 0 else np.nan)
+                    lam = 1.0 if K is None else (K[i, r] / K[i, i] if K[i, i] > floors[key][i] else np.nan)
                     rec = (l0 - ptq_loss(P.patch(theta_r, V[i], lam))) / (l0 - lr) if np.isfinite(lam) else np.nan
                     put(scope, key, "ptq_loss", d, "recovery", rec)
             put(scope, "ptq_loss", "ptq_loss", "", "L0", l0)

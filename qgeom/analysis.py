@@ -15,6 +15,22 @@ import pandas as pd
 
 from qgeom.stats import Interval, correlation_difference, qap_correlation, t_interval, two_way_bootstrap
 
+TEXT_COLUMNS = ("receiver", "donor", "method", "scope", "split", "metric", "objective", "quantity", "alignment",
+                "target", "best_donor")
+
+
+def read_table(path) -> pd.DataFrame:
+    """Read a run table (CSV): empty text cells stay ``""`` (not NaN), numbers are float.
+
+    Text columns are the known ones above (also when a column is empty throughout) and any other
+    non-numeric column. One reader for the experiment (resume), the CLI and the figures."""
+    df = pd.read_csv(path)
+    for col in df.columns:
+        if col in TEXT_COLUMNS or df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype):
+            df[col] = df[col].fillna("").astype(str)
+    return df
+
+
 ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
 TARGETS = ("gain_unit", "gain_tuned", "recovery_unit")
 
@@ -111,11 +127,8 @@ def receiver_table(acc: pd.DataFrame) -> pd.DataFrame:
 
 def pair_matrix(pairs: pd.DataFrame, col: str, names: list[str]) -> np.ndarray:
     """The donor × receiver matrix of ``col`` (mean over seeds), NaN where a cell is missing."""
-    mean = pairs.groupby(["donor", "receiver"])[col].mean()
-    m = np.full((len(names), len(names)), np.nan)
-    for (d, r), v in mean.items():
-        m[names.index(d), names.index(r)] = v
-    return m
+    wide = pairs.pivot_table(index="donor", columns="receiver", values=col, aggfunc="mean")
+    return wide.reindex(index=list(names), columns=list(names)).to_numpy(dtype=float)
 
 
 def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
@@ -148,11 +161,7 @@ def interval(pairs: pd.DataFrame, col: str) -> Interval:
     seeds = sorted(off.seed.unique())
     if len(seeds) >= 2:
         return t_interval([off[off.seed == s][col].mean() for s in seeds])
-    names = sorted(set(off.donor) | set(off.receiver))
-    m = np.full((len(names), len(names)), np.nan)
-    for _, r in off.iterrows():
-        m[names.index(r.donor), names.index(r.receiver)] = r[col]
-    return two_way_bootstrap(m)
+    return two_way_bootstrap(pair_matrix(off, col, sorted(set(off.donor) | set(off.receiver))))
 
 
 def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) -> list[dict]:

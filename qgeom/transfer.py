@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qgeom import params as P
+from qgeom.analysis import read_table
 from qgeom.config import RunConfig
 from qgeom.data import Task, load_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device
@@ -46,18 +47,6 @@ EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "
 
 class ConfigMismatchError(ValueError):
     """The run directory holds results of a different configuration."""
-
-
-TEXT_COLUMNS = ("receiver", "donor", "method", "scope", "split", "metric", "objective", "quantity")
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a table written by :func:`write_table`: empty text cells stay ``""``, numbers float."""
-    df = pd.read_csv(path)
-    for col in TEXT_COLUMNS:
-        if col in df.columns:
-            df[col] = df[col].fillna("").astype(str)
-    return df
 
 
 def write_table(path: Path, df: pd.DataFrame) -> pd.DataFrame:

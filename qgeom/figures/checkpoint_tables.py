@@ -1,14 +1,5 @@
-"""The four tables computed on a run's checkpoints (torch is imported inside each; kept cheap:
-small probe sets, small grids):
-
-=========================  ==============================================================
-table (from a run dir)     what it computes
-=========================  ==============================================================
-quadratic_model_table      Proposition 1: L(Q_b(θ_R + λρ_D)) measured vs its quadratic model
-spectrum_table             SLQ density of the receiver's Hessian; ρ energy on top eigvecs
-landscape_table            post-PTQ Top-1 on the plane θ_R + aρ_D + bρ_R
-invariance_table           Euclidean vs metric cosine and PTQ Top-1 under random symmetries
-=========================  ==============================================================
+"""The four tables computed on a run's checkpoints (listed in the package docstring; torch is
+imported inside each; kept cheap: small probe sets, small grids).
 
 Losses in nats (mean cross-entropy), Top-1 in percent. :func:`qgeom.figures.cached_table` keeps
 them beside their figures.

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from qgeom.analysis import read_table
+
 RUN_TABLES = ("accuracy", "pairs", "receivers", "correlations", "geometry", "dissimilarity")
 
 
@@ -27,16 +29,6 @@ def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str
     fig.savefig(paths["png"], bbox_inches="tight", dpi=dpi, metadata={"Software": "qgeom"})
     table.to_csv(paths["csv"], index=False)
     return paths
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A run table as :func:`qgeom.transfer.read_table` reads it (empty text cells stay ``""``,
-    numbers float) without importing torch: text columns are the non-numeric ones."""
-    df = pd.read_csv(path)
-    for col in df.columns:
-        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype):
-            df[col] = df[col].fillna("").astype(str)
-    return df
 
 
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:

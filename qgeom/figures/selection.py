@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from qgeom.analysis import pair_matrix
+
 
 def choose_bits(df: pd.DataFrame, bits: int | None) -> int:
     have = sorted(int(b) for b in df.bits.unique())
@@ -35,5 +37,4 @@ def _select(df: pd.DataFrame, bits: int | None, scope: str | None) -> tuple[pd.D
 
 def _matrix(df: pd.DataFrame, col: str, names: Sequence[str]) -> pd.DataFrame:
     """donor × receiver matrix of ``col`` (mean over seeds), rows and columns in ``names`` order."""
-    return df.pivot_table(index="donor", columns="receiver", values=col, aggfunc="mean").reindex(
-        index=list(names), columns=list(names))
+    return pd.DataFrame(pair_matrix(df, col, list(names)), index=list(names), columns=list(names))

@@ -12,7 +12,13 @@ tiny        ``vit_tiny_patch16_224``     width 192, depth 12, 3 heads: 5.7 M
 small       ``vit_small_patch16_224``    width 384, depth 12, 6 heads: 22 M
 base        ``vit_base_patch16_224``     width 768, depth 12, 12 heads: 86 M
 large       ``vit_large_patch16_224``    width 1024, depth 24, 16 heads: 304 M
+timm:NAME   any timm ViT by name         e.g. ``timm:vit_base_patch16_224.orig_in21k``
 ==========  ===========================  ============================================
+
+Pretrained weights (θ_0) come from :func:`load_pretrained`: ``timm:NAME`` (timm's own loading,
+which needs network or timm's local cache; offline it fails at once, saying how to pass a
+file instead) or a local file in timm's key names (safetensors, or a torch file read with
+``weights_only=True``), checked key by key and shape by shape against the architecture.
 
 Every model is built with timm's *fused* attention switched off (``fused_attn = False`` on
 every attention module): ``scaled_dot_product_attention`` has neither a forward-mode derivative
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any
 
 import timm
@@ -68,9 +76,14 @@ def supports_forward_ad(model: nn.Module) -> bool:
 
 
 def preset_config(preset: str) -> dict[str, Any]:
-    """The timm name and overrides of ``preset`` (a copy)."""
+    """The timm name and overrides of ``preset`` (a copy); ``timm:NAME`` is timm's NAME as it is."""
+    if preset.startswith("timm:"):
+        name = preset[len("timm:"):]
+        if not timm.is_model(name.split(".")[0]):
+            raise ValueError(f"{preset}: timm has no model {name.split('.')[0]!r} (timm.list_models() lists them)")
+        return {"timm_name": name}
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown model preset {preset!r}; known presets: {', '.join(PRESETS)}, or timm:NAME")
     return dict(PRESETS[preset])
 
 
@@ -86,8 +99,8 @@ def create_model(
     """Build a ViT from a preset, in eval mode, with manual (forward-differentiable) attention.
 
     checkpoint: a local file (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with
-    ``torch.load(weights_only=True)``); keys are timm's. Keys the file lacks (e.g. a different
-    head) keep their initial values; a head of another shape is skipped with the rest loaded.
+    ``torch.load(weights_only=True)``); keys are timm's. The backbone must fit exactly
+    (:func:`check_fits`); a head of another shape, or none, keeps its initial values.
     pretrained: timm's own pretrained loading (needs network; never used by the default run).
     seed: seeds the random initialisation. overrides: extra timm keyword arguments
     (e.g. ``depth=1, embed_dim=8`` for a dense-Hessian test model).
@@ -97,17 +110,89 @@ def create_model(
     cfg.update(overrides)
     if seed is not None:
         torch.manual_seed(seed)
+    if pretrained:
+        _check_hub(name)
     model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **cfg)
     disable_fused_attention(model)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
+        state = check_fits(load_checkpoint(checkpoint), model, str(checkpoint), preset)
         own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = [k for k in state if k not in usable and not k.startswith("head.")]
-        if skipped:
-            raise CheckpointError(f"{checkpoint}: keys that do not fit preset {preset!r}: {', '.join(skipped[:5])}")
-        load_into(model, usable)
+        load_into(model, {k: v for k, v in state.items() if own[k].shape == v.shape})
     return model.eval()
+
+
+def check_fits(state: Params, model: nn.Module, source: str, arch: str = "") -> Params:
+    """``state`` restricted to ``model``'s keys, after checking that its backbone fits exactly.
+
+    Refused (:class:`~qgeom.params.CheckpointError`, naming the first offending keys): keys the
+    model does not have, backbone tensors of another shape, backbone tensors the file lacks.
+    Head tensors (``head.*``) may differ or be absent: a new task gets a new head.
+    """
+    own = model.state_dict()
+    arch = f" {arch}" if arch else ""
+    unknown = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} ≠ {tuple(own[k].shape)}" for k in state
+              if k in own and own[k].shape != state[k].shape and not k.startswith("head.")]
+    missing = [k for k in own if k not in state and not k.startswith("head.")
+               and own[k].is_floating_point()]
+    for what, keys in (("keys the model{0} does not have", unknown), ("shapes that do not fit{0}", shapes),
+                       ("backbone tensors missing from the file for{0}", missing)):
+        if keys:
+            more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
+            raise CheckpointError(f"{source}: {what.format(arch)}: {', '.join(keys[:5])}{more}")
+    return {k: v for k, v in state.items() if k in own}
+
+
+class PretrainedUnavailableError(FileNotFoundError):
+    """timm's pretrained weights are neither cached nor downloadable here."""
+
+
+def _hub_reachable() -> bool:
+    """False when the Hugging Face hub is declared offline or its host does not resolve."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _check_hub(name: str) -> None:
+    """Make timm's pretrained loading fail at once offline (it retries for a minute otherwise)."""
+    if not _hub_reachable():
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # cached weights still load
+
+
+def load_pretrained(source: str, model: nn.Module) -> Params:
+    """θ_0's backbone for ``model`` from ``timm:NAME`` or a local file; the head is dropped.
+
+    ``timm:NAME``: timm's own pretrained weights (downloaded where there is network, else from
+    timm's cache); offline without a cached copy this fails at once with
+    :class:`PretrainedUnavailableError`, saying how to pass a file instead. A path: a checkpoint
+    in timm's key names (:func:`load_checkpoint`), refused unless it fits (:func:`check_fits`).
+    """
+    if source.startswith("timm:"):
+        name = source[len("timm:"):]
+        try:
+            ref = create_model(source, num_classes=0, pretrained=True)
+        except Exception as e:
+            if isinstance(e, ValueError) and "timm has no model" in str(e):
+                raise
+            raise PretrainedUnavailableError(
+                f"{source}: timm could not load its pretrained weights ({type(e).__name__}: {str(e)[:200]}). "
+                "Offline, pass a local file instead: on a machine with network run\n"
+                f"  python -c \"import timm, safetensors.torch as st; st.save_file(timm.create_model('{name}', "
+                f"pretrained=True).state_dict(), '{name}.safetensors')\"\n"
+                f"then use theta0={name}.safetensors (qgeom run) or --checkpoint {name}.safetensors") from None
+        state, where = {k: v for k, v in ref.state_dict().items() if not k.startswith("head.")}, source
+    else:
+        state, where = load_checkpoint(source), source
+    state = check_fits(state, model, where)
+    return {k: v.detach().clone() for k, v in state.items() if not k.startswith("head.")}
 
 
 def load_checkpoint(path: str | os.PathLike) -> Params:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from qgeom.data import Split, ShuffledBatches, Task
+from qgeom.data import AnySplit, ShuffledBatches, Task, batches as split_batches
 from qgeom.models import default_device
 from qgeom.params import Params, check_finite, from_model, is_head, load_into
 from qgeom.quant import QuantSpec, prepare_qat, ptq, strip_qat
@@ -65,10 +65,35 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"unknown optimizer {name!r}; known: adamw, sgd")
 
 
+def _stream(batches: Iterable[tuple[Tensor, Tensor]], steps: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``steps`` batches: ``batches[i % len]`` for a sequence held in memory; otherwise the
+    iterable is read in order and re-read from its start when it runs out."""
+    if isinstance(batches, Sequence) and not isinstance(batches, ShuffledBatches):
+        for i in range(steps):
+            yield batches[i % len(batches)]
+        return
+    n = 0
+    while n < steps:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+            n += 1
+            if n == steps:
+                return
+        if empty:
+            raise ValueError("no training batches")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (training and evaluation); a no-op on the CPU. Curvature never uses it."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def fit(
     model: nn.Module,
     params: Mapping[str, Tensor],
-    batches: Sequence[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]],
     steps: int | None = None,
     *,
     lr: float = 1e-3,
@@ -81,13 +106,21 @@ def fit(
     progress: bool = False,
     desc: str = "fit",
     device: torch.device | str | None = None,
+    log: Callable[[dict], None] | None = None,
+    log_every: int = 10,
+    val: AnySplit | None = None,
+    val_every: int = 0,
 ) -> Params:
     """Train a copy of ``model`` from ``params`` on ``batches``; return the trained dict.
 
-    Step i uses ``batches[i % len(batches)]`` and the mean cross-entropy. With ``qat_spec``
+    Step i uses ``batches[i % len(batches)]`` (an iterable is read in order and restarted) and
+    the mean cross-entropy. ``log`` receives ``{step, loss, lr}`` every ``log_every`` steps and
+    ``{step, val_top1}`` every ``val_every`` steps (and at the end) when ``val`` is given — for
+    QAT that is the accuracy of the fake-quantized network, i.e. after PTQ. With ``qat_spec``
     every Linear but the head is fake-quantized with an STE (QAT); the returned keys are the
     FP model's either way. Deterministic on CPU for a given seed and batch sequence. Runs on
-    ``device`` (default: :func:`qgeom.models.default_device`); the result is on the CPU.
+    ``device`` (default: :func:`qgeom.models.default_device`), under bf16 autocast on CUDA; the
+    result is on the CPU.
     """
     check_finite(params, "initial weights")
     steps = len(batches) if steps is None else steps
@@ -98,13 +131,14 @@ def fit(
         prepare_qat(net, qat_spec)
     net.train()
     opt = make_optimizer(optimizer, [p for p in net.parameters() if p.requires_grad], lr, weight_decay)
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for step in bar:
+    bar = tqdm(_stream(batches, steps), total=steps, desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for step, (x, y) in enumerate(bar):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
-        x, y = batches[step % len(batches)]
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(net(x), y)
+        with autocast(device):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
@@ -114,17 +148,36 @@ def fit(
         opt.step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log is not None and (step % log_every == 0 or step == steps - 1):
+            log({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+        if log is not None and val is not None and val_every > 0 and ((step + 1) % val_every == 0 or step == steps - 1):
+            log({"step": step, "val_top1": _module_accuracy(net, val, device)})
+            net.train()
     strip_qat(net)
     return {k: v.cpu() for k, v in from_model(net.eval()).items() if k in params}
 
 
-def fit_task(model: nn.Module, params: Mapping[str, Tensor], split: Split, cfg: TrainConfig, *,
-             qat_spec: QuantSpec | None = None, progress: bool = False, desc: str = "fit") -> Params:
+@torch.inference_mode()
+def _module_accuracy(net: nn.Module, split: AnySplit, device: torch.device, batch_size: int = 256) -> float:
+    """Top-1 of a module as it is (QAT wrappers included) on ``split``, in eval mode."""
+    net.eval()
+    correct = total = 0
+    for x, y in split_batches(split, batch_size):
+        with autocast(device):
+            correct += int((net(x.to(device)).argmax(-1).cpu() == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def fit_task(model: nn.Module, params: Mapping[str, Tensor], split: AnySplit, cfg: TrainConfig, *,
+             qat_spec: QuantSpec | None = None, progress: bool = False, desc: str = "fit",
+             log: Callable[[dict], None] | None = None, val: AnySplit | None = None, val_every: int = 0) -> Params:
     """:func:`fit` on seeded shuffled batches of ``split`` with the hyper-parameters of ``cfg``."""
     data = ShuffledBatches(split, cfg.batch_size, cfg.steps, seed=cfg.seed)
     return fit(model, params, data, cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                warmup_steps=cfg.warmup_steps, clip_grad_norm=cfg.clip_grad_norm, qat_spec=qat_spec,
-               seed=cfg.seed, optimizer=cfg.optimizer, progress=progress, desc=desc)
+               seed=cfg.seed, optimizer=cfg.optimizer, progress=progress, desc=desc, log=log, val=val,
+               val_every=val_every)
 
 
 def with_fresh_head(model: nn.Module, backbone: Mapping[str, Tensor], seed: int = 0) -> Params:
@@ -155,39 +208,58 @@ def logits(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, batch_size
     device = default_device()
     model.eval().to(device)
     theta = {k: v.to(device) for k, v in params.items()}
-    outs = [functional_call(model, theta, (x[i : i + batch_size].to(device),)).cpu()
-            for i in range(0, len(x), batch_size)]
+    with autocast(device):
+        outs = [functional_call(model, theta, (x[i : i + batch_size].to(device),)).float().cpu()
+                for i in range(0, len(x), batch_size)]
     return torch.cat(outs)
 
 
-def accuracy(model: nn.Module, params: Mapping[str, Tensor], split: Split, spec: QuantSpec | None = None,
+def _over_split(model: nn.Module, theta: Mapping[str, Tensor], split: AnySplit, batch_size: int):
+    """(logits, labels) batch by batch over ``split`` (streamed splits are never held whole)."""
+    for x, y in split_batches(split, batch_size):
+        yield logits(model, theta, x, batch_size), y
+
+
+def accuracy(model: nn.Module, params: Mapping[str, Tensor], split: AnySplit, spec: QuantSpec | None = None,
              batch_size: int = 1000) -> float:
     """Top-1 accuracy of θ on ``split``; with ``spec``, of the post-PTQ weights Q_b(θ)."""
     theta = ptq(params, spec) if spec is not None else params
-    return float((logits(model, theta, split.x, batch_size).argmax(-1) == split.y).float().mean())
+    correct = total = 0
+    for out, y in _over_split(model, theta, split, batch_size):
+        correct += int((out.argmax(-1) == y).sum())
+        total += len(y)
+    return correct / total if total else float("nan")
 
 
-def loss(model: nn.Module, params: Mapping[str, Tensor], split: Split, spec: QuantSpec | None = None,
+def loss(model: nn.Module, params: Mapping[str, Tensor], split: AnySplit, spec: QuantSpec | None = None,
          batch_size: int = 1000) -> float:
     """Mean cross-entropy of θ (or of Q_b(θ) with ``spec``) on ``split``."""
     theta = ptq(params, spec) if spec is not None else params
-    return float(nn.functional.cross_entropy(logits(model, theta, split.x, batch_size), split.y))
+    total, n = 0.0, 0
+    for out, y in _over_split(model, theta, split, batch_size):
+        total += float(nn.functional.cross_entropy(out.double(), y, reduction="sum"))
+        n += len(y)
+    return total / n if n else float("nan")
 
 
-def pretrain(model: nn.Module, task: Task, cfg: TrainConfig, progress: bool = False) -> Params:
-    """θ_0: train ``model`` (sized for ``task``'s joint label space) from its random init."""
-    return fit_task(model, from_model(model), task.train, cfg, progress=progress, desc="pretrain")
+def pretrain(model: nn.Module, task: Task, cfg: TrainConfig, progress: bool = False, **curves) -> Params:
+    """θ_0: train ``model`` (sized for ``task``'s joint label space) from its random init.
+
+    ``curves``: ``log``, ``val_every`` of :func:`fit` (``val`` is the task's validation split)."""
+    return fit_task(model, from_model(model), task.train, cfg, progress=progress, desc="pretrain",
+                    val=task.val, **curves)
 
 
 def finetune(model: nn.Module, theta0: Mapping[str, Tensor], task: Task, cfg: TrainConfig,
-             progress: bool = False) -> Params:
+             progress: bool = False, **curves) -> Params:
     """θ_t: fine-tune θ_0's backbone with a fresh head for ``task`` (``model`` sized for it)."""
     start = with_fresh_head(model, theta0, seed=cfg.seed)
-    return fit_task(model, start, task.train, cfg, progress=progress, desc=f"finetune {task.name}")
+    return fit_task(model, start, task.train, cfg, progress=progress, desc=f"finetune {task.name}",
+                    val=task.val, **curves)
 
 
 def qat(model: nn.Module, theta_t: Mapping[str, Tensor], task: Task, spec: QuantSpec, cfg: TrainConfig,
-        progress: bool = False) -> Params:
+        progress: bool = False, **curves) -> Params:
     """θ_t,QAT: quantization-aware training from θ_t with fake-quantized Linear weights (STE)."""
     return fit_task(model, theta_t, task.train, cfg, qat_spec=spec, progress=progress,
-                    desc=f"QAT {task.name} {spec.bits}b")
+                    desc=f"QAT {task.name} {spec.bits}b", val=task.val, **curves)

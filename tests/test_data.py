@@ -84,16 +84,16 @@ def test_splits_are_independent_streams(task):
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown task 'shapes'; known offline tasks: shape, stripes.*real tasks.*CIFAR10"):
+    with pytest.raises(ValueError, match="unknown offline task 'shapes'; known offline tasks: shape, stripes"):
         make_task("shapes")
-    with pytest.raises(ValueError, match="known offline tasks"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; known offline tasks: shape.*real tasks.*CIFAR10.*imagefolder"):
         load_task("nope")
 
 
 def test_load_task_procedural_and_real_without_root():
     t = load_task("hue", seed=3, n_train=20, n_val=5, n_test=5)
     assert torch.equal(t.train.x, make_task("hue", 3, 20, 5, 5).train.x)
-    with pytest.raises(ValueError, match="CIFAR10 is a real task: pass root="):
+    with pytest.raises(ValueError, match="CIFAR10 is a real task: set the data root"):
         load_task("CIFAR10")
 
 
@@ -197,42 +197,51 @@ def write_folder(root: Path, counts: dict[str, dict[str, int]], size=(20, 12)) -
     return root
 
 
+def materialise(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """A streamed split read whole (tests only: tiny folders)."""
+    xs, ys = zip(*batches(split, 4))
+    return torch.cat(xs), torch.cat(ys)
+
+
 def test_from_image_folder_splits_off_a_validation_set(tmp_path):
     root = write_folder(tmp_path / "colours", {"train": {"blue": 5, "red": 5, "white": 5},
                                                 "test": {"blue": 2, "red": 2, "white": 2}})
     t = from_image_folder(root, img_size=16, seed=0, val_fraction=0.2)
     assert t.name == "colours" and t.classes == ("blue", "red", "white") and t.num_classes == 3
     assert len(t.train) == 12 and len(t.val) == 3 and len(t.test) == 6
-    assert t.train.x.shape == (12, 3, 16, 16) and t.train.x.dtype == torch.float32 and t.train.y.dtype == torch.int64
+    tx, ty = materialise(t.train)
+    assert tx.shape == (12, 3, 16, 16) and tx.dtype == torch.float32 and ty.dtype == torch.int64
     # labels follow folders: the per-channel value is (c/255 − 0.4)/0.3 for the class colour c
     for s in (t.train, t.val, t.test):
-        for x, y in zip(s.x, s.y):
+        for x, y in zip(*materialise(s)):
             expected = (torch.tensor(COLOURS[t.classes[y]], dtype=torch.float32) / 255 - 0.4) / 0.3
             torch.testing.assert_close(x.mean(dim=(1, 2)), expected, atol=1e-5, rtol=0)  # flat images
-    # the validation images were taken out of train: 15 in all, none twice
-    keys = sorted(float(v) for v in torch.cat([t.train.x[:, :, 0, 0].sum(1), t.val.x[:, :, 0, 0].sum(1)]))
-    assert len(keys) == 15
+    # the validation images were taken out of train: 15 distinct files in all
+    files = [t.train.dataset.samples[i][0] for i in t.train.indices] + [t.val.dataset.samples[i][0] for i in t.val.indices]
+    assert len(set(files)) == 15
     # seeded: the same split again, another with another seed
     again = from_image_folder(root, img_size=16, seed=0, val_fraction=0.2)
-    assert torch.equal(again.val.y, t.val.y) and torch.equal(again.train.y, t.train.y)
-    assert any(not torch.equal(from_image_folder(root, img_size=16, seed=s, val_fraction=0.2).val.y, t.val.y)
-               for s in range(1, 4))
+    assert torch.equal(again.val.indices, t.val.indices) and torch.equal(again.train.indices, t.train.indices)
+    assert any(not torch.equal(from_image_folder(root, img_size=16, seed=s, val_fraction=0.2).val.indices,
+                               t.val.indices) for s in range(1, 4))
 
 
 def test_from_image_folder_with_a_val_folder_and_load_task(tmp_path):
     root = write_folder(tmp_path / "d", {"train": {"blue": 2, "red": 2}, "val": {"blue": 1, "red": 1},
                                          "test": {"blue": 1, "red": 1}})
-    t = load_task("EuroSAT", root=root)
-    assert t.name == "EuroSAT" and len(t.train) == 4 and len(t.val) == 2 and t.val.y.tolist() == [0, 1]
-    assert t.train.x.shape[-2:] == (IMG, IMG)
+    t = load_task(f"imagefolder:EuroSAT={root}")
+    assert t.name == "EuroSAT" and len(t.train) == 4 and len(t.val) == 2 and materialise(t.val)[1].tolist() == [0, 1]
+    assert materialise(t.train)[0].shape[-2:] == (IMG, IMG)
 
 
 def test_from_image_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="needs train/ and test/"):
-        from_image_folder(write_folder(tmp_path / "a", {"train": {"blue": 2}}))
-    with pytest.raises(ValueError, match="train and test classes differ"):
+    from qgeom.data import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match="no ImageFolder at"):
+        from_image_folder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="the train and test splits have different classes .only in train: \\['red'\\]"):
         from_image_folder(write_folder(tmp_path / "b", {"train": {"blue": 2, "red": 2}, "test": {"blue": 1}}))
     # a val folder lacking a class would silently renumber the labels (red → 0)
-    with pytest.raises(ValueError, match="train and val classes differ"):
+    with pytest.raises(ValueError, match="the train and val splits have different classes"):
         from_image_folder(write_folder(tmp_path / "c", {"train": {"blue": 2, "red": 2}, "val": {"red": 1},
                                                         "test": {"blue": 1, "red": 1}}))

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from qgeom import params as P
+from qgeom.params import CheckpointError
 from qgeom.models import (
     PRESETS,
     count_parameters,
@@ -148,15 +149,19 @@ def test_load_from_a_torch_saved_state_dict(tmp_path, trained, wrap):
     assert_loaded(create_model("micro", 3, seed=0, checkpoint=tmp_path / "w.pt", **SMALL), trained)
 
 
-def test_a_head_of_another_shape_is_skipped_and_missing_keys_keep_their_init(tmp_path, trained):
-    torch.save({k: v for k, v in trained.items() if k != "norm.bias"}, tmp_path / "w.pth")
+def test_a_head_of_another_shape_is_skipped_and_a_missing_backbone_key_is_refused(tmp_path, trained):
+    torch.save(trained, tmp_path / "w.pth")
     fresh = P.from_model(create_model("micro", 5, seed=0, **SMALL))
     model = create_model("micro", 5, seed=0, checkpoint=tmp_path / "w.pth", **SMALL)  # 5 classes, file has 3
-    assert_loaded(model, trained, skip=("head.weight", "head.bias", "norm.bias"))
+    assert_loaded(model, trained, skip=("head.weight", "head.bias"))
     state = model.state_dict()
     assert state["head.weight"].shape == (5, 16)
-    for k in ("head.weight", "head.bias", "norm.bias"):
+    for k in ("head.weight", "head.bias"):
         assert torch.equal(state[k], fresh[k])
+    # a backbone tensor the file lacks would silently keep its random init: refused, named
+    torch.save({k: v for k, v in trained.items() if k != "norm.bias"}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="backbone tensors missing from the file for micro: norm.bias"):
+        create_model("micro", 5, seed=0, checkpoint=tmp_path / "partial.pth", **SMALL)
 
 
 class _Payload:

@@ -1,4 +1,4 @@
-"""Tasks: offline image-classification tasks that ship with qgeom, and adaptors for real data.
+"""Offline image-classification tasks that ship with qgeom (no file, no download).
 
 Procedural tasks are generated deterministically from ``(name, seed)`` with vectorised numpy
 (10 k 32×32 RGB images in well under a second). They differ in what they ask — shape, stripe
@@ -13,54 +13,17 @@ labels are int64 (N,).
 
 from __future__ import annotations
 
-import os
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+
+from qgeom.data.splits import Split, Task
 
 IMG = 32
 Generator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
-
-#: The 22 real tasks of the paper (arXiv 2604.03420), known to the real-data adaptor.
-REAL_TASKS = (
-    "Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN", "CIFAR10",
-    "CIFAR100", "STL10", "Food101", "Flowers102", "FER2013", "PCAM", "OxfordIIITPet",
-    "RenderedSST2", "EMNIST", "FashionMNIST", "KMNIST", "TinyImageNet", "ImageNet",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a task: images ``x`` (N, 3, H, W) float32 and labels ``y`` (N,) int64."""
-
-    x: Tensor
-    y: Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class Task:
-    """A classification task with train / val / test splits."""
-
-    name: str
-    classes: tuple[str, ...]
-    train: Split
-    val: Split
-    test: Split
-    description: str = ""
-    seed: int = 0
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
 
 # --------------------------------------------------------------------------------------------
 # drawing primitives (vectorised over the batch)
@@ -256,8 +219,7 @@ def make_task(name: str, seed: int = 0, n_train: int = 4000, n_val: int = 500, n
     growing one split never changes another.
     """
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known offline tasks: {', '.join(TASKS)}; "
-                         f"real tasks (need local files, see from_image_folder): {', '.join(REAL_TASKS)}")
+        raise ValueError(f"unknown offline task {name!r}; known offline tasks: {', '.join(TASKS)}")
     spec = TASKS[name]
     splits = {s: _generate(name, _rng(name, seed, s), n) for s, n in (("train", n_train), ("val", n_val), ("test", n_test))}
     return Task(name, spec.classes, splits["train"], splits["val"], splits["test"], spec.description, seed)
@@ -281,95 +243,3 @@ def pretext_task(names: Sequence[str], seed: int = 0, n_per_task: int = 4000) ->
     vx = torch.cat([v.x for v in val])
     vy = torch.cat([v.y + int(o) for v, o in zip(val, offs)])
     return Task("pretext:" + "+".join(names), tuple(classes), Split(x, y), Split(vx, vy), Split(vx, vy), "joint label space", seed)
-
-
-# --------------------------------------------------------------------------------------------
-# batching
-# --------------------------------------------------------------------------------------------
-
-
-class ShuffledBatches(Sequence):
-    """``steps`` training batches drawn by seeded epoch-wise shuffles of a split (lazy)."""
-
-    def __init__(self, split: Split, batch_size: int, steps: int, seed: int = 0) -> None:
-        self.split, self.batch_size, self.steps = split, batch_size, steps
-        g = torch.Generator().manual_seed(seed)
-        n_epochs = -(-steps * batch_size // len(split)) + 1
-        self._order = torch.cat([torch.randperm(len(split), generator=g) for _ in range(n_epochs)])
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        if not 0 <= i < self.steps:
-            raise IndexError(i)
-        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.split.x[idx], self.split.y[idx]
-
-
-def batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The split in order, in batches of ``batch_size`` (for evaluation)."""
-    for i in range(0, len(split), batch_size):
-        yield split.x[i : i + batch_size], split.y[i : i + batch_size]
-
-
-def probe_batches(split: Split, n: int, batch_size: int = 64, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
-    """A fixed probe set for curvature: ``n`` examples picked by ``seed``, in batches."""
-    n = min(n, len(split))
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
-    sub = Split(split.x[idx], split.y[idx])
-    return list(batches(sub, batch_size))
-
-
-# --------------------------------------------------------------------------------------------
-# real data
-# --------------------------------------------------------------------------------------------
-
-
-def from_image_folder(root: str | os.PathLike, img_size: int = IMG, name: str | None = None, seed: int = 0,
-                      val_fraction: float = 0.1) -> Task:
-    """A task from an ImageFolder tree: ``root/{train,val,test}/<class>/<image>``.
-
-    ``val`` may be missing: it is then split off ``train`` (``val_fraction``, seeded). Images
-    are resized to ``img_size`` and standardised like the procedural tasks. Nothing is
-    downloaded: this is how the paper's real tasks (``REAL_TASKS``) enter qgeom.
-    """
-    from torchvision import datasets, transforms
-
-    root = Path(root)
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise FileNotFoundError(f"{root} needs train/ and test/ subfolders of class folders")
-    tf = transforms.Compose([transforms.Resize((img_size, img_size)), transforms.ToTensor(),
-                             transforms.Normalize([0.4] * 3, [0.3] * 3)])
-
-    def load(d: Path) -> tuple[Split, list[str]]:
-        ds = datasets.ImageFolder(str(d), transform=tf)
-        x = torch.stack([ds[i][0] for i in range(len(ds))])
-        return Split(x, torch.tensor(ds.targets, dtype=torch.int64)), ds.classes
-
-    train, classes = load(root / "train")
-    test, test_classes = load(root / "test")
-    if test_classes != classes:
-        raise ValueError(f"train and test classes differ in {root}: {classes} vs {test_classes}")
-    if (root / "val").is_dir():
-        val, val_classes = load(root / "val")
-        if val_classes != classes:  # ImageFolder numbers classes by sorted folder names
-            raise ValueError(f"train and val classes differ in {root}: {classes} vs {val_classes}")
-    else:
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        k = max(1, int(len(train) * val_fraction))
-        val = Split(train.x[perm[:k]], train.y[perm[:k]])
-        train = Split(train.x[perm[k:]], train.y[perm[k:]])
-    return Task(name or root.name, tuple(classes), train, val, test, f"ImageFolder {root}", seed)
-
-
-def load_task(name: str, seed: int = 0, root: str | os.PathLike | None = None, **sizes: int) -> Task:
-    """A procedural task by name, or a real task (one of ``REAL_TASKS``) from ``root``."""
-    if name in TASKS:
-        return make_task(name, seed, **sizes)
-    if name in REAL_TASKS:
-        if root is None:
-            raise ValueError(f"{name} is a real task: pass root= an ImageFolder directory "
-                             f"(root/train/<class>/..., root/test/<class>/...); qgeom downloads nothing")
-        return from_image_folder(root, name=name, seed=seed)
-    return make_task(name, seed)  # raises the error listing the known tasks

@@ -1,0 +1,83 @@
+"""Task specifications: one string names a task wherever qgeom takes one (configs, ``--data``).
+
+==============================  =============================================================
+spec                            task
+==============================  =============================================================
+``shape``, ``count``, …         an offline procedural task (``qgeom tasks`` lists them), in memory
+``imagefolder:NAME=DIR``        an ImageFolder tree at DIR, called NAME (``imagefolder:DIR``:
+                                named after the folder), streamed
+``CIFAR10``, ``EuroSAT``, …     one of the paper's 22 datasets (:data:`REAL_TASKS`) through its
+                                torchvision class under the data root (RESISC45, TinyImageNet:
+                                an ImageFolder at ``DATA_ROOT/NAME``), streamed
+==============================  =============================================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qgeom.data.offline import TASKS, make_task
+from qgeom.data.real import REAL_TASKS, default_transform, from_image_folder, from_torchvision
+from qgeom.data.splits import Task
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A parsed task specification: ``kind`` is offline, imagefolder or torchvision."""
+
+    kind: str
+    name: str
+    path: str = ""
+
+    @property
+    def streamed(self) -> bool:
+        return self.kind != "offline"
+
+
+def parse_task(spec: str) -> TaskSpec:
+    """Parse a task specification (see the module table); unknown names list what is known."""
+    spec = str(spec).strip()
+    if spec.startswith("imagefolder:"):
+        rest = spec[len("imagefolder:"):]
+        name, sep, path = rest.partition("=")
+        if not sep:
+            name, path = Path(rest).name, rest
+        if not name or not path or "/" in name:
+            raise ValueError(f"task {spec!r}: write imagefolder:NAME=DIR (NAME without '/')")
+        return TaskSpec("imagefolder", name, path)
+    if spec in TASKS:
+        return TaskSpec("offline", spec)
+    if spec in REAL_TASKS:
+        return TaskSpec("torchvision", spec)
+    raise ValueError(f"unknown task {spec!r}; known offline tasks: {', '.join(TASKS)}; real tasks (under data_root): "
+                     f"{', '.join(REAL_TASKS)}; or imagefolder:NAME=DIR")
+
+
+def task_name(spec: str) -> str:
+    """The name a task's artifacts are filed under (NAME for ``imagefolder:NAME=DIR``)."""
+    return parse_task(spec).name
+
+
+def load_task(spec: str, seed: int = 0, root: str | os.PathLike | None = None, *,
+              transform: Callable | None = None, num_workers: int = 0, download: bool = False,
+              **sizes: int | None) -> Task:
+    """The task a specification names.
+
+    seed: the offline generator's seed, or the seed of carved splits and size caps for real data.
+    root: the data root of the torchvision datasets. transform: the image transform of streamed
+    tasks (:func:`qgeom.data.real.model_transform` for a model; default: a resize to 32×32).
+    sizes: ``n_train``/``n_val``/``n_test`` (offline: how many to generate; real: caps, 0 or
+    None for all).
+    """
+    ts = parse_task(spec)
+    if ts.kind == "offline":
+        return make_task(ts.name, seed, **{k: v for k, v in sizes.items() if v})
+    if ts.kind == "imagefolder":
+        return from_image_folder(ts.path, transform, name=ts.name, seed=seed, num_workers=num_workers, **sizes)
+    if root is None:
+        raise ValueError(f"{ts.name} is a real task: set the data root (config data_root=DIR, or --data-root DIR), "
+                         "the folder torchvision reads it from; qgeom downloads nothing unless asked")
+    return from_torchvision(ts.name, root, transform or default_transform(), seed=seed, num_workers=num_workers, download=download, **sizes)

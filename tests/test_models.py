@@ -218,7 +218,7 @@ def test_a_corrupted_safetensors_checkpoint_is_refused(tmp_path, trained):
 
 def test_keys_that_do_not_fit_the_preset_are_refused(tmp_path, trained):
     torch.save({**trained, "blocks.5.attn.qkv.weight": torch.zeros(48, 16)}, tmp_path / "deeper.pt")
-    with pytest.raises(P.CheckpointError, match="do not fit preset 'micro': blocks.5.attn.qkv.weight"):
+    with pytest.raises(P.CheckpointError, match="keys the model micro does not have: blocks.5.attn.qkv.weight"):
         create_model("micro", 3, checkpoint=tmp_path / "deeper.pt", **SMALL)
     # a wider model's weights: every shape is off
     wide = P.from_model(create_model("micro", 3, embed_dim=32, depth=1, num_heads=2))

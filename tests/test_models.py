@@ -223,7 +223,7 @@ def test_keys_that_do_not_fit_the_preset_are_refused(tmp_path, trained):
     # a wider model's weights: every shape is off
     wide = P.from_model(create_model("micro", 3, embed_dim=32, depth=1, num_heads=2))
     P.save_params(tmp_path / "wide.safetensors", wide)
-    with pytest.raises(P.CheckpointError, match="do not fit preset 'micro': blocks.0.attn.proj.bias, "):
+    with pytest.raises(P.CheckpointError, match="shapes that do not fit micro: blocks.0.attn.proj.bias \\(32,\\) ≠ \\(16,\\), "):
         create_model("micro", 3, checkpoint=tmp_path / "wide.safetensors", **SMALL)
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from qgeom import params as P
 from qgeom.commands import clean_errors
+from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -32,15 +33,6 @@ def _load(path: Path) -> tuple[P.Params, dict]:
     return params, meta
 
 
-def _model_for(meta: dict, path: Path, num_classes: int | None = None):
-    from qgeom.models import create_model
-
-    if "preset" not in meta or (num_classes is None and "num_classes" not in meta):
-        raise typer.BadParameter(f"{path} has no model metadata (preset, num_classes): was it written by qgeom?")
-    overrides = json.loads(meta.get("model_overrides", "{}"))
-    return create_model(meta["preset"], num_classes or int(meta["num_classes"]), **overrides)
-
-
 def _save(path: Path, params: P.Params, meta: dict, **extra) -> None:
     meta = {k: v for k, v in meta.items() if k not in ("content_hash", "qgeom_version")}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
@@ -48,10 +40,15 @@ def _save(path: Path, params: P.Params, meta: dict, **extra) -> None:
     console.print(f"wrote [bold]{path}[/] ({P.numel(params):,} values)")
 
 
-def _task(name: str, seed: int):
-    from qgeom.data import load_task
+def _task(spec: str, seed: int, model=None, data_root: str | None = None):
+    """The task a specification names (kept a function so tests can shrink the data)."""
+    return load_data(spec, seed, model, data_root)
 
-    return load_task(name, seed)
+
+def _arch_meta(net, arch: str, meta: dict) -> dict:
+    """Metadata that rebuilds ``net``: architecture, overrides, classes."""
+    overrides = json.loads(meta.get("model_overrides", "{}")) if arch == meta.get("preset") else {}
+    return dict(preset=arch, model_overrides=overrides, num_classes=int(net.num_classes))
 
 
 @app.command()
@@ -93,9 +90,12 @@ def pretrain(
 @app.command()
 @clean_errors
 def finetune(
-    pretrained: Path = typer.Option(..., help="θ_0 checkpoint"),
-    task: str = typer.Option(..., help="task name (see `qgeom tasks`)"),
+    pretrained: Path = typer.Option(..., help="θ_0 checkpoint: qgeom's, or a timm-format file with --model"),
+    task: str = typer.Option(..., "--task", "--data", help="task: an offline name (qgeom tasks), imagefolder:NAME=DIR, "
+                                                           "or a real dataset name under --data-root"),
     out: Path = typer.Option(..., help="where to write θ_t"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
     steps: int = typer.Option(150),
     lr: float = typer.Option(1e-3),
     batch_size: int = typer.Option(128),
@@ -105,14 +105,17 @@ def finetune(
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
     from qgeom.train import TrainConfig, accuracy, finetune as run
 
-    theta0, meta = _load(pretrained)
-    t = _task(task, data_seed)
-    model = _model_for(meta, pretrained, t.num_classes)
+    theta0, meta = read_checkpoint(pretrained)
+    arch = model or meta.get("preset")
+    template = build_model(pretrained, theta0, meta, model, num_classes=1)
+    t = _task(task, data_seed, template, data_root)
+    net = build_model(pretrained, theta0, meta, model, t.num_classes)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
-    theta = run(model, theta0, t, cfg, progress=True)
-    console.print(f"{task} test Top-1: {accuracy(model, theta, t.test):.3f}")
-    _save(out, theta, meta, num_classes=t.num_classes, task=task, stage="finetune", parent=str(pretrained),
-          config=cfg.to_dict(), data_seed=data_seed)
+    theta = run(net, theta0, t, cfg, progress=True)
+    console.print(f"{t.name} test Top-1: {accuracy(net, theta, t.test):.3f}")
+    _save(out, theta, {k: v for k, v in meta.items() if k not in ("preset", "model_overrides")},
+          **_arch_meta(net, arch, meta), task=task, stage="finetune", parent=str(pretrained), config=cfg.to_dict(),
+          data_seed=data_seed, data_root=data_root or "")
 
 
 @app.command()
@@ -121,6 +124,9 @@ def qat(
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
     out: Path = typer.Option(..., help="where to write θ_t,QAT"),
     bits: int = typer.Option(2, help=BITS_HELP, **BITS_RANGE),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP),
+    data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
     steps: int = typer.Option(100),
     lr: float = typer.Option(5e-4),
     batch_size: int = typer.Option(128),
@@ -130,14 +136,16 @@ def qat(
     from qgeom.quant import QuantSpec
     from qgeom.train import TrainConfig, accuracy, qat as run
 
-    theta, meta = _load(finetuned)
+    theta, meta = read_checkpoint(finetuned)
     spec = QuantSpec(bits)
-    t = _task(meta["task"], int(meta.get("data_seed", "0")))
-    model = _model_for(meta, finetuned)
+    net = build_model(finetuned, theta, meta, model)
+    data = task_spec(data, meta, finetuned)
+    t = _task(data, int(meta.get("data_seed", "0")), net, data_root or meta.get("data_root") or None)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
-    theta_q = run(model, theta, t, spec, cfg, progress=True)
-    console.print(f"{t.name} test Top-1 after {bits}-bit PTQ: {accuracy(model, theta_q, t.test, spec):.3f}")
-    _save(out, theta_q, meta, stage="qat", parent=str(finetuned), bits=bits, config=cfg.to_dict())
+    theta_q = run(net, theta, t, spec, cfg, progress=True)
+    console.print(f"{t.name} test Top-1 after {bits}-bit PTQ: {accuracy(net, theta_q, t.test, spec):.3f}")
+    _save(out, theta_q, meta, **_arch_meta(net, model or meta.get("preset"), meta), task=data, stage="qat",
+          parent=str(finetuned), bits=bits, config=cfg.to_dict())
 
 
 @app.command()
@@ -198,8 +206,11 @@ def evaluate(
     bits: Optional[list[int]] = typer.Option(None, help="also evaluate after PTQ at these bit widths (2–8)",
                                              **BITS_RANGE),
     split: str = typer.Option("test", help="train, val or test"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP),
+    data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
 ) -> None:
-    """Top-1 of checkpoints on their own task, FP and after PTQ."""
+    """Top-1 of checkpoints on their own task (or --data), FP and after PTQ."""
     from qgeom.quant import QuantSpec
     from qgeom.train import accuracy
 
@@ -208,11 +219,14 @@ def evaluate(
     bits = bits or []
     table = Table("checkpoint", "task", "FP", *[f"PTQ {b}b" for b in bits])
     for path in weights:
-        theta, meta = _load(path)
-        model = _model_for(meta, path)
-        t = _task(meta["task"], int(meta.get("data_seed", "0")))
-        data = getattr(t, split)
-        accs = [accuracy(model, theta, data)] + [accuracy(model, theta, data, QuantSpec(b)) for b in bits]
+        theta, meta = read_checkpoint(path)
+        net = build_model(path, theta, meta, model)
+        t = _task(task_spec(data, meta, path), int(meta.get("data_seed", "0")), net,
+                  data_root or meta.get("data_root") or None)
+        if t.num_classes != net.num_classes:
+            raise ValueError(f"{path} has a {net.num_classes}-class head but task {t.name} has {t.num_classes} classes")
+        split_data = getattr(t, split)
+        accs = [accuracy(net, theta, split_data)] + [accuracy(net, theta, split_data, QuantSpec(b)) for b in bits]
         table.add_row(str(path), t.name, *[f"{a:.3f}" for a in accs])
     console.print(table)
 

@@ -5,6 +5,12 @@ A run is fully described by a :class:`RunConfig`; it is written into the run dir
 
 * ``demo`` — 2 CPU cores, < 10 minutes: micro ViT, 6 tasks, 2 bits, 1 seed.
 * ``tiny`` — the tests' end-to-end configuration: 3 tasks, a few steps, seconds.
+* ``paper`` (= ``paper-vit-b16``), ``paper-vit-l16``, ``paper-vit-h14`` — the paper's setting:
+  timm's ``vit_{base,large}_patch16_224.orig_in21k`` / ``vit_huge_patch14_224.orig_in21k`` as θ_0,
+  its 22 datasets under ``data_root`` (torchvision classes; RESISC45 and TinyImageNet as
+  ImageFolders), AdamW lr 1e-5, weight decay 0.1, 500 warm-up steps then cosine, batch 128,
+  grad-norm clip 1.0 for fine-tuning and QAT, 3 bits, the λ grid 0.15–1.5. Needs a GPU, the
+  datasets on disk and the weights (network or a local file: ``theta0=FILE``).
 * ``gpu``  — a lent H100/H200: ViT-S width (384, 6 heads) at depth 6, patch 8, 8 tasks, 3×
   more data, 3 seeds, 2 bits; sized by estimate (≈ 13.5 k optimizer steps + ≈ 5 k
   evaluations) to finish inside 8 minutes, *not yet run on a GPU* (no device was lent to the
@@ -22,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from qgeom.data.real import REAL_TASKS
 from qgeom.train import TrainConfig
 
 PAPER_LAMBDAS = (0.15, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the paper's validation grid for λ
@@ -32,8 +39,16 @@ class RunConfig:
     """Everything that determines a transfer run's results."""
 
     name: str = "demo"
-    preset: str = "micro"
+    preset: str = "micro"  # a model preset (micro, tiny, small, base, large) or timm:NAME
     model_overrides: dict = field(default_factory=dict)
+    # θ_0: "pretrain" (on the offline pretext mixture), "timm:NAME" (timm's weights) or a file path
+    theta0: str = "pretrain"
+    data_root: str = ""  # folder of the torchvision datasets (real task names)
+    data_download: bool = False  # let torchvision download missing datasets (needs network)
+    num_workers: int = 0  # DataLoader workers for streamed (real) tasks
+    log_every: int = 10  # training curves: loss and learning rate every k steps
+    val_every: int = 0  # training curves: validation Top-1 every k steps (0: at the end only)
+    trackers: tuple[str, ...] = ()  # besides CSV: "tensorboard", "wandb" (optional extras)
     pretext_tasks: tuple[str, ...] = ("shape", "stripes", "count", "hue", "texture", "position", "size", "mirror")
     # receivers whose 2-bit PTQ loses accuracy (hue, texture, stripes lose < 0.5 point: nothing to recover)
     tasks: tuple[str, ...] = ("shape", "count", "position", "mirror", "size", "digits")
@@ -113,8 +128,38 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+PAPER_TASKS = REAL_TASKS  # the paper's 22 tasks, in its order
+
+#: One preset per ViT scale of the paper's code: run name → timm model.
+PAPER_SCALES = {
+    "paper-vit-b16": "vit_base_patch16_224.orig_in21k",
+    "paper-vit-l16": "vit_large_patch16_224.orig_in21k",
+    "paper-vit-h14": "vit_huge_patch14_224.orig_in21k",
+}
+
+
+def paper_preset(name: str = "paper-vit-b16") -> RunConfig:
+    """The paper's recipe (../shared/FINDINGS.md) at one ViT scale.
+
+    Where the paper is silent qgeom chooses: 2 000 steps of fine-tuning and of QAT per task
+    (the task-vector literature's budget at batch 128), every image of every split (no caps),
+    a probe set of 1 024 validation images, 8 loader workers, validation Top-1 every 500 steps.
+    """
+    timm_name = PAPER_SCALES[name]
+    recipe = TrainConfig(steps=2000, batch_size=128, lr=1e-5, weight_decay=0.1, warmup_steps=500, clip_grad_norm=1.0)
+    return RunConfig(
+        name=name, preset=f"timm:{timm_name}", theta0=f"timm:{timm_name}", pretext_tasks=(), tasks=PAPER_TASKS,
+        data_root="data", n_train=0, n_val=0, n_test=0, finetune=recipe, qat=recipe, bits=(3,), seeds=(0,),
+        lambdas=PAPER_LAMBDAS, probe_size=1024, probe_batch=64, eval_batch=256, num_workers=8, val_every=500,
+    )
+
+
 def preset(name: str) -> RunConfig:
-    """A named configuration: ``demo``, ``tiny`` or ``gpu``."""
+    """A named configuration: ``demo``, ``tiny``, ``gpu``, ``paper`` or ``paper-vit-{b16,l16,h14}``."""
+    if name == "paper":
+        return paper_preset("paper-vit-b16")
+    if name in PAPER_SCALES:
+        return paper_preset(name)
     if name == "demo":
         return RunConfig()
     if name == "tiny":
@@ -137,7 +182,7 @@ def preset(name: str) -> RunConfig:
             qat=TrainConfig(steps=200, batch_size=256, lr=2.5e-4, warmup_steps=20),
             bits=(2,), seeds=(0, 1, 2), probe_size=1024, probe_batch=256,
         )
-    raise ValueError(f"unknown run preset {name!r}; known: demo, tiny, gpu")
+    raise ValueError(f"unknown run preset {name!r}; known: demo, tiny, gpu, paper, {', '.join(PAPER_SCALES)}")
 
 
 def load_config(source: str | Path) -> RunConfig:

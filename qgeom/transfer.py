@@ -11,7 +11,7 @@ stopped and a finished run re-reads everything in seconds. Layout::
 
     RUN/config.json                      the RunConfig (a resumed run must ask for the same)
     RUN/theta0.safetensors               pretrained θ_0
-    RUN/seed{s}/finetune/{t}.safetensors θ_t
+    RUN/seed{s}/finetune/{t}.safetensors θ_t      (+ {t}.curve.csv: loss, lr, val Top-1 by step)
     RUN/seed{s}/qat{b}/{t}.safetensors   θ_t,QAT at b bits;  rho_{t}.safetensors: ρ_t (backbone)
     RUN/seed{s}/eval{b}/{R}.csv          accuracy rows for receiver R
     RUN/seed{s}/geometry{b}/{R}.csv      geometry rows for receiver R
@@ -19,6 +19,11 @@ stopped and a finished run re-reads everything in seconds. Layout::
 
 Seeds vary fine-tuning and QAT (head initialisation, data order); θ_0 and the task data are
 shared by all seeds, so seed-to-seed spread measures the training noise of the method.
+
+θ_0 comes from ``cfg.theta0``: pretrained here on the offline pretext mixture (``pretrain``),
+timm's weights (``timm:NAME``) or a local checkpoint; tasks are task specifications
+(:mod:`qgeom.data.sources`): offline names, ``imagefolder:NAME=DIR``, or the paper's datasets
+under ``cfg.data_root``. Every task is resolved (files found, classes read) before any work.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from tqdm.auto import tqdm
 from qgeom import params as P
 from qgeom.analysis import read_table
 from qgeom.config import RunConfig
-from qgeom.data import Task, load_task, pretext_task, probe_batches
-from qgeom.models import create_model, default_device
+from qgeom.data import Task, batches, load_task, model_transform, parse_task, pretext_task, probe_batches
+from qgeom.models import create_model, default_device, load_pretrained
+from qgeom.tracking import CurveLog
 from qgeom.quant import QuantSpec, ptq
 from qgeom.train import accuracy, finetune, logits, pretrain, qat
 
@@ -47,6 +53,30 @@ EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "
 
 class ConfigMismatchError(ValueError):
     """The run directory holds results of a different configuration."""
+
+
+def task_specs(cfg: RunConfig) -> dict[str, str]:
+    """Task name → specification, in the config's order (names are what artifacts are filed under)."""
+    out: dict[str, str] = {}
+    for spec in cfg.tasks:
+        name = parse_task(spec).name
+        if name in out:
+            raise ValueError(f"tasks: two tasks are named {name!r} ({out[name]!r}, {spec!r})")
+        out[name] = spec
+    return out
+
+
+def load_run_task(cfg: RunConfig, name: str, template: torch.nn.Module | None = None, **sizes: int) -> Task:
+    """Task ``name`` of a run as the run reads it: offline tasks generated with data seed 0,
+    streamed tasks through the transform timm derives for the run's model (``template``)."""
+    spec = task_specs(cfg)[name]
+    transform = None
+    if parse_task(spec).streamed:
+        template = template if template is not None else create_model(cfg.preset, 2, **cfg.model_overrides)
+        transform = model_transform(template)
+    size = dict(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test) | sizes
+    return load_task(spec, 0, cfg.data_root or None, transform=transform, num_workers=cfg.num_workers,
+                     download=cfg.data_download, **size)
 
 
 def write_table(path: Path, df: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +111,8 @@ class TransferRun:
         if path.exists():
             old = json.loads(path.read_text())
             new = json.loads(self.cfg.to_json())
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            default = json.loads(RunConfig().to_json())  # fields added since the run was made
+            diff = sorted(k for k in set(old) | set(new) if old.get(k, default.get(k)) != new.get(k))
             if diff:
                 raise ConfigMismatchError(f"{self.dir} holds a run with another configuration (differs in: "
                                           f"{', '.join(diff)}); choose a new run directory")
@@ -101,41 +132,66 @@ class TransferRun:
         return write_table(path, compute())
 
     @cached_property
+    def names(self) -> list[str]:
+        """The task names (what artifacts are filed under), in the config's order."""
+        return list(task_specs(self.cfg))
+
+    @cached_property
     def tasks(self) -> dict[str, Task]:
-        c = self.cfg
-        return {t: load_task(t, 0, n_train=c.n_train, n_val=c.n_val, n_test=c.n_test) for t in c.tasks}
+        template = create_model(self.cfg.preset, 2, **self.cfg.model_overrides)
+        return {t: load_run_task(self.cfg, t, template) for t in self.names}
 
     def model(self, task: str):
         """The architecture for ``task`` (a template; weights come from parameter dicts)."""
         return create_model(self.cfg.preset, self.tasks[task].num_classes, **self.cfg.model_overrides)
 
+    def _curves(self, artifact: Path, stage: str, **meta) -> CurveLog:
+        """The training-curve log of the stage that writes ``artifact`` (CSV beside it)."""
+        return CurveLog(artifact.with_suffix(".curve.csv"), self.cfg.trackers,
+                        run=f"{self.cfg.name}/{artifact.relative_to(self.dir).with_suffix('')}", stage=stage, **meta)
+
+    def _train_kwargs(self, curves: CurveLog) -> dict:
+        return dict(progress=self.progress, log=curves, val_every=self.cfg.val_every)
+
     # -- training stages ---------------------------------------------------------------------
 
     def theta0(self) -> P.Params:
+        """θ_0 per ``cfg.theta0``: pretrained here, timm's weights, or a local checkpoint (backbone only
+        for the latter two; every task gets a fresh head)."""
+        path = self.dir / "theta0.safetensors"
+
         def compute():
+            if self.cfg.theta0 != "pretrain":
+                self.log(f"loading θ_0 from {self.cfg.theta0}")
+                return load_pretrained(self.cfg.theta0, self.model(self.names[0]))
             self.log("pretraining θ_0")
             task = pretext_task(self.cfg.pretext_tasks, seed=0, n_per_task=self.cfg.n_pretext_per_task)
             m = create_model(self.cfg.preset, task.num_classes, seed=0, **self.cfg.model_overrides)
-            return pretrain(m, task, self.cfg.pretrain, progress=self.progress)
+            with self._curves(path, "pretrain") as curves:
+                return pretrain(m, task, self.cfg.pretrain, **self._train_kwargs(curves))
 
-        return self._params(self.dir / "theta0.safetensors", compute, stage="pretrain")
+        return self._params(path, compute, stage="pretrain", source=self.cfg.theta0)
 
     def finetuned(self, seed: int, task: str) -> P.Params:
+        path = self.dir / f"seed{seed}/finetune/{task}.safetensors"
+
         def compute():
             cfg = self.cfg.finetune.with_(seed=seed)
-            return finetune(self.model(task), self.theta0(), self.tasks[task], cfg, progress=self.progress)
+            with self._curves(path, "finetune", task=task, seed=seed) as curves:
+                return finetune(self.model(task), self.theta0(), self.tasks[task], cfg, **self._train_kwargs(curves))
 
-        return self._params(self.dir / f"seed{seed}/finetune/{task}.safetensors", compute, stage="finetune",
-                            task=task, seed=seed)
+        return self._params(path, compute, stage="finetune", task=task, seed=seed)
 
     def qat(self, seed: int, bits: int, task: str) -> P.Params:
+        path = self.dir / f"seed{seed}/qat{bits}/{task}.safetensors"
+
         def compute():
             cfg = self.cfg.qat.with_(seed=seed)
-            return qat(self.model(task), self.finetuned(seed, task), self.tasks[task], QuantSpec(bits), cfg,
-                       progress=self.progress)
+            with self._curves(path, "qat", task=task, seed=seed, bits=bits) as curves:
+                return qat(self.model(task), self.finetuned(seed, task), self.tasks[task], QuantSpec(bits), cfg,
+                           **self._train_kwargs(curves))
 
-        return self._params(self.dir / f"seed{seed}/qat{bits}/{task}.safetensors", compute, stage="qat",
-                            task=task, seed=seed, bits=bits)
+        return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits)
 
     def rho(self, seed: int, bits: int, task: str) -> P.Params:
         """ρ_t = θ_t,QAT − θ_t on the backbone (the quantized scope is a subset of its keys)."""
@@ -153,7 +209,7 @@ class TransferRun:
     def _evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
         model, theta = self.model(receiver), self.finetuned(seed, receiver)
-        rhos = {d: self.rho(seed, bits, d) for d in c.tasks}
+        rhos = {d: self.rho(seed, bits, d) for d in self.names}
         rows: list[dict] = []
 
         def ev(th, method, donor="", scope="", lam=np.nan, draw=-1, splits=("val", "test"), fp=True):
@@ -169,12 +225,12 @@ class TransferRun:
         ev(self.qat(seed, bits, receiver), "qat")
         theta0 = self.theta0()
         ev({k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}, "pretrained_backbone", splits=("test",))
-        others = [d for d in c.tasks if d != receiver]
+        others = [d for d in self.names if d != receiver]
         lams = sorted(set(c.lambdas) | {1.0})
         for scope in c.scopes:
-            vecs = {d: P.select(rhos[d], scope) for d in c.tasks}
+            vecs = {d: P.select(rhos[d], scope) for d in self.names}
             # λ grid: post-PTQ Top-1 on val (to choose λ) and test; FP Top-1 at λ = 1 only
-            for d in c.tasks:
+            for d in self.names:
                 for lam in lams:
                     ev(P.patch(theta, vecs[d], lam), "patch", d, scope, lam, fp=lam == 1.0)
             mean = P.lincomb([vecs[d] for d in others], [1.0 / len(others)] * len(others))
@@ -202,7 +258,7 @@ class TransferRun:
         probe = probe_batches(task.val, c.probe_size, c.probe_batch, seed=seed)
         probe_x = torch.cat([x for x, _ in probe])
         probe_y = torch.cat([y for _, y in probe])
-        names = list(c.tasks)
+        names = self.names
         rows: list[dict] = []
 
         def put(scope, metric, objective, donor, quantity, value):
@@ -268,16 +324,19 @@ class TransferRun:
 
         def compute():
             theta0 = self.theta0()
-            names = list(self.cfg.tasks)
+            names = self.names
             protos = []
             for t in names:
                 m = self.model(t)
                 th = {k: v for k, v in theta0.items() if not P.is_head(k)}
                 th.update({k: v for k, v in P.from_model(m).items() if P.is_head(k)})
                 P.load_into(m, th)
+                total, n = 0.0, 0
                 with torch.inference_mode():
-                    feats = m.forward_head(m.forward_features(self.tasks[t].val.x), pre_logits=True)
-                protos.append(feats.double().mean(0))
+                    for x, _ in batches(self.tasks[t].val, self.cfg.eval_batch):
+                        total = total + m.forward_head(m.forward_features(x), pre_logits=True).double().sum(0)
+                        n += len(x)
+                protos.append(total / n)
             rows = []
             for i, a in enumerate(names):
                 for j, b in enumerate(names):
@@ -291,14 +350,15 @@ class TransferRun:
 
     def run(self, geometry: bool = True) -> dict[str, pd.DataFrame]:
         """Every stage in order (each skipped when its artifact exists); the combined tables."""
-        c = self.cfg
+        c, names = self.cfg, self.names
+        self.tasks  # resolve every task (files found, classes read) before any work
         self.theta0()
         jobs = [(s, b) for s in c.seeds for b in c.bits]
-        steps = [("finetune", s, None, t) for s in c.seeds for t in c.tasks]
-        steps += [("qat", s, b, t) for s, b in jobs for t in c.tasks]
-        steps += [("evaluate", s, b, t) for s, b in jobs for t in c.tasks]
+        steps = [("finetune", s, None, t) for s in c.seeds for t in names]
+        steps += [("qat", s, b, t) for s, b in jobs for t in names]
+        steps += [("evaluate", s, b, t) for s, b in jobs for t in names]
         if geometry:
-            steps += [("geometry", s, b, t) for s, b in jobs for t in c.tasks]
+            steps += [("geometry", s, b, t) for s, b in jobs for t in names]
         for stage, s, b, t in tqdm(steps, desc=c.name, disable=not self.progress, dynamic_ncols=True):
             self.log(f"{stage} seed={s} bits={b} task={t}")
             if stage == "finetune":
@@ -310,11 +370,11 @@ class TransferRun:
             else:
                 self.geometry(s, b, t)
         tables = {
-            "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in c.tasks], ignore_index=True),
+            "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in names], ignore_index=True),
             "dissimilarity": self.dissimilarity(),
         }
         if geometry:
-            tables["geometry"] = pd.concat([self.geometry(s, b, t) for s, b in jobs for t in c.tasks],
+            tables["geometry"] = pd.concat([self.geometry(s, b, t) for s, b in jobs for t in names],
                                            ignore_index=True)
         for name, df in tables.items():
             if name != "dissimilarity":

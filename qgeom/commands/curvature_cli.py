@@ -14,6 +14,7 @@ receiver's QAT checkpoint: Proposition 1 expands there.
 from __future__ import annotations
 
 from qgeom.commands import clean_errors
+from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
 
 import csv
 import json
@@ -29,33 +30,28 @@ console = Console()
 DTYPES = {"float32": "float32", "float64": "float64"}
 
 
-def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int):
+def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, model=None,
+           data_root: Optional[str] = None):
     """The probe set: a list of (x, y) batches (kept a function so tests can swap the data)."""
-    from qgeom.data import load_task, probe_batches
+    from qgeom.data import probe_batches
 
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--split")
-    return probe_batches(getattr(load_task(task, data_seed), split), n, batch_size, seed)
+    return probe_batches(getattr(load_data(task, data_seed, model, data_root), split), n, batch_size, seed)
 
 
-def _receiver(path: Path, task: Optional[str], preset: Optional[str]):
-    """(model, θ_R, task, metadata) from a qgeom checkpoint; --task/--preset override metadata."""
-    from qgeom.models import create_model
-    from qgeom.params import load_params
-
-    theta, meta = load_params(path)
-    task, preset = task or meta.get("task"), preset or meta.get("preset")
-    if task is None or preset is None:
-        raise typer.BadParameter(f"{path} records no task/preset in its metadata: pass --task and --preset")
+def _receiver(path: Path, task: Optional[str], model: Optional[str]):
+    """(model, θ_R, task spec, metadata) from a checkpoint (qgeom's or timm-format with --model);
+    --data/--model override its metadata."""
+    theta, meta = read_checkpoint(path)
     if "head.weight" not in theta:
-        raise typer.BadParameter(f"{path} has no head.weight: is it a model checkpoint?")
-    overrides = json.loads(meta.get("model_overrides", "{}"))
-    model = create_model(preset, int(theta["head.weight"].shape[0]), **overrides)
-    return model, theta, task, meta
+        raise typer.BadParameter(f"{path} has no head.weight: is it a fine-tuned model checkpoint?")
+    net = build_model(path, theta, meta, model)
+    return net, theta, task_spec(task, meta, path), meta
 
 
 def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
-              data_seed, dtype):
+              data_seed, dtype, data_root=None):
     import torch
 
     from qgeom.curvature import CurvatureOperator
@@ -63,7 +59,7 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
 
     model, theta, task, meta = _receiver(receiver, task, preset)
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
-    batches = _probe(task, split, n_probe, batch_size, probe_seed, seed)
+    batches = _probe(task, split, n_probe, batch_size, probe_seed, seed, model, data_root or meta.get("data_root") or None)
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
@@ -103,8 +99,9 @@ def register(app: typer.Typer) -> None:
     """Add ``geometry`` and ``spectrum`` to ``app``."""
 
     common = dict(
-        task=typer.Option(None, help="the receiver's task (default: from the checkpoint's metadata)"),
-        preset=typer.Option(None, help="model preset (default: from the checkpoint's metadata)"),
+        task=typer.Option(None, "--data", "--task", help=DATA_HELP),
+        preset=typer.Option(None, "--model", "--preset", help=MODEL_HELP),
+        data_root=typer.Option(None, help=DATA_ROOT_HELP),
         metric=typer.Option("ggn", help="ggn (PSD, the default), hessian or fisher"),
         objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
         bits=typer.Option(2, min=2, max=8, help="bit width of Q_b for --objective ste"),
@@ -120,9 +117,11 @@ def register(app: typer.Typer) -> None:
     @app.command("geometry")
     @clean_errors
     def geometry_cmd(
-        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (.safetensors)"),
+        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
+                                                  "with --model)"),
         vectors: list[Path] = typer.Argument(..., help="vectors ρ (.safetensors): donors' and the receiver's own"),
         task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],
+        data_root: Optional[str] = common["data_root"],
         metric: str = common["metric"], objective: str = common["objective"], bits: int = common["bits"],
         split: str = common["split"], n_probe: int = common["n_probe"], batch_size: int = common["batch_size"],
         probe_seed: int = common["probe_seed"], data_seed: Optional[int] = common["data_seed"],
@@ -143,7 +142,7 @@ def register(app: typer.Typer) -> None:
             names.append(p.stem if p.stem not in names else f"{p.stem}#{len(names)}")
             vs.append(v)
         op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
-                       probe_seed, data_seed, dtype)
+                       probe_seed, data_seed, dtype, data_root)
         K = gram(op, dict(zip(names, vs)))
         dg = directional_gradients(op, dict(zip(names, vs)))
         Ks, cos, lam = K.terms["K_sym"], K.terms["cosines"], K.terms["scales"]
@@ -185,8 +184,10 @@ def register(app: typer.Typer) -> None:
     @app.command("spectrum")
     @clean_errors
     def spectrum_cmd(
-        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (.safetensors)"),
+        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
+                                                  "with --model)"),
         task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],
+        data_root: Optional[str] = common["data_root"],
         metric: str = common["metric"], objective: str = common["objective"], bits: int = common["bits"],
         scope: str = typer.Option("backbone", help="backbone (the paper's), quantized or all"),
         k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
@@ -206,7 +207,7 @@ def register(app: typer.Typer) -> None:
         if dtype not in DTYPES:
             raise typer.BadParameter("float32 or float64", param_hint="--dtype")
         op = _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size,
-                       probe_seed, data_seed, dtype)
+                       probe_seed, data_seed, dtype, data_root)
         eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
         tr = hutchinson_trace(op, n_probes=hutchinson_probes, seed=seed)
         sd = spectral_density(op, n_probes=slq_probes, n_iter=slq_iter, seed=seed)

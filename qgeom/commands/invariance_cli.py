@@ -20,18 +20,22 @@ from rich.table import Table
 console = Console()
 
 
-def _model_and_params(preset: str, checkpoint: Optional[Path], num_classes: int, seed: int, init_values: Optional[float]):
+def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], num_classes: int, seed: int,
+                      init_values: Optional[float]):
+    """(model, θ, description): a preset with seeded random weights, or a checkpoint (qgeom's, or
+    timm-format with --model)."""
+    from qgeom.commands.inputs import build_model, read_checkpoint
     from qgeom.models import create_model
-    from qgeom.params import from_model, load_params
+    from qgeom.params import from_model
 
     if checkpoint is None:
         extra = {} if init_values is None else {"init_values": init_values}
-        model = create_model(preset, num_classes, seed=seed, **extra)
-        return model, from_model(model), f"preset {preset} (random weights, seed {seed})"
-    params, meta = load_params(checkpoint)
-    if "preset" not in meta or "num_classes" not in meta:
-        raise typer.BadParameter(f"{checkpoint} has no model metadata (preset, num_classes): was it written by qgeom?")
-    model = create_model(meta["preset"], int(meta["num_classes"]), **json.loads(meta.get("model_overrides", "{}")))
+        model = create_model(preset or "micro", num_classes, seed=seed, **extra)
+        return model, from_model(model), f"preset {preset or 'micro'} (random weights, seed {seed})"
+    params, meta = read_checkpoint(checkpoint)
+    model = build_model(checkpoint, params, meta, preset, None if "head.weight" in params else num_classes)
+    if "head.weight" not in params:  # a backbone (θ_0): its head keeps the seeded random init
+        params = {**from_model(model), **params}
     return model, params, f"checkpoint {checkpoint}"
 
 
@@ -99,10 +103,16 @@ def register(app: typer.Typer) -> None:
         symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
         strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),
         dtype: str = typer.Option("float64", help="float64 (tolerance 1e-10 on the function) or float32"),
-        preset: str = typer.Option("micro", help="model preset (random weights) when no --checkpoint"),
-        checkpoint: Optional[Path] = typer.Option(None, help="a qgeom checkpoint (.safetensors) instead of a preset"),
+        preset: Optional[str] = typer.Option(None, "--model", "--preset",
+                                             help="architecture: a preset (random weights when no --checkpoint; "
+                                                  "default micro) or timm:NAME; with --checkpoint, default: its metadata"),
+        checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint instead of random weights: qgeom's, or "
+                                                             "timm-format (.safetensors/.pth) with --model"),
         bits: int = typer.Option(2, help="weight bit width of Q_b, 2–8 (per-row symmetric RTN)"),
-        task: str = typer.Option("shape", help="offline task whose validation images form the probe set"),
+        task: str = typer.Option("shape", "--data", "--task",
+                                 help="task whose validation images form the probe set: an offline name, "
+                                      "imagefolder:NAME=DIR, or a real dataset name under --data-root"),
+        data_root: Optional[str] = typer.Option(None, help="folder of the torchvision datasets"),
         samples: int = typer.Option(16, help="probe images"),
         levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
         metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
@@ -117,7 +127,8 @@ def register(app: typer.Typer) -> None:
         """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
         import torch
 
-        from qgeom.data import make_task, probe_batches
+        from qgeom.commands.inputs import load_data
+        from qgeom.data import parse_task, probe_batches
         from qgeom.invariance import LEVELS, check_invariance
         from qgeom.params import load_params
         from qgeom.quant import QuantSpec
@@ -130,8 +141,12 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"unknown levels {sorted(set(lv) - set(LEVELS))}", param_hint="--levels")
         if dtype not in ("float32", "float64"):
             raise typer.BadParameter("dtype must be float32 or float64", param_hint="--dtype")
-        data = make_task(task, seed=seed, n_train=1, n_val=max(samples, 1), n_test=1)
+        streamed = parse_task(task).streamed
+        sizes = {} if streamed else dict(n_train=1, n_val=max(samples, 1), n_test=1)
+        data = load_data(task, seed, None, data_root, **sizes)  # class count first; images below
         model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
+        if streamed:  # through the model's own timm transform
+            data = load_data(task, seed, model, data_root)
         classes = model.num_classes
         batches = [(x, y % classes) for x, y in probe_batches(data.val, samples, batch_size=samples, seed=seed)]
         vectors = None

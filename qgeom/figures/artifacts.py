@@ -45,12 +45,21 @@ class RunArtifacts:
 
         return create_model(self.cfg.preset, int(params["head.weight"].shape[0]), **self.cfg.model_overrides)
 
+    @property
+    def names(self) -> list[str]:
+        """The run's task names (what its artifacts are filed under)."""
+        from qgeom.transfer import task_specs
+
+        return list(task_specs(self.cfg))
+
     def task(self, name: str):
-        """The task's val and test splits (as the run made them; the train split is not built)."""
-        from qgeom.data import load_task
+        """The task's val and test splits as the run read them (offline: a token train split)."""
+        from qgeom.data import parse_task
+        from qgeom.transfer import load_run_task, task_specs
 
         if name not in self._tasks:
-            self._tasks[name] = load_task(name, 0, n_train=8, n_val=self.cfg.n_val, n_test=self.cfg.n_test)
+            small = {} if parse_task(task_specs(self.cfg)[name]).streamed else {"n_train": 8}
+            self._tasks[name] = load_run_task(self.cfg, name, **small)
         return self._tasks[name]
 
     def probe(self, task: str, seed: int, n: int):

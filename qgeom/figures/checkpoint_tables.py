@@ -41,7 +41,7 @@ def quadratic_model_table(run_dir: str | Path, *, receivers: Sequence[str] | Non
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
-    names = sorted(run.cfg.tasks)
+    names = sorted(run.names)
     receivers = list(receivers) if receivers is not None else names[:2]
     rows = []
     for r in receivers:
@@ -93,7 +93,7 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
-    names = sorted(run.cfg.tasks)
+    names = sorted(run.names)
     r = receiver or names[0]
     V = {d: run.rho(seed, bits, d, scope) for d in names}
     point = run.finetuned(seed, r) if objective == "fp" else run.qat(seed, bits, r)
@@ -136,7 +136,7 @@ def landscape_table(run_dir: str | Path, *, receiver: str | None = None, donor: 
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
-    names = sorted(run.cfg.tasks)
+    names = sorted(run.names)
     r = receiver or names[0]
     if donor is None:
         donor = next(d for d in names if d != r)
@@ -188,7 +188,7 @@ def invariance_table(run_dir: str | Path, *, receiver: str | None = None, donor:
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
-    names = sorted(run.cfg.tasks)
+    names = sorted(run.names)
     r = receiver or names[0]
     donor = donor or next(d for d in names if d != r)
     theta = run.finetuned(seed, r)

@@ -1,0 +1,73 @@
+"""What every command reads: a checkpoint with its architecture, and a task with its data.
+
+One vocabulary for all commands:
+
+* ``--model``: a qgeom preset (micro, tiny, …) or ``timm:NAME``. Default: the checkpoint's
+  qgeom metadata (``preset``, ``model_overrides``). A checkpoint may be qgeom's own
+  ``.safetensors`` or any timm-format file (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read
+  with ``torch.load(weights_only=True)``); its backbone must fit the architecture exactly.
+* ``--data``: a task specification (:mod:`qgeom.data.sources`: an offline name,
+  ``imagefolder:NAME=DIR``, or one of the paper's datasets under ``--data-root``). Default: the
+  checkpoint's ``task`` metadata. Streamed tasks use the transform timm derives for the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+MODEL_HELP = "architecture: a preset (micro, tiny, small, base, large) or timm:NAME (default: the checkpoint's metadata)"
+DATA_HELP = ("task: an offline name (qgeom tasks), imagefolder:NAME=DIR, or a real dataset name under --data-root "
+             "(default: the checkpoint's metadata)")
+DATA_ROOT_HELP = "folder of the torchvision datasets (for real dataset names)"
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(parameters, qgeom metadata or {}) of a checkpoint, without executing code."""
+    from qgeom.models import load_checkpoint
+    from qgeom.params import load_params
+
+    if Path(path).suffix == ".safetensors":
+        return load_params(path)
+    return load_checkpoint(path), {}
+
+
+def build_model(path: Path, params: dict, meta: dict, model: str | None, num_classes: int | None = None):
+    """The architecture for ``params``: ``model`` or the metadata's; classes from the head (or given).
+
+    The backbone must fit (:func:`qgeom.models.check_fits`); errors name the offending keys."""
+    from qgeom.models import check_fits, create_model
+
+    arch = model or meta.get("preset")
+    if arch is None:
+        raise typer.BadParameter(f"{path} has no model metadata (preset, num_classes): was it written by qgeom? "
+                                 "For a timm checkpoint pass --model timm:NAME (or a preset)")
+    overrides = json.loads(meta.get("model_overrides", "{}")) if arch == meta.get("preset") else {}
+    if num_classes is None:
+        if "head.weight" in params:
+            num_classes = int(params["head.weight"].shape[0])
+        elif "num_classes" in meta:
+            num_classes = int(meta["num_classes"])
+        else:
+            raise typer.BadParameter(f"{path} has no head: fine-tune it for a task first (qgeom finetune)")
+    net = create_model(arch, num_classes, **overrides)
+    check_fits(params, net, str(path), arch)
+    return net
+
+
+def task_spec(data: str | None, meta: dict, path: Path) -> str:
+    spec = data or meta.get("task")
+    if not spec:
+        raise typer.BadParameter(f"{path} records no task: pass --data (an offline task, imagefolder:NAME=DIR, "
+                                 "or a dataset name with --data-root)")
+    return spec
+
+
+def load_data(spec: str, seed: int, model=None, data_root: str | Path | None = None, **sizes):
+    """The task ``spec`` names; streamed tasks go through ``model``'s timm transform."""
+    from qgeom.data import load_task, model_transform, parse_task
+
+    transform = model_transform(model) if model is not None and parse_task(spec).streamed else None
+    return load_task(spec, seed, data_root, transform=transform, **sizes)

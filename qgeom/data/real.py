@@ -6,8 +6,8 @@ torchvision expects. Images go through the transform timm derives for the model
 (:func:`model_transform`: resize, crop, interpolation, mean/std from its pretrained config) and
 are read batch by batch (:class:`~qgeom.data.splits.StreamSplit`), never held whole in memory.
 
-Splits. Where a dataset ships a validation split it is used; where it has none, one is carved
-from train with a fixed seed (``val_fraction`` of train, at most ``MAX_VAL`` images, as the
+Splits. Where a dataset ships a validation (test) split it is used; where it has none, one is
+carved from train with a fixed seed (``val_fraction`` of train, at most ``MAX_VAL`` images, as the
 task-vector literature the paper builds on does); where it has no split at all (EuroSAT,
 SUN397, a flat ImageFolder) train/val/test are carved 80/10/10 with the same seed. Split sizes
 can be capped (``n_train``/``n_val``/``n_test`` > 0: a seeded subset) for quick runs.
@@ -84,13 +84,16 @@ class ToRGB:
 
 
 def model_transform(model: torch.nn.Module) -> Callable:
-    """The evaluation transform timm derives for ``model`` (size, crop, interpolation, mean/std),
-    preceded by :class:`ToRGB`. It is used for training too, without augmentation, as the
+    """The evaluation transform timm derives for ``model`` (crop, interpolation, mean/std from its
+    pretrained config; the input size the model was built for), preceded by :class:`ToRGB`. It is used for training too, without augmentation, as the
     task-vector code the paper builds on does."""
     from timm.data import create_transform, resolve_data_config
     from torchvision import transforms
 
     cfg = resolve_data_config({}, model=model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None:  # the pretrained config says 224 even when the model was built for another size
+        cfg["input_size"] = (3, *tuple(size))
     return transforms.Compose([ToRGB(), create_transform(**cfg, is_training=False)])
 
 
@@ -138,11 +141,12 @@ def _assemble(name: str, classes, parts: dict[str, StreamSplit], seed: int, desc
         whole = parts.pop("all")
         tr, va, te = _carve(len(whole), seed)
         parts = {"train": whole.subset(tr), "val": whole.subset(va), "test": whole.subset(te)}
-    if "val" not in parts:
-        train = parts["train"]
-        k = min(MAX_VAL, max(1, int(len(train) * val_fraction)))
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        parts["val"], parts["train"] = train.subset(perm[:k]), train.subset(perm[k:])
+    for split, salt in (("test", 1), ("val", 0)):  # carved from train when the source lacks them
+        if split not in parts:
+            train = parts["train"]
+            k = min(MAX_VAL, max(1, int(len(train) * val_fraction)))
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + salt))
+            parts[split], parts["train"] = train.subset(perm[:k]), train.subset(perm[k:])
     capped = {s: _cap(parts[s], sizes.get(f"n_{s}"), seed + i) for i, s in enumerate(("train", "val", "test"))}
     return Task(name, tuple(str(c) for c in classes), capped["train"], capped["val"], capped["test"], description, seed)
 

@@ -304,3 +304,37 @@ def test_the_paper_preset_starts_offline_and_stops_at_once_on_the_missing_datase
     assert "Cars: torchvision.datasets.StanfordCars found no data under" in res.output
     assert "stanford_cars" in res.output and "download=true" in res.output
     assert not (run_dir / "theta0.safetensors").exists()  # no work started
+
+
+def test_finetune_and_qat_commands_on_a_timm_checkpoint_and_an_image_folder(timm_checkpoint, folders, tmp_path):
+    data = f"imagefolder:colours={folders['colours']}"
+    ft, q = tmp_path / "ft.safetensors", tmp_path / "qat.safetensors"
+    fast = ["--steps", "2", "--batch-size", "8"]
+    res = cli("finetune", "--pretrained", timm_checkpoint["pth"], "--model", ARCH, "--data", data, "--out", ft, *fast)
+    assert res.exit_code == 0, res.output
+    _, meta = load_params(ft)
+    assert meta["preset"] == ARCH and meta["task"] == data and meta["num_classes"] == "3"
+    res = cli("qat", "--finetuned", ft, "--out", q, "--bits", "2", *fast)  # model and data from the metadata
+    assert res.exit_code == 0, res.output and "colours test Top-1 after 2-bit PTQ" in res.output
+
+
+def test_unknown_or_missing_trackers_are_refused_before_any_work(tmp_path):
+    import importlib.util
+
+    from qgeom.tracking import CurveLog, check_trackers
+
+    with pytest.raises(ValueError, match="trackers: unknown tracker 'mlflow'"):
+        check_trackers(["mlflow"])
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match="trackers: tensorboard is not installed"):
+            CurveLog(tmp_path / "c.csv", ["tensorboard"])
+    with CurveLog(tmp_path / "c.csv") as log:  # CSV alone: rows are readable while the stage runs
+        log({"step": 0, "loss": 1.5, "lr": 0.1})
+        assert (tmp_path / "c.csv").read_text().splitlines()[1] == "0,1.5,0.1,"
+
+
+def test_figures_draw_from_a_run_on_real_data(real_run, tmp_path):
+    from qgeom.commands.figures_cli import render_all
+
+    made = render_all(real_run, tmp_path, cheap=True)
+    assert len(made) >= 5 and all((tmp_path / f"{m.name}.png").exists() for m in made)

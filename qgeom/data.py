@@ -363,6 +363,19 @@ def from_image_folder(root: str | os.PathLike, img_size: int = IMG, name: str | 
     return Task(name or root.name, tuple(classes), train, val, test, f"ImageFolder {root}", seed)
 
 
+def check_task_name(name: str) -> None:
+    """Raise ``ValueError`` unless :func:`load_task` (as a run calls it) can resolve ``name``.
+
+    The one place that says which task names a run accepts; config validation calls it before
+    any work. Today: the offline tasks in ``TASKS`` (a real task needs a local root).
+    """
+    if isinstance(name, str) and name in TASKS:
+        return
+    if name in REAL_TASKS:
+        raise ValueError(f"{name!r} is a real task and needs a local ImageFolder root; qgeom downloads nothing")
+    raise ValueError(f"unknown task {name!r}; known offline tasks: {', '.join(TASKS)}")
+
+
 def load_task(name: str, seed: int = 0, root: str | os.PathLike | None = None, **sizes: int) -> Task:
     """A procedural task by name, or a real task (one of ``REAL_TASKS``) from ``root``."""
     if name in TASKS:

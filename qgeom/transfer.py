@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from qgeom import params as P
 from qgeom.analysis import read_table
-from qgeom.config import RunConfig
+from qgeom.config import RunConfig, validate
 from qgeom.data import Task, load_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device
 from qgeom.quant import QuantSpec, ptq
@@ -70,6 +70,7 @@ class TransferRun:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] | None = None) -> None:
+        validate(cfg)  # before anything is written: a refused config leaves the run directory as it was
         self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: None)
         self._check_config()
@@ -290,7 +291,11 @@ class TransferRun:
     # -- the whole run -----------------------------------------------------------------------
 
     def run(self, geometry: bool = True) -> dict[str, pd.DataFrame]:
-        """Every stage in order (each skipped when its artifact exists); the combined tables."""
+        """Every stage in order (each skipped when its artifact exists); the combined tables.
+
+        ``geometry=False`` computes no geometry stage; when every geometry artifact of the run
+        already exists (a finished run) they are read, so the tables are those of the full run
+        and no table loses columns. ``geometry.csv`` is written only when it is complete."""
         c = self.cfg
         self.theta0()
         jobs = [(s, b) for s in c.seeds for b in c.bits]
@@ -313,7 +318,8 @@ class TransferRun:
             "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in c.tasks], ignore_index=True),
             "dissimilarity": self.dissimilarity(),
         }
-        if geometry:
+        geo_paths = [self.dir / f"seed{s}/geometry{b}/{t}.csv" for s, b in jobs for t in c.tasks]
+        if geometry or all(p.exists() for p in geo_paths):  # without the stage: read what a full run left
             tables["geometry"] = pd.concat([self.geometry(s, b, t) for s, b in jobs for t in c.tasks],
                                            ignore_index=True)
         for name, df in tables.items():

@@ -126,8 +126,13 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load — the file needs arbitrary code to unpickle "
-                              f"(only tensors are accepted; convert it to safetensors): {e}") from e
+        import re
+
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours its message
+        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused to load — unpickling it would run code beyond plain tensors{what}; "
+                              f"qgeom loads only tensors (weights_only=True): convert it to safetensors") from e
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from e
     for key in ("state_dict", "model"):

@@ -336,15 +336,66 @@ def content_hash(a: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(path: Path, pid: int | None = None) -> str:
+    return f".{path.name}.{os.getpid() if pid is None else pid}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete temporary files of :func:`atomic_write` whose writer process is gone (killed
+    mid-write); returns them. Temporaries of live processes are left alone (they may be writing
+    now); a file that only looks like one is ignored unless its name parses."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for tmp in (d.rglob if recursive else d.glob)(f".*{TEMP_SUFFIX}"):
+        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # .{name}.{pid}.{random}
+        if len(parts) != 3 or not parts[1].isdigit() or not tmp.is_file():
+            continue
+        pid = int(parts[1])
+        if pid != os.getpid() and _alive(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed run never leaves half a file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed run never leaves half a file.
+
+    The temporary file (``.{name}.{pid}.{random}.tmp`` beside ``path``) is removed when ``write``
+    raises; one left by a killed process is removed by the next write into the same directory
+    (:func:`remove_stale_temps`). An ``OSError`` that names no file (e.g. no space left on
+    device) is re-raised naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or str(e.filename) == tmp:
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -366,7 +417,31 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Tensor], metadata:
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta["content_hash"] = content_hash(tensors)
     meta["qgeom_version"] = __version__
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' own errors (SafetensorError) name no file
+            raise CheckpointError(f"{path}: could not write the safetensors file: {e}") from e
+
+    return atomic_write(path, write)
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """A description of a file that is recognisably *not* safetensors (a pickle, a torch zip
+    checkpoint), from its first bytes; ``None`` when it may be safetensors (8-byte header
+    length, then ``{``). Nothing is unpickled."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a torch.save zip archive (pickle inside)"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return "a pickle"
+    return None
 
 
 def load_params(path: str | os.PathLike, *, verify: bool = True) -> tuple[Params, dict[str, str]]:
@@ -380,6 +455,10 @@ def load_params(path: str | os.PathLike, *, verify: bool = True) -> tuple[Params
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
+    foreign = sniff_format(path)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}, not a safetensors file; qgeom never unpickles files here "
+                              f"(convert it: safetensors.torch.save_file(state_dict, ...))")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})

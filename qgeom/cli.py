@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qgeom import params as P
-from qgeom.commands import clean_errors
+from qgeom.commands import check_finite_option, check_writable, clean_errors
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -48,10 +48,26 @@ def _save(path: Path, params: P.Params, meta: dict, **extra) -> None:
     console.print(f"wrote [bold]{path}[/] ({P.numel(params):,} values)")
 
 
-def _task(name: str, seed: int):
-    from qgeom.data import load_task
+def _task(name: str, seed: int, **sizes: int):
+    """The task a checkpoint's metadata names, as it was made: an offline task (``sizes``:
+    n_train/n_val/n_test when recorded) or the pretext mixture ``pretext:a+b`` of θ_0."""
+    from qgeom.data import load_task, pretext_task
 
-    return load_task(name, seed)
+    if name.startswith("pretext:"):
+        return pretext_task(name.split(":", 1)[1].split("+"), seed=seed, **sizes)
+    return load_task(name, seed, **sizes)
+
+
+def _data(meta: dict) -> tuple[int, dict]:
+    """(data seed, split sizes) recorded in a checkpoint's metadata (defaults: 0, the task's)."""
+    return int(meta.get("data_seed", "0")), json.loads(meta.get("data_sizes", "{}"))
+
+
+def _model_checkpoint(path: Path, meta: dict) -> None:
+    """Refuse a quantization vector where a model checkpoint is expected."""
+    if meta.get("stage") == "quantization_vector":
+        raise ValueError(f"{path} is a quantization vector (stage quantization_vector), not a model checkpoint: "
+                         f"patch it into a receiver first (qgeom patch)")
 
 
 @app.command()
@@ -61,15 +77,17 @@ def pretrain(
     preset: str = typer.Option("micro", help="model preset: micro, tiny, small, base, large"),
     tasks: str = typer.Option("shape,stripes,count,hue,texture,position,size,mirror",
                               help="comma-separated tasks of the pretext mixture (joint label space)"),
-    steps: int = typer.Option(500, help="optimizer steps"),
+    steps: int = typer.Option(500, min=1, help="optimizer steps"),
     lr: float = typer.Option(2e-3, help="peak learning rate"),
-    batch_size: int = typer.Option(128),
-    n_per_task: int = typer.Option(3000, help="training images per task in the mixture"),
+    batch_size: int = typer.Option(128, min=1),
+    n_per_task: int = typer.Option(3000, min=1, help="training images per task in the mixture"),
     seed: int = typer.Option(0),
     model_overrides: str = typer.Option("{}", help='timm keyword overrides as JSON, e.g. \'{"depth": 2}\'; '
                                                    "recorded in every later checkpoint's metadata"),
 ) -> None:
     """Pretrain θ_0 on a pretext mixture of the offline tasks."""
+    check_writable(out)
+    check_finite_option(lr, "--lr", positive=True)
     from qgeom.data import pretext_task
     from qgeom.models import create_model
     from qgeom.train import TrainConfig, accuracy, pretrain as run
@@ -87,7 +105,7 @@ def pretrain(
     theta0 = run(model, task, cfg, progress=True)
     console.print(f"pretext validation Top-1: {accuracy(model, theta0, task.val):.3f}")
     _save(out, theta0, {}, preset=preset, num_classes=task.num_classes, task=task.name, stage="pretrain",
-          config=cfg.to_dict(), model_overrides=overrides)
+          config=cfg.to_dict(), model_overrides=overrides, data_seed=seed, data_sizes={"n_per_task": n_per_task})
 
 
 @app.command()
@@ -96,13 +114,15 @@ def finetune(
     pretrained: Path = typer.Option(..., help="θ_0 checkpoint"),
     task: str = typer.Option(..., help="task name (see `qgeom tasks`)"),
     out: Path = typer.Option(..., help="where to write θ_t"),
-    steps: int = typer.Option(150),
+    steps: int = typer.Option(150, min=1),
     lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, min=1),
     seed: int = typer.Option(0, help="seed of the head initialisation and the data order"),
     data_seed: int = typer.Option(0, help="seed of the task's generated images"),
 ) -> None:
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
+    check_writable(out)
+    check_finite_option(lr, "--lr", positive=True)
     from qgeom.train import TrainConfig, accuracy, finetune as run
 
     theta0, meta = _load(pretrained)
@@ -112,7 +132,7 @@ def finetune(
     theta = run(model, theta0, t, cfg, progress=True)
     console.print(f"{task} test Top-1: {accuracy(model, theta, t.test):.3f}")
     _save(out, theta, meta, num_classes=t.num_classes, task=task, stage="finetune", parent=str(pretrained),
-          config=cfg.to_dict(), data_seed=data_seed)
+          config=cfg.to_dict(), data_seed=data_seed, data_sizes={})  # θ_0's pretext sizes do not apply
 
 
 @app.command()
@@ -121,18 +141,22 @@ def qat(
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
     out: Path = typer.Option(..., help="where to write θ_t,QAT"),
     bits: int = typer.Option(2, help=BITS_HELP, **BITS_RANGE),
-    steps: int = typer.Option(100),
+    steps: int = typer.Option(100, min=1),
     lr: float = typer.Option(5e-4),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, min=1),
     seed: int = typer.Option(0),
 ) -> None:
     """Quantization-aware training (STE) from θ_t on its own task: θ_t,QAT."""
+    check_writable(out)
+    check_finite_option(lr, "--lr", positive=True)
     from qgeom.quant import QuantSpec
     from qgeom.train import TrainConfig, accuracy, qat as run
 
     theta, meta = _load(finetuned)
+    _model_checkpoint(finetuned, meta)
     spec = QuantSpec(bits)
-    t = _task(meta["task"], int(meta.get("data_seed", "0")))
+    data_seed, sizes = _data(meta)
+    t = _task(meta["task"], data_seed, **sizes)
     model = _model_for(meta, finetuned)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta_q = run(model, theta, t, spec, cfg, progress=True)
@@ -149,6 +173,7 @@ def extract(
     scope: str = typer.Option("backbone", help="backbone (the paper's), quantized, or all"),
 ) -> None:
     """Extract the quantization vector ρ_t = θ_t,QAT − θ_t on a scope."""
+    check_writable(out)
     q, meta = _load(qat_checkpoint)
     theta, _ = _load(finetuned)
     rho = P.quantization_vector(q, theta, scope)
@@ -165,6 +190,8 @@ def patch(
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
 ) -> None:
     """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head)."""
+    check_writable(out)
+    check_finite_option(lam, "--lam")
     theta, meta = _load(receiver)
     rho, rmeta = _load(vector)
     patched = P.patch(theta, rho, lam)
@@ -180,6 +207,7 @@ def ptq(
     granularity: str = typer.Option("row", help="row (default), tensor or group"),
 ) -> None:
     """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
+    check_writable(out)
     from qgeom.quant import QuantSpec, ptq as run, quantization_error
 
     theta, meta = _load(weights)
@@ -209,8 +237,10 @@ def evaluate(
     table = Table("checkpoint", "task", "FP", *[f"PTQ {b}b" for b in bits])
     for path in weights:
         theta, meta = _load(path)
+        _model_checkpoint(path, meta)
         model = _model_for(meta, path)
-        t = _task(meta["task"], int(meta.get("data_seed", "0")))
+        data_seed, sizes = _data(meta)
+        t = _task(meta["task"], data_seed, **sizes)
         data = getattr(t, split)
         accs = [accuracy(model, theta, data)] + [accuracy(model, theta, data, QuantSpec(b)) for b in bits]
         table.add_row(str(path), t.name, *[f"{a:.3f}" for a in accs])
@@ -218,27 +248,31 @@ def evaluate(
 
 
 @app.command("align-demo")
+@clean_errors
 def align_demo(
     run_dir: Path = typer.Argument(..., help="a transfer run directory (e.g. runs/demo)"),
     donor: str = typer.Option("shape", help="donor task"),
     receiver: str = typer.Option("count", help="receiver task"),
-    bits: int = typer.Option(2, help=BITS_HELP),
+    bits: int = typer.Option(2, help=BITS_HELP, **BITS_RANGE),
     seed: int = typer.Option(0, help="run seed (and seed of the hidden permutation)"),
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
 ) -> None:
     """Transfer ρ_D into a receiver hidden behind a random head/MLP/residual permutation,
-    with and without weight-matching alignment (FP and post-PTQ Top-1 on the receiver's test split)."""
+    with and without weight-matching alignment (FP and post-PTQ Top-1 on the receiver's test split).
+
+    Read-only: it uses the run's checkpoints and never trains or writes into the run; a stage the
+    run lacks (e.g. another bit width) is an error that says how to make it."""
     from qgeom.alignment import alignment_demo
     from qgeom.data import batches
+    from qgeom.figures.artifacts import RunArtifacts
     from qgeom.quant import QuantSpec
-    from qgeom.transfer import TransferRun
-    from qgeom.config import RunConfig, from_dict
 
-    cfg = from_dict(json.loads((run_dir / "config.json").read_text()), RunConfig())
-    run = TransferRun(cfg, run_dir, progress=False)
-    out = alignment_demo(run.model(receiver), run.finetuned(seed, donor), run.qat(seed, bits, donor),
-                         run.finetuned(seed, receiver), list(batches(run.tasks[receiver].test, 500)),
-                         spec=QuantSpec(bits), lam=lam, seed=seed)
+    check_finite_option(lam, "--lam")
+    art = RunArtifacts(run_dir)
+    art.require(seed=seed, bits=bits, tasks=(donor, receiver))
+    theta_r = art.finetuned(seed, receiver)
+    out = alignment_demo(art.model(theta_r), art.finetuned(seed, donor), art.qat(seed, bits, donor), theta_r,
+                         list(batches(art.task(receiver).test, 500)), spec=QuantSpec(bits), lam=lam, seed=seed)
     table = Table("variant", "FP Top-1", f"PTQ {bits}b Top-1", "PTQ loss")
     for r in out["table"].itertuples():
         table.add_row(r.variant, f"{100 * r.fp_acc:.1f}", f"{100 * r.ptq_acc:.1f}", f"{r.ptq_loss:.3f}")
@@ -248,6 +282,7 @@ def align_demo(
 
 
 @app.command()
+@clean_errors
 def tasks() -> None:
     """List the offline tasks and the known real tasks."""
     from qgeom.data import REAL_TASKS, TASKS

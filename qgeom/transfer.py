@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from qgeom import params as P
 from qgeom.analysis import read_table
 from qgeom.config import RunConfig, validate
-from qgeom.data import Task, load_task, pretext_task, probe_batches
+from qgeom.data import TASKS, Task, load_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device
 from qgeom.quant import QuantSpec, ptq
 from qgeom.train import accuracy, finetune, logits, pretrain, qat
@@ -93,8 +93,22 @@ class TransferRun:
         if path.exists():
             return P.load_params(path)[0]
         value = compute()
-        P.save_params(path, value, meta)
+        P.save_params(path, value, self._meta(**meta))
         return value
+
+    def _meta(self, stage: str, task: str, **extra) -> dict:
+        """What a checkpoint needs to rebuild its model and data without the run directory:
+        model (preset, overrides, num_classes), task and its data (seed, sizes), stage and
+        provenance (run name, seed, bits, scope). The CLI's ``evaluate``/``geometry`` read it."""
+        c = self.cfg
+        if task.startswith("pretext:"):
+            num_classes = sum(len(TASKS[n].classes) for n in c.pretext_tasks)
+            sizes = {"n_per_task": c.n_pretext_per_task}
+        else:
+            num_classes = self.tasks[task].num_classes
+            sizes = {"n_train": c.n_train, "n_val": c.n_val, "n_test": c.n_test}
+        return dict(stage=stage, preset=c.preset, model_overrides=c.model_overrides, num_classes=num_classes,
+                    task=task, data_seed=0, data_sizes=sizes, run=c.name, **extra)
 
     def _table(self, path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         if path.exists():
@@ -119,7 +133,8 @@ class TransferRun:
             m = create_model(self.cfg.preset, task.num_classes, seed=0, **self.cfg.model_overrides)
             return pretrain(m, task, self.cfg.pretrain, progress=self.progress)
 
-        return self._params(self.dir / "theta0.safetensors", compute, stage="pretrain")
+        return self._params(self.dir / "theta0.safetensors", compute, stage="pretrain",
+                            task="pretext:" + "+".join(self.cfg.pretext_tasks), config=self.cfg.pretrain.to_dict())
 
     def finetuned(self, seed: int, task: str) -> P.Params:
         def compute():
@@ -127,7 +142,7 @@ class TransferRun:
             return finetune(self.model(task), self.theta0(), self.tasks[task], cfg, progress=self.progress)
 
         return self._params(self.dir / f"seed{seed}/finetune/{task}.safetensors", compute, stage="finetune",
-                            task=task, seed=seed)
+                            task=task, seed=seed, config=self.cfg.finetune.with_(seed=seed).to_dict())
 
     def qat(self, seed: int, bits: int, task: str) -> P.Params:
         def compute():
@@ -136,7 +151,7 @@ class TransferRun:
                        progress=self.progress)
 
         return self._params(self.dir / f"seed{seed}/qat{bits}/{task}.safetensors", compute, stage="qat",
-                            task=task, seed=seed, bits=bits)
+                            task=task, seed=seed, bits=bits, config=self.cfg.qat.with_(seed=seed).to_dict())
 
     def rho(self, seed: int, bits: int, task: str) -> P.Params:
         """ρ_t = θ_t,QAT − θ_t on the backbone (the quantized scope is a subset of its keys)."""

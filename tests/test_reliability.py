@@ -114,3 +114,128 @@ def test_validation_accepts_every_preset_and_the_api_refuses_too(tmp_path: Path)
     with pytest.raises(ConfigError, match="bits: 1 is not a supported bit width"):
         TransferRun(dataclasses.replace(preset("tiny"), bits=(1,)), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+# -- 3. a read-only command never writes into a run ---------------------------------------------------
+
+
+def test_align_demo_never_trains_a_missing_stage(run_copy: Path) -> None:
+    before = snapshot(run_copy)
+    res = invoke("align-demo", run_copy, "--donor", "shape", "--receiver", "hue", "--bits", "3")
+    assert res.exit_code == 1, res.output
+    assert "has no 3-bit stage" in res.output and "bits=2,3" in res.output and "Traceback" not in res.output
+    res = invoke("align-demo", run_copy, "--donor", "shape", "--receiver", "count")
+    assert res.exit_code == 1 and "has no task count" in res.output
+    assert snapshot(run_copy) == before
+
+
+# -- 6. one error path: every command, OS errors as one line naming the path, Ctrl-C ------------------
+
+
+def _commands(run: Path, bad: Path) -> dict[str, list]:
+    ft, q = run / "seed0/finetune/hue.safetensors", run / "seed0/qat2/hue.safetensors"
+    rho = run / "seed0/qat2/rho_shape.safetensors"
+    return {
+        "pretrain": ["pretrain", "--out", bad / "t.safetensors", "--steps", "1"],
+        "finetune": ["finetune", "--pretrained", run / "theta0.safetensors", "--task", "hue", "--out", bad / "f.safetensors"],
+        "qat": ["qat", "--finetuned", ft, "--out", bad / "q.safetensors"],
+        "extract": ["extract", "--qat", q, "--finetuned", ft, "--out", bad / "r.safetensors"],
+        "patch": ["patch", "--receiver", ft, "--vector", rho, "--out", bad / "p.safetensors"],
+        "ptq": ["ptq", "--weights", ft, "--out", bad / "p.safetensors"],
+        "geometry": ["geometry", ft, rho, "--out", bad / "geo"],
+        "spectrum": ["spectrum", ft, "--out", bad / "spec"],
+        "check-invariance": ["check-invariance", "--out", bad / "inv"],
+        "figures": ["figures", run, "--out", bad / "figs", "--cheap"],
+        "run": ["run", "tiny", "--run-dir", bad / "run"],
+        "demo": ["demo", "--run-dir", bad / "run"],
+    }
+
+
+@pytest.mark.parametrize("command", sorted(_commands(Path("r"), Path("b"))))
+def test_every_command_with_an_unwritable_output_fails_in_one_line(tiny_run: Path, tmp_path: Path, command: str) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    res = invoke(*_commands(tiny_run, blocker)[command])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+    line = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert line == [f"Error: not a directory: {blocker}"], res.output
+    assert blocker.read_text() == "not a directory"
+
+
+def test_every_command_is_wrapped_by_the_one_error_path() -> None:
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    assert set(_commands(Path("r"), Path("b"))) <= set(commands)
+    for name, cmd in commands.items():
+        assert getattr(cmd.callback, "__wrapped__", None) is not None, f"{name} is not wrapped by clean_errors"
+
+
+def test_check_invariance_refuses_a_pickle_in_one_line(tmp_path: Path) -> None:
+    import pickle
+
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(pickle.dumps({"x": 1}))
+    res = invoke("check-invariance", "--checkpoint", bad, "--samples", "2")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"Error: {bad} is a pickle" in res.output
+    assert invoke("check-invariance", "--bits", "1").exit_code == 2
+    assert invoke("align-demo", tmp_path, "--bits", "1").exit_code == 2
+
+
+def test_a_failing_write_names_the_path_and_keeps_the_old_file(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import safetensors.torch
+
+    out = tmp_path / "p.safetensors"
+    out.write_bytes(b"old")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    res = invoke("ptq", "--weights", tiny_run / "seed0/finetune/hue.safetensors", "--out", out)
+    assert res.exit_code == 1 and f"Error: no space left on device: {out}" in res.output, res.output
+    assert out.read_bytes() == b"old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ctrl_c_says_the_run_can_be_resumed(run_copy: Path, monkeypatch) -> None:
+    import qgeom.transfer as T
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    (run_copy / "accuracy.csv").unlink()
+    monkeypatch.setattr(T.TransferRun, "dissimilarity", interrupted)
+    res = invoke("run", "tiny", "--run-dir", run_copy)
+    assert res.exit_code == 130 and "run the same command again to resume" in res.output
+    assert "Traceback" not in res.output
+
+
+# -- 7. qgeom reads its own checkpoints without extra flags -------------------------------------------
+
+
+def test_evaluate_and_geometry_read_every_artifact_of_a_run(tiny_run: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    models = [tiny_run / "theta0.safetensors"] + sorted(tiny_run.glob("seed0/finetune/*.safetensors")) + \
+        sorted(p for p in tiny_run.glob("seed0/qat2/*.safetensors") if not p.name.startswith("rho_"))
+    vectors = sorted(tiny_run.glob("seed0/qat2/rho_*.safetensors"))
+    assert len(models) == 7 and len(vectors) == 3
+    res = invoke("evaluate", *models)
+    assert res.exit_code == 0, res.output
+    assert "pretext:shape+hue+position" in res.output
+    # the numbers are the run's own: same task data, same sizes
+    acc = pd.read_csv(tiny_run / "accuracy.csv")
+    fp = acc[(acc.method == "baseline") & (acc.metric == "fp_top1") & (acc.receiver == "hue")].value.item()
+    rows = [[c.strip() for c in x.split("│")] for x in res.output.splitlines() if x.startswith("│")]
+    assert len(rows) == 7 and rows[1][2] == "hue"  # theta0, then finetune/hue
+    assert rows[1][3] == f"{fp:.3f}"
+    for receiver, extra in ((tiny_run / "seed0/finetune/hue.safetensors", []),
+                            (tiny_run / "seed0/qat2/hue.safetensors", ["--objective", "ste"])):
+        res = invoke("geometry", receiver, *vectors, "--n-probe", "16", "--batch-size", "16", *extra)
+        assert res.exit_code == 0, res.output
+    res = invoke("evaluate", vectors[0])
+    assert res.exit_code == 1 and "is a quantization vector" in res.output

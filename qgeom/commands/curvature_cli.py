@@ -13,7 +13,7 @@ receiver's QAT checkpoint: Proposition 1 expands there.
 
 from __future__ import annotations
 
-from qgeom.commands import clean_errors
+from qgeom.commands import check_finite_option, check_writable, clean_errors
 
 import csv
 import json
@@ -29,13 +29,15 @@ console = Console()
 DTYPES = {"float32": "float32", "float64": "float64"}
 
 
-def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int):
-    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data)."""
-    from qgeom.data import load_task, probe_batches
+def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, sizes: dict | None = None):
+    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data);
+    the task is made as the checkpoint's metadata records it (``sizes``, pretext mixtures)."""
+    from qgeom.cli import _task
+    from qgeom.data import probe_batches
 
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--split")
-    return probe_batches(getattr(load_task(task, data_seed), split), n, batch_size, seed)
+    return probe_batches(getattr(_task(task, data_seed, **(sizes or {})), split), n, batch_size, seed)
 
 
 def _receiver(path: Path, task: Optional[str], preset: Optional[str]):
@@ -61,9 +63,11 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     from qgeom.curvature import CurvatureOperator
     from qgeom.quant import QuantSpec
 
-    model, theta, task, meta = _receiver(receiver, task, preset)
+    model, theta, task_name, meta = _receiver(receiver, task, preset)
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
-    batches = _probe(task, split, n_probe, batch_size, probe_seed, seed)
+    sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
+    batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes)
+    task = task_name
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
@@ -135,6 +139,8 @@ def register(app: typer.Typer) -> None:
 
         if dtype not in DTYPES:
             raise typer.BadParameter("float32 or float64", param_hint="--dtype")
+        if out is not None:
+            check_writable(out, directory=True)
         names, vs = [], []
         for p in vectors:
             v, _ = load_params(p)
@@ -205,6 +211,9 @@ def register(app: typer.Typer) -> None:
 
         if dtype not in DTYPES:
             raise typer.BadParameter("float32 or float64", param_hint="--dtype")
+        if out is not None:
+            check_writable(out, directory=True)
+        check_finite_option(tol, "--tol", positive=True)
         op = _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size,
                        probe_seed, data_seed, dtype)
         eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)

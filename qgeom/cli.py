@@ -181,21 +181,46 @@ def extract(
     _save(out, rho, meta, stage="quantization_vector", scope=scope, parent=str(qat_checkpoint))
 
 
+MODEL_STAGES = ("pretrain", "finetune", "qat", "patch", "ptq")
+
+
 @app.command()
 @clean_errors
 def patch(
     receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
-    vector: Path = typer.Option(..., help="vector ρ_D (.safetensors)"),
+    vector: Path = typer.Option(..., help="vector ρ_D (.safetensors, e.g. from qgeom extract)"),
     out: Path = typer.Option(..., help="where to write θ_R + λ ρ_D"),
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
+    scope: Optional[str] = typer.Option(None, help="patch only this scope of the vector (backbone or quantized); "
+                                                   "default: the scope its metadata declares"),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="accept a vector that lacks tensors of its scope (they stay θ_R's)"),
 ) -> None:
-    """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head)."""
+    """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head).
+
+    The vector must cover exactly the scope it declares (metadata ``scope``, or ``--scope``),
+    never the head; a model checkpoint passed as the vector is refused."""
     check_writable(out)
     check_finite_option(lam, "--lam")
+    if scope is not None:
+        P.check_scope(scope)
+        if scope == "all":
+            raise typer.BadParameter("the head is never patched: use backbone or quantized", param_hint="--scope")
     theta, meta = _load(receiver)
+    _model_checkpoint(receiver, meta)
     rho, rmeta = _load(vector)
-    patched = P.patch(theta, rho, lam)
-    _save(out, patched, meta, stage="patch", parent=str(receiver), vector=str(vector), lam=lam)
+    if rmeta.get("stage") in MODEL_STAGES:
+        raise ValueError(f"{vector} is a model checkpoint (stage {rmeta['stage']}), not a vector: "
+                         f"make ρ with qgeom extract --qat ... --finetuned ...")
+    declared = rmeta.get("scope")
+    if scope is None and declared in ("backbone", "quantized"):
+        scope = declared
+    try:
+        patched = P.patch(theta, rho, lam, scope=scope, allow_partial=allow_partial)
+    except P.IncompatibleParamsError as e:
+        raise P.IncompatibleParamsError(f"{vector} → {receiver}: {e}") from None
+    _save(out, patched, meta, stage="patch", parent=str(receiver), vector=str(vector), lam=lam,
+          vector_scope=scope or "", partial=allow_partial)
 
 
 @app.command()

@@ -140,6 +140,11 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        from qgeom.params import NonFiniteParamsError
+
+        raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {', '.join(map(str, bad[:5]))}")
     return dict(obj)
 
 

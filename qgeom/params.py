@@ -270,25 +270,61 @@ def quantization_vector(qat: Mapping[str, Tensor], finetuned: Mapping[str, Tenso
     return {k: q[k].to(dtype or q[k].dtype) - ft[k].to(dtype or q[k].dtype) for k in q}
 
 
-def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: float = 1.0, scope: Scope = None) -> Params:
+def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: float = 1.0, scope: Scope = None, *,
+          allow_partial: bool = False) -> Params:
     """θ_R(λ) = θ_R + λ ρ_D on the keys of ``vector`` (restricted to ``scope`` if given).
 
-    Keys of the receiver not in the vector (its head) are copied unchanged. Every key of the
-    vector must exist in the receiver with the same shape; all values must be finite. The sum is
-    formed in float64 and rounded once to the receiver's dtype, so with a float64 vector
-    θ_R + 1·(θ_QAT − θ_R) equals θ_QAT exactly.
+    The contract (DESIGN.md §2: the receiver keeps its head):
+
+    * the vector never touches the head: a head tensor in it (e.g. a full checkpoint passed as
+      a vector) is an :class:`IncompatibleParamsError`;
+    * it covers exactly one scope of the receiver: ``scope`` when given, else ``backbone`` or
+      ``quantized`` (whichever its keys are). A vector missing tensors of its scope is refused,
+      naming them, unless ``allow_partial=True`` (the missing tensors then stay θ_R's);
+    * every key exists in the receiver with the same shape; all values and λ are finite.
+
+    Keys of the receiver not in the vector are copied unchanged. The sum is formed in float64
+    and rounded once to the receiver's dtype, so with a float64 vector θ_R + 1·(θ_QAT − θ_R)
+    equals θ_QAT exactly.
     """
     vec = select(vector, scope) if scope is not None else dict(vector)
+    head = [k for k in vec if is_head(k)]
+    if head:
+        raise IncompatibleParamsError(f"the vector holds head tensors ({_first(head)}): the receiver keeps its head "
+                                      f"(a full checkpoint passed as a vector? extract ρ on the backbone)")
     missing = [k for k in vec if k not in receiver]
     if missing:
         raise IncompatibleParamsError(f"vector keys not in the receiver: {_first(missing)}")
     check_compatible({k: receiver[k] for k in vec}, vec, check_dtype=False, names=("receiver", "vector"))
     if not math.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam}")
+    if not allow_partial:
+        check_coverage(receiver, vec, scope)
     out = {k: v.clone() for k, v in receiver.items()}
     for k, v in vec.items():
         out[k] = (receiver[k].double() + lam * v.double()).to(receiver[k].dtype)
     return out
+
+
+def check_coverage(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], scope: Scope = None) -> None:
+    """Raise :class:`IncompatibleParamsError` unless ``vector`` has every tensor of the receiver
+    in ``scope`` (None: ``backbone`` or ``quantized``, whichever fits) and no other."""
+    keys = set(vector)
+    candidates = [scope] if scope is not None else ["backbone", "quantized"]
+    for s in candidates:
+        if keys == {k for k in scope_keys(receiver, s) if not is_head(k)}:
+            return
+    s = candidates[0] if scope is not None or keys - set(scope_keys(receiver, "quantized")) else "quantized"
+    want = [k for k in scope_keys(receiver, s) if not is_head(k)]
+    lacking = [k for k in want if k not in keys]
+    extra = [k for k in keys if k not in want]
+    name = s if isinstance(s, str) else "the given scope"
+    parts = [f"the vector covers {len(keys & set(want))} of the {len(want)} tensors of scope {name}"]
+    if lacking:
+        parts.append(f"missing: {_first(lacking)}")
+    if extra:
+        parts.append(f"outside it: {_first(sorted(extra))}")
+    raise IncompatibleParamsError("; ".join(parts) + " (a partial vector needs allow_partial=True / --allow-partial)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,11 +480,13 @@ def sniff_format(path: str | os.PathLike) -> str | None:
     return None
 
 
-def load_params(path: str | os.PathLike, *, verify: bool = True) -> tuple[Params, dict[str, str]]:
+def load_params(path: str | os.PathLike, *, verify: bool = True, finite: bool = True) -> tuple[Params, dict[str, str]]:
     """Read a safetensors file written by :func:`save_params`: ``(params, metadata)``.
 
-    Raises :class:`CheckpointError` for a missing, truncated or corrupt file, or when the stored
-    content hash does not match the tensors (``verify=True``).
+    Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign (pickle) file,
+    or when the stored content hash does not match the tensors (``verify=True``), and
+    :class:`NonFiniteParamsError` naming the file and the tensors when any value is NaN/Inf
+    (``finite=True``): no number is ever computed from such a file.
     """
     from safetensors import safe_open
 
@@ -467,4 +505,7 @@ def load_params(path: str | os.PathLike, *, verify: bool = True) -> tuple[Params
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
     if verify and "content_hash" in meta and meta["content_hash"] != content_hash(params):
         raise CheckpointError(f"{path}: content hash does not match the stored tensors (file corrupted?)")
+    bad = [k for k, v in params.items() if finite and torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {_first(bad)}")
     return params, meta

@@ -239,3 +239,97 @@ def test_evaluate_and_geometry_read_every_artifact_of_a_run(tiny_run: Path, tmp_
         assert res.exit_code == 0, res.output
     res = invoke("evaluate", vectors[0])
     assert res.exit_code == 1 and "is a quantization vector" in res.output
+
+
+# -- 4. no number from non-finite input ----------------------------------------------------------------
+
+
+def _with_nan(src: Path, dst: Path, key: str = "blocks.0.attn.qkv.weight") -> Path:
+    from qgeom import params as P
+
+    theta, meta = P.load_params(src)
+    theta[key] = theta[key].clone()
+    theta[key][0, 0] = float("nan")
+    from safetensors.torch import save_file
+
+    meta.pop("content_hash", None)
+    save_file({k: v.contiguous() for k, v in theta.items()}, str(dst), metadata=meta)  # bypasses save_params' check
+    return dst
+
+
+def test_evaluate_and_geometry_refuse_a_checkpoint_with_nan_naming_file_and_tensor(tiny_run: Path, tmp_path: Path) -> None:
+    bad = _with_nan(tiny_run / "seed0/finetune/hue.safetensors", tmp_path / "nan.safetensors")
+    res = invoke("evaluate", bad)  # no --bits: used to print an FP Top-1 from NaN weights
+    assert res.exit_code == 1 and f"Error: {bad}: NaN or Inf values in tensor blocks.0.attn.qkv.weight" in res.output
+    rho = tiny_run / "seed0/qat2/rho_shape.safetensors"
+    res = invoke("geometry", bad, rho, rho, "--out", tmp_path / "geo")
+    assert res.exit_code == 1 and f"{bad}: NaN or Inf" in res.output and not (tmp_path / "geo").exists()
+    bad_rho = _with_nan(rho, tmp_path / "nan_rho.safetensors")
+    res = invoke("geometry", tiny_run / "seed0/finetune/hue.safetensors", bad_rho, rho)
+    assert res.exit_code == 1 and f"{bad_rho}: NaN or Inf" in res.output
+
+
+def test_api_loaders_refuse_non_finite_tensors(tiny_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from qgeom import params as P
+    from qgeom.models import load_checkpoint
+
+    bad = _with_nan(tiny_run / "seed0/finetune/hue.safetensors", tmp_path / "nan.safetensors")
+    with pytest.raises(P.NonFiniteParamsError, match="nan.safetensors: NaN or Inf values in tensor blocks.0"):
+        P.load_params(bad)
+    assert P.load_params(bad, finite=False)[0]  # explicit opt-out for forensics
+    torch.save({"w": torch.tensor([1.0, float("inf")])}, tmp_path / "inf.pt")
+    with pytest.raises(P.NonFiniteParamsError, match="inf.pt: NaN or Inf values in tensor w"):
+        load_checkpoint(tmp_path / "inf.pt")
+
+
+def test_geometry_json_is_strict(tiny_run: Path, tmp_path: Path) -> None:
+    from qgeom import params as P
+
+    vectors = sorted(tiny_run.glob("seed0/qat2/rho_*.safetensors"))
+    rho, meta = P.load_params(vectors[0])
+    P.save_params(tmp_path / "zero.safetensors", P.zeros_like(rho), meta)  # cos_M undefined: NaN in the tables
+    res = invoke("geometry", tiny_run / "seed0/finetune/hue.safetensors", *vectors, tmp_path / "zero.safetensors",
+                 "--n-probe", "16", "--out", tmp_path / "geo")
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "geo" / "geometry.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in geometry.json"))
+    assert any(p["metric_cosine"] is None for p in data["pairs"])  # undefined is null, not NaN
+
+
+# -- 5. patching states its contract ---------------------------------------------------------------------
+
+
+def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Path, tmp_path: Path) -> None:
+    from qgeom import params as P
+
+    receiver = tiny_run / "seed0/finetune/hue.safetensors"
+    rho, meta = P.load_params(tiny_run / "seed0/qat2/rho_shape.safetensors")
+    partial = dict(list(rho.items())[:-3])
+    P.save_params(tmp_path / "partial.safetensors", partial, meta)
+    out = tmp_path / "out.safetensors"
+    res = invoke("patch", "--receiver", receiver, "--vector", tmp_path / "partial.safetensors", "--out", out)
+    assert res.exit_code == 1 and "of scope backbone; missing: " in res.output and not out.exists()
+    assert list(rho)[-1] in res.output
+    res = invoke("patch", "--receiver", receiver, "--vector", tmp_path / "partial.safetensors", "--out", out,
+                 "--allow-partial")
+    assert res.exit_code == 0, res.output
+    assert json.loads(P.load_params(out)[1]["partial"]) is True
+    res = invoke("patch", "--receiver", receiver, "--vector", tiny_run / "seed0/qat2/shape.safetensors",
+                 "--out", tmp_path / "o2.safetensors")
+    assert res.exit_code == 1 and "is a model checkpoint (stage qat), not a vector" in res.output
+    # the API: a full checkpoint (head included) and a partial vector are refused
+    theta = P.load_params(receiver)[0]
+    with pytest.raises(P.IncompatibleParamsError, match="head tensors .*head.bias, head.weight|head tensors .*head.weight"):
+        P.patch(theta, P.sub(theta, theta))
+    with pytest.raises(P.IncompatibleParamsError, match="missing: "):
+        P.patch(theta, partial)
+    P.patch(theta, partial, allow_partial=True)
+    P.patch(theta, P.select(rho, "quantized"))  # a whole scope is fine
+    # the declared scope is read: a backbone vector restricted to quantized via --scope
+    res = invoke("patch", "--receiver", receiver, "--vector", tiny_run / "seed0/qat2/rho_shape.safetensors",
+                 "--out", tmp_path / "o3.safetensors", "--scope", "quantized")
+    assert res.exit_code == 0, res.output
+    patched, pm = P.load_params(tmp_path / "o3.safetensors")
+    assert pm["vector_scope"] == "quantized" and P.load_params(receiver)[0]["norm.weight"].equal(patched["norm.weight"])

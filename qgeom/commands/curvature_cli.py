@@ -92,11 +92,30 @@ def _write_json(out: Path, name: str, obj: dict) -> Path:
 
     def w(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=True, default=str)
+            json.dump(_strict(obj), f, indent=2, allow_nan=False, default=str)
 
     return atomic_write(out / name, w)
 
 
+
+
+def _strict(obj):
+    """NaN/Inf → null, so the JSON is strict (bare NaN is not JSON); numpy values become Python's."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _strict(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
 def _fmt(x: float) -> str:

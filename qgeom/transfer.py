@@ -74,6 +74,7 @@ class TransferRun:
         self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: None)
         self._check_config()
+        P.remove_stale_temps(self.dir, recursive=True)  # temporaries of a write killed in an earlier run
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -216,6 +217,11 @@ class TransferRun:
         model, device = self.model(receiver), default_device()
         points = {"fp": self.finetuned(seed, receiver), "ste": self.qat(seed, bits, receiver)}
         probe = probe_batches(task.val, c.probe_size, c.probe_batch, seed=seed)
+        from qgeom.geometry import probe_warnings
+
+        warnings = probe_warnings(c.probe_size, len(task.val), task.num_classes)
+        for w in warnings:
+            self.log(f"warning ({receiver}): {w}")
         probe_x = torch.cat([x for x, _ in probe])
         probe_y = torch.cat([y for _, y in probe])
         names = list(c.tasks)
@@ -275,6 +281,8 @@ class TransferRun:
                     lam = 1.0 if K is None else (K[i, r] / K[i, i] if K[i, i] > floors[key][i] else np.nan)
                     rec = (l0 - ptq_loss(P.patch(theta_r, V[i], lam))) / (l0 - lr) if np.isfinite(lam) else np.nan
                     put(scope, key, "ptq_loss", d, "recovery", rec)
+            for w in warnings:  # recorded in the table: value 1 flags a degenerate probe set
+                put(scope, "probe", "", "", f"probe_warning: {w}", 1.0)
             put(scope, "ptq_loss", "ptq_loss", "", "L0", l0)
             put(scope, "ptq_loss", "ptq_loss", "", "L_own_qat_vector", lr)
         return pd.DataFrame(rows)

@@ -333,3 +333,45 @@ def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Pat
     assert res.exit_code == 0, res.output
     patched, pm = P.load_params(tmp_path / "o3.safetensors")
     assert pm["vector_scope"] == "quantized" and P.load_params(receiver)[0]["norm.weight"].equal(patched["norm.weight"])
+
+
+# -- 8. degenerate probe sets are flagged --------------------------------------------------------------
+
+
+def test_geometry_flags_a_tiny_or_capped_probe_set(tiny_run: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from qgeom.geometry import probe_warnings
+
+    assert probe_warnings(64, 64, 6) == []
+    assert "exceeds the split's 64 images" in probe_warnings(100000, 64, 6)[0]
+    receiver = tiny_run / "seed0/finetune/hue.safetensors"  # 6 classes
+    vectors = sorted(tiny_run.glob("seed0/qat2/rho_*.safetensors"))
+    res = invoke("geometry", receiver, *vectors, "--n-probe", "1", "--out", tmp_path / "g1")
+    assert res.exit_code == 0 and "warning: probe set of 1 images is below 2 × 6 classes" in res.output
+    assert pd.read_csv(tmp_path / "g1" / "geometry_pairs.csv").probe_warning.str.contains("degenerate").all()
+    res = invoke("geometry", receiver, *vectors, "--n-probe", "100000", "--split", "val", "--out", tmp_path / "g2")
+    assert res.exit_code == 0 and "exceeds the split's 64 images: using 64" in " ".join(res.output.split())
+    info = json.loads((tmp_path / "g2" / "geometry.json").read_text())["info"]
+    assert info["n_probe_used"] == 64 and info["probe_warnings"]
+
+
+# -- 8 (build list). a killed atomic write leaves nothing behind --------------------------------------------
+
+
+def test_temporaries_of_a_write_killed_by_sigkill_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    target = tmp_path / "table.csv"
+    code = ("import os, signal, sys; from qgeom.params import atomic_write\n"
+            "def w(tmp):\n    open(tmp, 'w').write('half a'); os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"atomic_write({str(target)!r}, w)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True)
+    assert proc.returncode == -9
+    left = list(tmp_path.glob(".table.csv.*.tmp"))
+    assert len(left) == 1 and not target.exists()  # the kill left a temporary, never the target
+    from qgeom.params import atomic_write
+
+    atomic_write(tmp_path / "other.csv", lambda tmp: Path(tmp).write_text("x"))  # any next write in the directory
+    assert not list(tmp_path.glob(".*.tmp")) and not target.exists()

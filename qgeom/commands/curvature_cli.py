@@ -68,10 +68,18 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
     batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes)
     task = task_name
+    from qgeom.geometry import probe_warnings
+
+    used = sum(len(y) for _, y in batches)
+    available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
+    warnings = probe_warnings(n_probe, available, int(theta["head.weight"].shape[0]))
+    for w in warnings:
+        console.print(f"[yellow]warning: {w}[/]")
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
-                    "probe_seed": probe_seed, "data_seed": seed})
+                    "n_probe_used": sum(len(y) for _, y in batches), "probe_seed": probe_seed, "data_seed": seed,
+                    "probe_warnings": warnings})
     return op
 
 
@@ -187,7 +195,8 @@ def register(app: typer.Typer) -> None:
                                   "metric_cosine": cos[i, j], "optimal_scale": lam[i, j],
                                   "recovered_fraction": cos[i, j] ** 2,
                                   "euclidean_scale": ip / ni**2 if ni > 0 else float("nan"),
-                                  "indefinite": bool(math.isnan(cos[i, j]))})
+                                  "indefinite": bool(math.isnan(cos[i, j])),
+                                  "probe_warning": "; ".join(op.info["probe_warnings"])})
         t = Table("vector", "‖ρ‖", "ρᵀMρ", "ρᵀ∇L", title=f"{op!r}")
         for row in vec_rows:
             t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),

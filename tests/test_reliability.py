@@ -169,7 +169,10 @@ def test_every_command_is_wrapped_by_the_one_error_path() -> None:
     commands = typer.main.get_command(app).commands
     assert set(_commands(Path("r"), Path("b"))) <= set(commands)
     for name, cmd in commands.items():
-        assert getattr(cmd.callback, "__wrapped__", None) is not None, f"{name} is not wrapped by clean_errors"
+        f, wrapped = cmd.callback, False
+        while f is not None and not wrapped:
+            wrapped, f = getattr(f, "clean_errors", False), getattr(f, "__wrapped__", None)
+        assert wrapped, f"{name} is not wrapped by clean_errors"
 
 
 def test_check_invariance_refuses_a_pickle_in_one_line(tmp_path: Path) -> None:

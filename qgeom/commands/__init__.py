@@ -59,6 +59,7 @@ def clean_errors(command):
             typer.echo(f"Error: {one_line(msg)}", err=True)
             raise typer.Exit(1) from e
 
+    run.clean_errors = True  # lets a test check that every command goes through this path
     return run
 
 

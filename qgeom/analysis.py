@@ -33,6 +33,8 @@ def read_table(path) -> pd.DataFrame:
 
 ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
 TARGETS = ("gain_unit", "gain_tuned", "recovery_unit")
+CORRELATION_COLUMNS = ("bits", "scope", "alignment", "target", "method", "r", "p_value", "n_cells", "n_permutations",
+                       "exact", "loo_min", "loo_max", "diff_vs_euclidean", "diff_low", "diff_high")
 
 
 def choose_lambda(acc: pd.DataFrame) -> pd.DataFrame:
@@ -135,7 +137,8 @@ def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
     """Spearman and Pearson of every alignment with every target over off-diagonal cells, with
     QAP p-values and leave-one-task-out ranges; matrices are averaged over seeds first. Rows of a
     curvature alignment also carry ``diff_vs_euclidean``: r(alignment) − r(Euclidean) with a
-    task-bootstrap 95% interval (``diff_low``, ``diff_high``)."""
+    task-bootstrap 95% interval (``diff_low``, ``diff_high``). Without alignment columns (a run
+    without the geometry stage) the table is empty, with its columns."""
     rows = []
     for (bits, scope), g in pairs.groupby(["bits", "scope"]):
         names = sorted(set(g.donor) | set(g.receiver))
@@ -151,7 +154,7 @@ def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
                         d = correlation_difference(x, pair_matrix(g, "cos_euclidean", names), y, method)
                         row |= dict(diff_vs_euclidean=d.mean, diff_low=d.low, diff_high=d.high)
                     rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(CORRELATION_COLUMNS))
 
 
 def interval(pairs: pd.DataFrame, col: str) -> Interval:
@@ -165,8 +168,11 @@ def interval(pairs: pd.DataFrame, col: str) -> Interval:
 
 
 def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) -> list[dict]:
-    """One record per (bits, scope): the headline numbers and plain-language verdicts."""
+    """One record per (bits, scope): the headline numbers and plain-language verdicts (an empty
+    ``corr``, from a run without geometry, gives NaN correlations and "no curvature alignment")."""
     out = []
+    if corr.empty:
+        corr = pd.DataFrame(columns=list(CORRELATION_COLUMNS))
     for (bits, scope), g in pairs.groupby(["bits", "scope"]):
         rec = receivers[(receivers.bits == bits) & (receivers.scope == scope)]
         off = g[~g.diagonal]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qgeom import params as P
-from qgeom.commands import clean_errors
+from qgeom.commands import check_finite_option, check_writable, clean_errors
 from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
@@ -40,9 +40,28 @@ def _save(path: Path, params: P.Params, meta: dict, **extra) -> None:
     console.print(f"wrote [bold]{path}[/] ({P.numel(params):,} values)")
 
 
-def _task(spec: str, seed: int, model=None, data_root: str | None = None):
-    """The task a specification names (kept a function so tests can shrink the data)."""
-    return load_data(spec, seed, model, data_root)
+def _task(spec: str, seed: int, model=None, data_root: str | None = None, **sizes: int):
+    """The task a specification (or a checkpoint's metadata) names, as it was made: an offline
+    task (``sizes``: n_train/n_val/n_test when recorded), a streamed one through ``model``'s
+    transform, or the pretext mixture ``pretext:a+b`` of θ_0. Kept a function so tests can
+    shrink the data."""
+    from qgeom.data import pretext_task
+
+    if spec.startswith("pretext:"):
+        return pretext_task(spec.split(":", 1)[1].split("+"), seed=seed, **sizes)
+    return load_data(spec, seed, model, data_root, **sizes)
+
+
+def _data(meta: dict) -> tuple[int, dict]:
+    """(data seed, split sizes) recorded in a checkpoint's metadata (defaults: 0, the task's)."""
+    return int(meta.get("data_seed", "0")), json.loads(meta.get("data_sizes", "{}"))
+
+
+def _model_checkpoint(path: Path, meta: dict) -> None:
+    """Refuse a quantization vector where a model checkpoint is expected."""
+    if meta.get("stage") == "quantization_vector":
+        raise ValueError(f"{path} is a quantization vector (stage quantization_vector), not a model checkpoint: "
+                         f"patch it into a receiver first (qgeom patch)")
 
 
 def _arch_meta(net, arch: str, meta: dict) -> dict:
@@ -58,15 +77,17 @@ def pretrain(
     preset: str = typer.Option("micro", help="model preset: micro, tiny, small, base, large"),
     tasks: str = typer.Option("shape,stripes,count,hue,texture,position,size,mirror",
                               help="comma-separated tasks of the pretext mixture (joint label space)"),
-    steps: int = typer.Option(500, help="optimizer steps"),
+    steps: int = typer.Option(500, min=1, help="optimizer steps"),
     lr: float = typer.Option(2e-3, help="peak learning rate"),
-    batch_size: int = typer.Option(128),
-    n_per_task: int = typer.Option(3000, help="training images per task in the mixture"),
+    batch_size: int = typer.Option(128, min=1),
+    n_per_task: int = typer.Option(3000, min=1, help="training images per task in the mixture"),
     seed: int = typer.Option(0),
     model_overrides: str = typer.Option("{}", help='timm keyword overrides as JSON, e.g. \'{"depth": 2}\'; '
                                                    "recorded in every later checkpoint's metadata"),
 ) -> None:
     """Pretrain θ_0 on a pretext mixture of the offline tasks."""
+    check_writable(out)
+    check_finite_option(lr, "--lr", positive=True)
     from qgeom.data import pretext_task
     from qgeom.models import create_model
     from qgeom.train import TrainConfig, accuracy, pretrain as run
@@ -84,7 +105,7 @@ def pretrain(
     theta0 = run(model, task, cfg, progress=True)
     console.print(f"pretext validation Top-1: {accuracy(model, theta0, task.val):.3f}")
     _save(out, theta0, {}, preset=preset, num_classes=task.num_classes, task=task.name, stage="pretrain",
-          config=cfg.to_dict(), model_overrides=overrides)
+          config=cfg.to_dict(), model_overrides=overrides, data_seed=seed, data_sizes={"n_per_task": n_per_task})
 
 
 @app.command()
@@ -96,13 +117,15 @@ def finetune(
     out: Path = typer.Option(..., help="where to write θ_t"),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
-    steps: int = typer.Option(150),
+    steps: int = typer.Option(150, min=1),
     lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, min=1),
     seed: int = typer.Option(0, help="seed of the head initialisation and the data order"),
     data_seed: int = typer.Option(0, help="seed of the task's generated images"),
 ) -> None:
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
+    check_writable(out)
+    check_finite_option(lr, "--lr", positive=True)
     from qgeom.train import TrainConfig, accuracy, finetune as run
 
     theta0, meta = read_checkpoint(pretrained)
@@ -115,7 +138,7 @@ def finetune(
     console.print(f"{t.name} test Top-1: {accuracy(net, theta, t.test):.3f}")
     _save(out, theta, {k: v for k, v in meta.items() if k not in ("preset", "model_overrides")},
           **_arch_meta(net, arch, meta), task=task, stage="finetune", parent=str(pretrained), config=cfg.to_dict(),
-          data_seed=data_seed, data_root=data_root or "")
+          data_seed=data_seed, data_root=data_root or "", data_sizes={})  # θ_0's pretext sizes do not apply
 
 
 @app.command()
@@ -127,20 +150,24 @@ def qat(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     data: Optional[str] = typer.Option(None, help=DATA_HELP),
     data_root: Optional[str] = typer.Option(None, help=DATA_ROOT_HELP),
-    steps: int = typer.Option(100),
+    steps: int = typer.Option(100, min=1),
     lr: float = typer.Option(5e-4),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, min=1),
     seed: int = typer.Option(0),
 ) -> None:
     """Quantization-aware training (STE) from θ_t on its own task: θ_t,QAT."""
+    check_writable(out)
+    check_finite_option(lr, "--lr", positive=True)
     from qgeom.quant import QuantSpec
     from qgeom.train import TrainConfig, accuracy, qat as run
 
     theta, meta = read_checkpoint(finetuned)
+    _model_checkpoint(finetuned, meta)
     spec = QuantSpec(bits)
     net = build_model(finetuned, theta, meta, model)
     data = task_spec(data, meta, finetuned)
-    t = _task(data, int(meta.get("data_seed", "0")), net, data_root or meta.get("data_root") or None)
+    data_seed, sizes = _data(meta)
+    t = _task(data, data_seed, net, data_root or meta.get("data_root") or None, **sizes)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta_q = run(net, theta, t, spec, cfg, progress=True)
     console.print(f"{t.name} test Top-1 after {bits}-bit PTQ: {accuracy(net, theta_q, t.test, spec):.3f}")
@@ -157,6 +184,7 @@ def extract(
     scope: str = typer.Option("backbone", help="backbone (the paper's), quantized, or all"),
 ) -> None:
     """Extract the quantization vector ρ_t = θ_t,QAT − θ_t on a scope."""
+    check_writable(out)
     q, meta = _load(qat_checkpoint)
     theta, _ = _load(finetuned)
     rho = P.quantization_vector(q, theta, scope)
@@ -164,19 +192,46 @@ def extract(
     _save(out, rho, meta, stage="quantization_vector", scope=scope, parent=str(qat_checkpoint))
 
 
+MODEL_STAGES = ("pretrain", "finetune", "qat", "patch", "ptq")
+
+
 @app.command()
 @clean_errors
 def patch(
     receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
-    vector: Path = typer.Option(..., help="vector ρ_D (.safetensors)"),
+    vector: Path = typer.Option(..., help="vector ρ_D (.safetensors, e.g. from qgeom extract)"),
     out: Path = typer.Option(..., help="where to write θ_R + λ ρ_D"),
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
+    scope: Optional[str] = typer.Option(None, help="patch only this scope of the vector (backbone or quantized); "
+                                                   "default: the scope its metadata declares"),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="accept a vector that lacks tensors of its scope (they stay θ_R's)"),
 ) -> None:
-    """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head)."""
+    """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head).
+
+    The vector must cover exactly the scope it declares (metadata ``scope``, or ``--scope``),
+    never the head; a model checkpoint passed as the vector is refused."""
+    check_writable(out)
+    check_finite_option(lam, "--lam")
+    if scope is not None:
+        P.check_scope(scope)
+        if scope == "all":
+            raise typer.BadParameter("the head is never patched: use backbone or quantized", param_hint="--scope")
     theta, meta = _load(receiver)
+    _model_checkpoint(receiver, meta)
     rho, rmeta = _load(vector)
-    patched = P.patch(theta, rho, lam)
-    _save(out, patched, meta, stage="patch", parent=str(receiver), vector=str(vector), lam=lam)
+    if rmeta.get("stage") in MODEL_STAGES:
+        raise ValueError(f"{vector} is a model checkpoint (stage {rmeta['stage']}), not a vector: "
+                         f"make ρ with qgeom extract --qat ... --finetuned ...")
+    declared = rmeta.get("scope")
+    if scope is None and declared in ("backbone", "quantized"):
+        scope = declared
+    try:
+        patched = P.patch(theta, rho, lam, scope=scope, allow_partial=allow_partial)
+    except P.IncompatibleParamsError as e:
+        raise P.IncompatibleParamsError(f"{vector} → {receiver}: {e}") from None
+    _save(out, patched, meta, stage="patch", parent=str(receiver), vector=str(vector), lam=lam,
+          vector_scope=scope or "", partial=allow_partial)
 
 
 @app.command()
@@ -188,6 +243,7 @@ def ptq(
     granularity: str = typer.Option("row", help="row (default), tensor or group"),
 ) -> None:
     """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
+    check_writable(out)
     from qgeom.quant import QuantSpec, ptq as run, quantization_error
 
     theta, meta = _load(weights)
@@ -220,9 +276,10 @@ def evaluate(
     table = Table("checkpoint", "task", "FP", *[f"PTQ {b}b" for b in bits])
     for path in weights:
         theta, meta = read_checkpoint(path)
+        _model_checkpoint(path, meta)
         net = build_model(path, theta, meta, model)
-        t = _task(task_spec(data, meta, path), int(meta.get("data_seed", "0")), net,
-                  data_root or meta.get("data_root") or None)
+        data_seed, sizes = _data(meta)
+        t = _task(task_spec(data, meta, path), data_seed, net, data_root or meta.get("data_root") or None, **sizes)
         if t.num_classes != net.num_classes:
             raise ValueError(f"{path} has a {net.num_classes}-class head but task {t.name} has {t.num_classes} classes")
         split_data = getattr(t, split)
@@ -232,27 +289,31 @@ def evaluate(
 
 
 @app.command("align-demo")
+@clean_errors
 def align_demo(
     run_dir: Path = typer.Argument(..., help="a transfer run directory (e.g. runs/demo)"),
     donor: str = typer.Option("shape", help="donor task"),
     receiver: str = typer.Option("count", help="receiver task"),
-    bits: int = typer.Option(2, help=BITS_HELP),
+    bits: int = typer.Option(2, help=BITS_HELP, **BITS_RANGE),
     seed: int = typer.Option(0, help="run seed (and seed of the hidden permutation)"),
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
 ) -> None:
     """Transfer ρ_D into a receiver hidden behind a random head/MLP/residual permutation,
-    with and without weight-matching alignment (FP and post-PTQ Top-1 on the receiver's test split)."""
+    with and without weight-matching alignment (FP and post-PTQ Top-1 on the receiver's test split).
+
+    Read-only: it uses the run's checkpoints and never trains or writes into the run; a stage the
+    run lacks (e.g. another bit width) is an error that says how to make it."""
     from qgeom.alignment import alignment_demo
     from qgeom.data import batches
+    from qgeom.figures.artifacts import RunArtifacts
     from qgeom.quant import QuantSpec
-    from qgeom.transfer import TransferRun
-    from qgeom.config import RunConfig, from_dict
 
-    cfg = from_dict(json.loads((run_dir / "config.json").read_text()), RunConfig())
-    run = TransferRun(cfg, run_dir, progress=False)
-    out = alignment_demo(run.model(receiver), run.finetuned(seed, donor), run.qat(seed, bits, donor),
-                         run.finetuned(seed, receiver), list(batches(run.tasks[receiver].test, 500)),
-                         spec=QuantSpec(bits), lam=lam, seed=seed)
+    check_finite_option(lam, "--lam")
+    art = RunArtifacts(run_dir)
+    art.require(seed=seed, bits=bits, tasks=(donor, receiver))
+    theta_r = art.finetuned(seed, receiver)
+    out = alignment_demo(art.model(theta_r), art.finetuned(seed, donor), art.qat(seed, bits, donor), theta_r,
+                         list(batches(art.task(receiver).test, 500)), spec=QuantSpec(bits), lam=lam, seed=seed)
     table = Table("variant", "FP Top-1", f"PTQ {bits}b Top-1", "PTQ loss")
     for r in out["table"].itertuples():
         table.add_row(r.variant, f"{100 * r.fp_acc:.1f}", f"{100 * r.ptq_acc:.1f}", f"{r.ptq_loss:.3f}")
@@ -262,6 +323,7 @@ def align_demo(
 
 
 @app.command()
+@clean_errors
 def tasks() -> None:
     """List the offline tasks and the known real tasks."""
     from qgeom.data import REAL_TASKS, TASKS

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from qgeom.data.real import REAL_TASKS
 from qgeom.train import TrainConfig
@@ -77,54 +78,119 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _coerce(value: Any, typ: Any, default: Any) -> Any:
-    """Turn a JSON/YAML/CLI value into the type of the field's default."""
+class ConfigError(ValueError):
+    """A configuration value is malformed or out of range; the message starts with the key."""
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an integer") from None
+
+
+def _float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a number") from None
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Turn a JSON/YAML/CLI value into the type of the field's default; a value that does not
+    convert is a :class:`ConfigError` naming ``key`` (``bits: 'abc' is not an integer``)."""
     if isinstance(default, TrainConfig):
         if isinstance(value, TrainConfig):
             return value
-        return TrainConfig(**{k: _coerce(v, None, getattr(TrainConfig(), k)) for k, v in dict(value).items()})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in fields(TrainConfig))}, "
+                              f"got {value!r}")
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"{key}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
+        return default.with_(**{k: _coerce(v, getattr(default, k), f"{key}.{k}") for k, v in value.items()})
     if isinstance(default, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [value]
         proto = default[0] if default else ""
-        return tuple(_coerce(v, None, proto) for v in items if v != "")
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, proto, key) for v in items if v != "")
     if isinstance(default, bool):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes"):
+            return True
+        if str(value).lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{key}: {value!r} is not a boolean")
+    if value is None and key.endswith("clip_grad_norm"):
+        return None  # no clipping
     if isinstance(default, int):
-        return int(value)
+        return _int(value, key)
     if isinstance(default, float):
-        return float(value)
+        return _float(value, key)
     if isinstance(default, dict):
-        return json.loads(value) if isinstance(value, str) else dict(value)
+        try:
+            out = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{key}: not JSON ({e})") from None
+        if not isinstance(out, dict):
+            raise ConfigError(f"{key}: expected a JSON object, got {value!r}")
+        return dict(out)
     return value if not isinstance(default, str) else str(value)
 
 
-def from_dict(data: dict, base: RunConfig | None = None) -> RunConfig:
-    """A config from a (possibly partial) dict; unknown keys are an error that lists the known."""
-    base = base or RunConfig()
-    known = {f.name: f for f in fields(RunConfig)}
+def _from_dict(data: dict, base: RunConfig) -> RunConfig:
+    known = {f.name for f in fields(RunConfig)}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
     unknown = [k for k in data if k not in known]
     if unknown:
-        raise ValueError(f"unknown config keys {unknown}; known: {', '.join(known)}")
-    changes = {k: _coerce(v, known[k].type, getattr(base, k)) for k, v in data.items()}
+        raise ConfigError(f"unknown config keys {unknown}; known: {', '.join(known)}")
+    changes = {k: _coerce(v, getattr(base, k), k) for k, v in data.items()}
     return dataclasses.replace(base, **changes)
 
 
+def from_dict(data: dict, base: RunConfig | None = None) -> RunConfig:
+    """A validated config from a (possibly partial) dict; unknown keys are an error that lists
+    the known ones, a bad value a :class:`ConfigError` naming its key (see :func:`validate`)."""
+    cfg = _from_dict(data, base or RunConfig())
+    validate(cfg)
+    return cfg
+
+
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``key=value`` strings; ``finetune.steps=300`` sets a nested field."""
+    """Apply ``key=value`` strings (``finetune.steps=300`` sets a nested field), then validate
+    the result once (intermediate states are not checked)."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
+        key = key.strip()
         if "." in key:
             outer, inner = key.split(".", 1)
             sub = getattr(cfg, outer, None)
             if not isinstance(sub, TrainConfig):
-                raise ValueError(f"{outer!r} has no sub-fields")
+                raise ConfigError(f"{outer!r} has no sub-fields")
             if inner not in {f.name for f in fields(TrainConfig)}:
-                raise ValueError(f"unknown field {inner!r} of {outer}; known: {', '.join(f.name for f in fields(TrainConfig))}")
-            cfg = dataclasses.replace(cfg, **{outer: sub.with_(**{inner: _coerce(value, None, getattr(sub, inner))})})
+                raise ConfigError(f"unknown field {inner!r} of {outer}; known: "
+                                  f"{', '.join(f.name for f in fields(TrainConfig))}")
+            cfg = dataclasses.replace(cfg, **{outer: sub.with_(**{inner: _coerce(value, getattr(sub, inner), key)})})
         else:
-            cfg = from_dict({key: value}, cfg)
+            cfg = _from_dict({key: value}, cfg)
+    validate(cfg)
     return cfg
 
 
@@ -152,6 +218,132 @@ def paper_preset(name: str = "paper-vit-b16") -> RunConfig:
         data_root="data", n_train=0, n_val=0, n_test=0, finetune=recipe, qat=recipe, bits=(3,), seeds=(0,),
         lambdas=PAPER_LAMBDAS, probe_size=1024, probe_batch=64, eval_batch=256, num_workers=8, val_every=500,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# validation: one pass over every field, before any work and before config.json is written
+# --------------------------------------------------------------------------------------------
+
+SCOPES = ("backbone", "quantized")  # the patch never touches the head, so "all" is not a run scope
+METRICS = ("ggn", "hessian", "fisher")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(key: str, v: Any, low: int) -> None:
+    _check(_is_int(v), f"{key}: {v!r} is not an integer")
+    _check(v >= low, f"{key}: {v} must be ≥ {low}")
+
+
+def _check_list(key: str, values: Any, check_item: Callable[[str, Any], None], min_len: int = 1) -> None:
+    _check(isinstance(values, tuple), f"{key}: expected a list, got {values!r}")
+    _check(len(values) >= min_len, f"{key}: needs at least {min_len} value{'s' * (min_len > 1)}, got none"
+           if not values else f"{key}: needs at least {min_len} values, got {list(values)}")
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    _check(not dup, f"{key}: repeated values {dup}")
+    for v in values:
+        check_item(key, v)
+
+
+def _check_train(key: str, t: Any) -> None:
+    _check(isinstance(t, TrainConfig), f"{key}: expected a mapping of training settings, got {t!r}")
+    _check_int(f"{key}.steps", t.steps, 1)
+    _check_int(f"{key}.batch_size", t.batch_size, 1)
+    _check_int(f"{key}.warmup_steps", t.warmup_steps, 0)
+    _check_int(f"{key}.seed", t.seed, 0)
+    for name, low_ok in (("lr", False), ("weight_decay", True)):
+        v = getattr(t, name)
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               and (v > 0 or (low_ok and v == 0)), f"{key}.{name}: {v!r} must be a finite number "
+               f"{'≥ 0' if low_ok else '> 0'}")
+    c = t.clip_grad_norm
+    _check(c is None or (isinstance(c, (int, float)) and math.isfinite(c) and c > 0),
+           f"{key}.clip_grad_norm: {c!r} must be a finite number > 0 (or null: no clipping)")
+    _check(t.optimizer in OPTIMIZERS, f"{key}.optimizer: {t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def _check_task(key: str, name: Any) -> None:
+    from qgeom.data import check_task_name
+
+    try:
+        check_task_name(name)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _check_bits(key: str, b: Any) -> None:
+    _check(_is_int(b) and 2 <= b <= 8, f"{key}: {b!r} is not a supported bit width (2–8)")
+
+
+def _check_lambda(key: str, lam: Any) -> None:
+    _check(isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam > 0,
+           f"{key}: {lam!r} is not a finite λ > 0 (the patch θ_R + λρ_D is defined for λ > 0)")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every field of ``cfg`` by name; raise :class:`ConfigError` ``"key: what is wrong"``.
+
+    Ranges and types of every number, non-empty lists without repeats, task names that
+    :func:`qgeom.data.check_task_name` resolves, bit widths 2–8, a λ grid of finite values > 0,
+    steps > 0 and finite learning rates, known presets, scopes and metrics. Runs in
+    milliseconds and touches no file, so a run refuses a bad config before any work.
+    """
+    from qgeom.data import parse_task
+    from qgeom.models import preset_config
+    from qgeom.tracking import check_trackers
+
+    _check(isinstance(cfg, RunConfig), f"expected a RunConfig, got {type(cfg).__name__}")
+    _check(isinstance(cfg.name, str) and cfg.name.strip() != "" and "/" not in cfg.name and cfg.name not in (".", ".."),
+           f"name: {cfg.name!r} must be a non-empty name without '/' (it names the default run directory)")
+    _check(isinstance(cfg.preset, str), f"preset: {cfg.preset!r} must be a preset name or timm:NAME")
+    try:
+        preset_config(cfg.preset)
+    except ValueError as e:
+        raise ConfigError(f"preset: {cfg.preset!r} is not a model preset or a timm model ({e})") from None
+    _check(isinstance(cfg.theta0, str) and (cfg.theta0 == "pretrain" or cfg.theta0.startswith("timm:")
+                                            or Path(cfg.theta0).is_file()),
+           f"theta0: {cfg.theta0!r} must be 'pretrain', 'timm:NAME' or an existing checkpoint file")
+    if cfg.theta0.startswith("timm:"):
+        try:
+            preset_config(cfg.theta0)
+        except ValueError as e:
+            raise ConfigError(f"theta0: {e}") from None
+    _check(isinstance(cfg.data_root, str), f"data_root: {cfg.data_root!r} must be a folder name")
+    _check(isinstance(cfg.data_download, bool), f"data_download: {cfg.data_download!r} must be true or false")
+    _check_int("num_workers", cfg.num_workers, 0)
+    _check_int("log_every", cfg.log_every, 1)
+    _check_int("val_every", cfg.val_every, 0)
+    try:
+        check_trackers(cfg.trackers)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(isinstance(cfg.model_overrides, dict) and all(isinstance(k, str) for k in cfg.model_overrides),
+           f"model_overrides: {cfg.model_overrides!r} must be a mapping of timm keyword arguments")
+    if cfg.theta0 == "pretrain":  # the pretext mixture is only read when θ_0 is pretrained here
+        _check_list("pretext_tasks", cfg.pretext_tasks, _check_task)
+    _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
+    names = [parse_task(t).name for t in cfg.tasks]
+    _check(len(set(names)) == len(names), f"tasks: two tasks share a name in {list(cfg.tasks)}")
+    offline = any(not parse_task(t).streamed for t in cfg.tasks)
+    for key in ("n_train", "n_val", "n_test"):  # for real tasks a cap; 0 = every image
+        _check_int(key, getattr(cfg, key), 1 if offline else 0)
+    for key in ("n_pretext_per_task", "random_draws", "probe_size", "probe_batch", "permutations", "eval_batch"):
+        _check_int(key, getattr(cfg, key), 1)
+    for key in ("pretrain", "finetune", "qat"):
+        _check_train(key, getattr(cfg, key))
+    _check_list("bits", cfg.bits, _check_bits)
+    _check_list("seeds", cfg.seeds, lambda k, s: _check_int(k, s, 0))
+    _check_list("lambdas", cfg.lambdas, _check_lambda)
+    _check_list("scopes", cfg.scopes, lambda k, s: _check(s in SCOPES, f"{k}: {s!r} is not one of {', '.join(SCOPES)}"))
+    _check_list("metrics", cfg.metrics, lambda k, m: _check(m in METRICS, f"{k}: {m!r} is not one of {', '.join(METRICS)}"))
 
 
 def preset(name: str) -> RunConfig:
@@ -182,7 +374,8 @@ def preset(name: str) -> RunConfig:
             qat=TrainConfig(steps=200, batch_size=256, lr=2.5e-4, warmup_steps=20),
             bits=(2,), seeds=(0, 1, 2), probe_size=1024, probe_batch=256,
         )
-    raise ValueError(f"unknown run preset {name!r}; known: demo, tiny, gpu, paper, {', '.join(PAPER_SCALES)}")
+    raise ConfigError(f"unknown run preset {name!r} (and not a .json/.yaml file); known: demo, tiny, gpu, paper, "
+                      f"{', '.join(PAPER_SCALES)}")
 
 
 def load_config(source: str | Path) -> RunConfig:
@@ -196,6 +389,11 @@ def load_config(source: str | Path) -> RunConfig:
             import yaml
 
             data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
         base = preset(data.pop("preset_base", "demo"))
-        return from_dict(data, base)
+        try:
+            return from_dict(data, base)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     return preset(str(source))

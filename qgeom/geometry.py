@@ -292,3 +292,21 @@ def pair_geometry(model: nn.Module, theta_R: Params, rho_D: Params, rho_R: Param
 __all__ = ["GeometryResult", "PairGeometry", "directional_gradients", "eigenbasis_projection", "geometry_of_pair",
            "gram", "hessian_cosine", "metric_cosine", "metric_inner", "null_thresholds", "optimal_scale",
            "pair_geometry", "quadratic_model", "recovered_fraction"]
+
+
+PROBE_FACTOR = 2  # a probe set below PROBE_FACTOR × (number of classes) images is flagged
+
+
+def probe_warnings(requested: int, available: int, num_classes: int, factor: int = PROBE_FACTOR) -> list[str]:
+    """Sanity of a probe set: warnings (empty when fine) for a request larger than the split
+    (the probe is silently the whole split) and for a probe set smaller than ``factor`` ×
+    ``num_classes`` images — the GGN/Fisher of n images has rank ≤ n·(C − 1), so a few images
+    make cosines of a handful of vectors meaninglessly close to ±1."""
+    out = []
+    used = min(requested, available)
+    if requested > available:
+        out.append(f"probe size {requested} exceeds the split's {available} images: using {available}")
+    if used < factor * num_classes:
+        out.append(f"probe set of {used} images is below {factor} × {num_classes} classes: the metric has rank "
+                   f"≤ {used * max(num_classes - 1, 1)}, cosines are degenerate")
+    return out

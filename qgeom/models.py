@@ -211,8 +211,13 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load — the file needs arbitrary code to unpickle "
-                              f"(only tensors are accepted; convert it to safetensors): {e}") from e
+        import re
+
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours its message
+        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused to load — unpickling it would run code beyond plain tensors{what}; "
+                              f"qgeom loads only tensors (weights_only=True): convert it to safetensors") from e
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from e
     for key in ("state_dict", "model"):
@@ -220,6 +225,11 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        from qgeom.params import NonFiniteParamsError
+
+        raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {', '.join(map(str, bad[:5]))}")
     return dict(obj)
 
 

@@ -270,25 +270,61 @@ def quantization_vector(qat: Mapping[str, Tensor], finetuned: Mapping[str, Tenso
     return {k: q[k].to(dtype or q[k].dtype) - ft[k].to(dtype or q[k].dtype) for k in q}
 
 
-def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: float = 1.0, scope: Scope = None) -> Params:
+def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: float = 1.0, scope: Scope = None, *,
+          allow_partial: bool = False) -> Params:
     """θ_R(λ) = θ_R + λ ρ_D on the keys of ``vector`` (restricted to ``scope`` if given).
 
-    Keys of the receiver not in the vector (its head) are copied unchanged. Every key of the
-    vector must exist in the receiver with the same shape; all values must be finite. The sum is
-    formed in float64 and rounded once to the receiver's dtype, so with a float64 vector
-    θ_R + 1·(θ_QAT − θ_R) equals θ_QAT exactly.
+    The contract (DESIGN.md §2: the receiver keeps its head):
+
+    * the vector never touches the head: a head tensor in it (e.g. a full checkpoint passed as
+      a vector) is an :class:`IncompatibleParamsError`;
+    * it covers exactly one scope of the receiver: ``scope`` when given, else ``backbone`` or
+      ``quantized`` (whichever its keys are). A vector missing tensors of its scope is refused,
+      naming them, unless ``allow_partial=True`` (the missing tensors then stay θ_R's);
+    * every key exists in the receiver with the same shape; all values and λ are finite.
+
+    Keys of the receiver not in the vector are copied unchanged. The sum is formed in float64
+    and rounded once to the receiver's dtype, so with a float64 vector θ_R + 1·(θ_QAT − θ_R)
+    equals θ_QAT exactly.
     """
     vec = select(vector, scope) if scope is not None else dict(vector)
+    head = [k for k in vec if is_head(k)]
+    if head:
+        raise IncompatibleParamsError(f"the vector holds head tensors ({_first(head)}): the receiver keeps its head "
+                                      f"(a full checkpoint passed as a vector? extract ρ on the backbone)")
     missing = [k for k in vec if k not in receiver]
     if missing:
         raise IncompatibleParamsError(f"vector keys not in the receiver: {_first(missing)}")
     check_compatible({k: receiver[k] for k in vec}, vec, check_dtype=False, names=("receiver", "vector"))
     if not math.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam}")
+    if not allow_partial:
+        check_coverage(receiver, vec, scope)
     out = {k: v.clone() for k, v in receiver.items()}
     for k, v in vec.items():
         out[k] = (receiver[k].double() + lam * v.double()).to(receiver[k].dtype)
     return out
+
+
+def check_coverage(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], scope: Scope = None) -> None:
+    """Raise :class:`IncompatibleParamsError` unless ``vector`` has every tensor of the receiver
+    in ``scope`` (None: ``backbone`` or ``quantized``, whichever fits) and no other."""
+    keys = set(vector)
+    candidates = [scope] if scope is not None else ["backbone", "quantized"]
+    for s in candidates:
+        if keys == {k for k in scope_keys(receiver, s) if not is_head(k)}:
+            return
+    s = candidates[0] if scope is not None or keys - set(scope_keys(receiver, "quantized")) else "quantized"
+    want = [k for k in scope_keys(receiver, s) if not is_head(k)]
+    lacking = [k for k in want if k not in keys]
+    extra = [k for k in keys if k not in want]
+    name = s if isinstance(s, str) else "the given scope"
+    parts = [f"the vector covers {len(keys & set(want))} of the {len(want)} tensors of scope {name}"]
+    if lacking:
+        parts.append(f"missing: {_first(lacking)}")
+    if extra:
+        parts.append(f"outside it: {_first(sorted(extra))}")
+    raise IncompatibleParamsError("; ".join(parts) + " (a partial vector needs allow_partial=True / --allow-partial)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,15 +372,66 @@ def content_hash(a: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(path: Path, pid: int | None = None) -> str:
+    return f".{path.name}.{os.getpid() if pid is None else pid}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete temporary files of :func:`atomic_write` whose writer process is gone (killed
+    mid-write); returns them. Temporaries of live processes are left alone (they may be writing
+    now); a file that only looks like one is ignored unless its name parses."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for tmp in (d.rglob if recursive else d.glob)(f".*{TEMP_SUFFIX}"):
+        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # .{name}.{pid}.{random}
+        if len(parts) != 3 or not parts[1].isdigit() or not tmp.is_file():
+            continue
+        pid = int(parts[1])
+        if pid != os.getpid() and _alive(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed run never leaves half a file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed run never leaves half a file.
+
+    The temporary file (``.{name}.{pid}.{random}.tmp`` beside ``path``) is removed when ``write``
+    raises; one left by a killed process is removed by the next write into the same directory
+    (:func:`remove_stale_temps`). An ``OSError`` that names no file (e.g. no space left on
+    device) is re-raised naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or str(e.filename) == tmp:
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -366,20 +453,50 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Tensor], metadata:
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta["content_hash"] = content_hash(tensors)
     meta["qgeom_version"] = __version__
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' own errors (SafetensorError) name no file
+            raise CheckpointError(f"{path}: could not write the safetensors file: {e}") from e
+
+    return atomic_write(path, write)
 
 
-def load_params(path: str | os.PathLike, *, verify: bool = True) -> tuple[Params, dict[str, str]]:
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """A description of a file that is recognisably *not* safetensors (a pickle, a torch zip
+    checkpoint), from its first bytes; ``None`` when it may be safetensors (8-byte header
+    length, then ``{``). Nothing is unpickled."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a torch.save zip archive (pickle inside)"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return "a pickle"
+    return None
+
+
+def load_params(path: str | os.PathLike, *, verify: bool = True, finite: bool = True) -> tuple[Params, dict[str, str]]:
     """Read a safetensors file written by :func:`save_params`: ``(params, metadata)``.
 
-    Raises :class:`CheckpointError` for a missing, truncated or corrupt file, or when the stored
-    content hash does not match the tensors (``verify=True``).
+    Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign (pickle) file,
+    or when the stored content hash does not match the tensors (``verify=True``), and
+    :class:`NonFiniteParamsError` naming the file and the tensors when any value is NaN/Inf
+    (``finite=True``): no number is ever computed from such a file.
     """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
+    foreign = sniff_format(path)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}, not a safetensors file; qgeom never unpickles files here "
+                              f"(convert it: safetensors.torch.save_file(state_dict, ...))")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -388,4 +505,7 @@ def load_params(path: str | os.PathLike, *, verify: bool = True) -> tuple[Params
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
     if verify and "content_hash" in meta and meta["content_hash"] != content_hash(params):
         raise CheckpointError(f"{path}: content hash does not match the stored tensors (file corrupted?)")
+    bad = [k for k, v in params.items() if finite and torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {_first(bad)}")
     return params, meta

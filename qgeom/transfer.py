@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 
 from qgeom import params as P
 from qgeom.analysis import read_table
-from qgeom.config import RunConfig
-from qgeom.data import Task, batches, load_task, model_transform, parse_task, pretext_task, probe_batches
+from qgeom.config import RunConfig, validate
+from qgeom.data import TASKS, Task, batches, load_task, model_transform, parse_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device, load_pretrained
 from qgeom.tracking import CurveLog
 from qgeom.quant import QuantSpec, ptq
@@ -100,9 +100,11 @@ class TransferRun:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] | None = None) -> None:
+        validate(cfg)  # before anything is written: a refused config leaves the run directory as it was
         self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: None)
         self._check_config()
+        P.remove_stale_temps(self.dir, recursive=True)  # temporaries of a write killed in an earlier run
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -123,8 +125,27 @@ class TransferRun:
         if path.exists():
             return P.load_params(path)[0]
         value = compute()
-        P.save_params(path, value, meta)
+        P.save_params(path, value, self._meta(**meta))
         return value
+
+    def _meta(self, stage: str, task: str, **extra) -> dict:
+        """What a checkpoint needs to rebuild its model and data without the run directory:
+        model (preset, overrides, num_classes), task and its data (seed, sizes), stage and
+        provenance (run name, seed, bits, scope). The CLI's ``evaluate``/``geometry`` read it."""
+        c = self.cfg
+        data = {}
+        if task.startswith("pretext:"):
+            num_classes = sum(len(TASKS[n].classes) for n in c.pretext_tasks)
+            sizes = {"n_per_task": c.n_pretext_per_task}
+        elif not task:  # θ_0 loaded from timm or a file: a backbone without a head
+            num_classes, sizes = 0, {}
+        else:
+            num_classes = self.tasks[task].num_classes
+            sizes = {"n_train": c.n_train, "n_val": c.n_val, "n_test": c.n_test}
+            task = task_specs(c)[task]  # the specification, so `qgeom evaluate` finds the data again
+            data = {"data_root": c.data_root} if parse_task(task).streamed else {}
+        return dict(stage=stage, preset=c.preset, model_overrides=c.model_overrides, num_classes=num_classes,
+                    task=task, data_seed=0, data_sizes=sizes, run=c.name, **data, **extra)
 
     def _table(self, path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         if path.exists():
@@ -170,7 +191,11 @@ class TransferRun:
             with self._curves(path, "pretrain") as curves:
                 return pretrain(m, task, self.cfg.pretrain, **self._train_kwargs(curves))
 
-        return self._params(path, compute, stage="pretrain", source=self.cfg.theta0)
+        if self.cfg.theta0 == "pretrain":
+            origin = dict(task="pretext:" + "+".join(self.cfg.pretext_tasks), config=self.cfg.pretrain.to_dict())
+        else:
+            origin = dict(task="")
+        return self._params(path, compute, stage="pretrain", source=self.cfg.theta0, **origin)
 
     def finetuned(self, seed: int, task: str) -> P.Params:
         path = self.dir / f"seed{seed}/finetune/{task}.safetensors"
@@ -180,7 +205,8 @@ class TransferRun:
             with self._curves(path, "finetune", task=task, seed=seed) as curves:
                 return finetune(self.model(task), self.theta0(), self.tasks[task], cfg, **self._train_kwargs(curves))
 
-        return self._params(path, compute, stage="finetune", task=task, seed=seed)
+        return self._params(path, compute, stage="finetune", task=task, seed=seed,
+                            config=self.cfg.finetune.with_(seed=seed).to_dict())
 
     def qat(self, seed: int, bits: int, task: str) -> P.Params:
         path = self.dir / f"seed{seed}/qat{bits}/{task}.safetensors"
@@ -191,7 +217,8 @@ class TransferRun:
                 return qat(self.model(task), self.finetuned(seed, task), self.tasks[task], QuantSpec(bits), cfg,
                            **self._train_kwargs(curves))
 
-        return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits)
+        return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits,
+                            config=self.cfg.qat.with_(seed=seed).to_dict())
 
     def rho(self, seed: int, bits: int, task: str) -> P.Params:
         """ρ_t = θ_t,QAT − θ_t on the backbone (the quantized scope is a subset of its keys)."""
@@ -256,6 +283,11 @@ class TransferRun:
         model, device = self.model(receiver), default_device()
         points = {"fp": self.finetuned(seed, receiver), "ste": self.qat(seed, bits, receiver)}
         probe = probe_batches(task.val, c.probe_size, c.probe_batch, seed=seed)
+        from qgeom.geometry import probe_warnings
+
+        warnings = probe_warnings(c.probe_size, len(task.val), task.num_classes)
+        for w in warnings:
+            self.log(f"warning ({receiver}): {w}")
         probe_x = torch.cat([x for x, _ in probe])
         probe_y = torch.cat([y for _, y in probe])
         names = self.names
@@ -315,6 +347,8 @@ class TransferRun:
                     lam = 1.0 if K is None else (K[i, r] / K[i, i] if K[i, i] > floors[key][i] else np.nan)
                     rec = (l0 - ptq_loss(P.patch(theta_r, V[i], lam))) / (l0 - lr) if np.isfinite(lam) else np.nan
                     put(scope, key, "ptq_loss", d, "recovery", rec)
+            for w in warnings:  # recorded in the table: value 1 flags a degenerate probe set
+                put(scope, "probe", "", "", f"probe_warning: {w}", 1.0)
             put(scope, "ptq_loss", "ptq_loss", "", "L0", l0)
             put(scope, "ptq_loss", "ptq_loss", "", "L_own_qat_vector", lr)
         return pd.DataFrame(rows)
@@ -349,7 +383,11 @@ class TransferRun:
     # -- the whole run -----------------------------------------------------------------------
 
     def run(self, geometry: bool = True) -> dict[str, pd.DataFrame]:
-        """Every stage in order (each skipped when its artifact exists); the combined tables."""
+        """Every stage in order (each skipped when its artifact exists); the combined tables.
+
+        ``geometry=False`` computes no geometry stage; when every geometry artifact of the run
+        already exists (a finished run) they are read, so the tables are those of the full run
+        and no table loses columns. ``geometry.csv`` is written only when it is complete."""
         c, names = self.cfg, self.names
         self.tasks  # resolve every task (files found, classes read) before any work
         self.theta0()
@@ -373,7 +411,8 @@ class TransferRun:
             "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in names], ignore_index=True),
             "dissimilarity": self.dissimilarity(),
         }
-        if geometry:
+        geo_paths = [self.dir / f"seed{s}/geometry{b}/{t}.csv" for s, b in jobs for t in names]
+        if geometry or all(p.exists() for p in geo_paths):  # without the stage: read what a full run left
             tables["geometry"] = pd.concat([self.geometry(s, b, t) for s, b in jobs for t in names],
                                            ignore_index=True)
         for name, df in tables.items():

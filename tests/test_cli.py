@@ -28,7 +28,7 @@ TINY = '{"embed_dim": 16, "depth": 1, "num_heads": 2}'
 SIZES = dict(n_train=64, n_val=16, n_test=64)
 
 
-def small_task(name, seed, model=None, data_root=None):
+def small_task(name, seed, model=None, data_root=None, **sizes):
     return load_task(name, seed, **SIZES)
 
 
@@ -199,7 +199,9 @@ def test_an_incompatible_vector_exits_naming_the_key(run):
     P.save_params(d / "rho_extra.safetensors", {**rho, "blocks.9.attn.qkv.weight": torch.zeros(3)}, meta)
     result = invoke("patch", "--receiver", f["ft_hue"], "--vector", d / "rho_extra.safetensors", "--out", d / "bad.safetensors")
     assert result.exit_code == 1
-    assert "Error: vector keys not in the receiver: blocks.9.attn.qkv.weight" in result.output
+    assert result.output.startswith("Error: ")  # names the files, then the key
+    assert "rho_extra.safetensors → " in result.output
+    assert "vector keys not in the receiver: blocks.9.attn.qkv.weight" in result.output
     assert "Traceback" not in result.output and not (d / "bad.safetensors").exists()
     # a shape that does not fit names the key and both shapes
     P.save_params(d / "rho_shape.safetensors", {**rho, "pos_embed": torch.zeros(1, 5, 16)}, meta)

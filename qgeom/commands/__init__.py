@@ -1,26 +1,98 @@
-"""CLI commands defined in their own modules; qgeom.cli registers each one."""
+"""CLI commands defined in their own modules; qgeom.cli registers each one.
+
+One error path for the whole CLI (:func:`clean_errors`, applied to every command) and one check
+of output locations before any work (:func:`check_writable`).
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+from pathlib import Path
 
 import typer
 
+INTERRUPTED = ("Interrupted: files are written atomically, so nothing half-written was kept; "
+               "run the same command again to resume (qgeom run continues where it stopped).")
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line naming the path(s) and what went wrong, e.g. ``permission denied: runs/x``."""
+    what = (e.strerror or errno.errorcode.get(e.errno or 0, "") or str(e) or type(e).__name__).rstrip(".")
+    what = what[0].lower() + what[1:] if what else type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{what}: {' -> '.join(paths)}" if paths else what
+
+
+def one_line(text: str) -> str:
+    """Collapse a message onto one line (library messages may span several)."""
+    return " ".join(str(text).split())
+
 
 def clean_errors(command):
-    """Report qgeom's own errors (missing or corrupt checkpoints, incompatible vectors, unknown
-    tasks, unsupported bit widths: ``ValueError``s and ``FileNotFoundError``) as one line on
-    stderr with exit code 1, instead of a traceback. ``QGEOM_DEBUG=1`` shows the traceback."""
+    """Report every expected failure as one line on stderr with exit code 1, never a traceback.
+
+    qgeom's own errors (``ValueError`` and subclasses: missing, corrupt or non-finite checkpoints,
+    incompatible vectors, bad configs) print their message; OS errors (permission denied, not a
+    directory, no space left, exists) print what went wrong and the path; Ctrl-C prints that the
+    command can be rerun to resume (exit 130). Usage errors stay click's (exit 2).
+    ``QGEOM_DEBUG=1`` re-raises, to show the traceback.
+    """
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as e:
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except KeyboardInterrupt as e:
             if os.environ.get("QGEOM_DEBUG"):
                 raise
-            typer.echo(f"Error: {e}", err=True)
+            typer.echo(INTERRUPTED, err=True)
+            raise typer.Exit(130) from e
+        except (ValueError, OSError) as e:
+            if os.environ.get("QGEOM_DEBUG"):
+                raise
+            named = isinstance(e, OSError) and (e.filename is not None or e.strerror)
+            msg = describe_os_error(e) if named else str(e)
+            typer.echo(f"Error: {one_line(msg)}", err=True)
             raise typer.Exit(1) from e
 
+    run.clean_errors = True  # lets a test check that every command goes through this path
     return run
+
+
+def check_writable(path: str | os.PathLike, *, directory: bool = False) -> Path:
+    """Raise ``OSError`` naming ``path`` unless an output can be written there.
+
+    ``directory``: ``path`` is (or will be) a directory; else a file. The first existing
+    ancestor must be a writable directory, and an existing ``path`` of the wrong kind is an
+    error. Nothing is created: commands call this before any work, so an unwritable output
+    fails in milliseconds instead of after training.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path))
+        if not directory and path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory (expected a file)", str(path))
+        target = path if directory else path.parent
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+    if not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(target))
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+    return path
+
+
+def check_finite_option(value: float, name: str, *, positive: bool = False) -> float:
+    """Raise ``typer.BadParameter`` for a NaN/Inf option value (or one ≤ 0 with ``positive``)."""
+    import math
+
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise typer.BadParameter(f"{value} is not a finite number{' > 0' if positive else ''}", param_hint=name)
+    return value

@@ -13,8 +13,8 @@ receiver's QAT checkpoint: Proposition 1 expands there.
 
 from __future__ import annotations
 
-from qgeom.commands import clean_errors
-from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
+from qgeom.commands import check_finite_option, check_writable, clean_errors
+from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, read_checkpoint, task_spec
 
 import csv
 import json
@@ -30,14 +30,17 @@ console = Console()
 DTYPES = {"float32": "float32", "float64": "float64"}
 
 
-def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, model=None,
-           data_root: Optional[str] = None):
-    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data)."""
+def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, sizes: dict | None = None,
+           model=None, data_root: Optional[str] = None):
+    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data);
+    the task is made as the checkpoint's metadata records it (``sizes``, pretext mixtures),
+    streamed tasks through ``model``'s timm transform."""
+    from qgeom.cli import _task
     from qgeom.data import probe_batches
 
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--split")
-    return probe_batches(getattr(load_data(task, data_seed, model, data_root), split), n, batch_size, seed)
+    return probe_batches(getattr(_task(task, data_seed, model, data_root, **(sizes or {})), split), n, batch_size, seed)
 
 
 def _receiver(path: Path, task: Optional[str], model: Optional[str]):
@@ -57,13 +60,24 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     from qgeom.curvature import CurvatureOperator
     from qgeom.quant import QuantSpec
 
-    model, theta, task, meta = _receiver(receiver, task, preset)
+    model, theta, task_name, meta = _receiver(receiver, task, preset)
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
-    batches = _probe(task, split, n_probe, batch_size, probe_seed, seed, model, data_root or meta.get("data_root") or None)
+    sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
+    batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
+                     data_root or meta.get("data_root") or None)
+    task = task_name
+    from qgeom.geometry import probe_warnings
+
+    used = sum(len(y) for _, y in batches)
+    available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
+    warnings = probe_warnings(n_probe, available, int(theta["head.weight"].shape[0]))
+    for w in warnings:
+        console.print(f"[yellow]warning: {w}[/]")
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
-                    "probe_seed": probe_seed, "data_seed": seed})
+                    "n_probe_used": sum(len(y) for _, y in batches), "probe_seed": probe_seed, "data_seed": seed,
+                    "probe_warnings": warnings})
     return op
 
 
@@ -84,11 +98,30 @@ def _write_json(out: Path, name: str, obj: dict) -> Path:
 
     def w(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=True, default=str)
+            json.dump(_strict(obj), f, indent=2, allow_nan=False, default=str)
 
     return atomic_write(out / name, w)
 
 
+
+
+def _strict(obj):
+    """NaN/Inf → null, so the JSON is strict (bare NaN is not JSON); numpy values become Python's."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _strict(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
 def _fmt(x: float) -> str:
@@ -134,6 +167,8 @@ def register(app: typer.Typer) -> None:
 
         if dtype not in DTYPES:
             raise typer.BadParameter("float32 or float64", param_hint="--dtype")
+        if out is not None:
+            check_writable(out, directory=True)
         names, vs = [], []
         for p in vectors:
             v, _ = load_params(p)
@@ -161,7 +196,8 @@ def register(app: typer.Typer) -> None:
                                   "metric_cosine": cos[i, j], "optimal_scale": lam[i, j],
                                   "recovered_fraction": cos[i, j] ** 2,
                                   "euclidean_scale": ip / ni**2 if ni > 0 else float("nan"),
-                                  "indefinite": bool(math.isnan(cos[i, j]))})
+                                  "indefinite": bool(math.isnan(cos[i, j])),
+                                  "probe_warning": "; ".join(op.info["probe_warnings"])})
         t = Table("vector", "‖ρ‖", "ρᵀMρ", "ρᵀ∇L", title=f"{op!r}")
         for row in vec_rows:
             t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),
@@ -206,6 +242,9 @@ def register(app: typer.Typer) -> None:
 
         if dtype not in DTYPES:
             raise typer.BadParameter("float32 or float64", param_hint="--dtype")
+        if out is not None:
+            check_writable(out, directory=True)
+        check_finite_option(tol, "--tol", positive=True)
         op = _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size,
                        probe_seed, data_seed, dtype, data_root)
         eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)

@@ -24,6 +24,8 @@ from typing import Optional
 
 import typer
 
+from qgeom.commands import check_writable, clean_errors
+
 
 @dataclass(frozen=True)
 class Made:
@@ -128,6 +130,7 @@ def _manifest(made: list[Made], run_dir: Path, out: Path) -> list[Made]:
 
 def register(app: typer.Typer) -> None:
     @app.command("figures")
+    @clean_errors
     def figures_cmd(
         run_dir: Path = typer.Argument(..., help="a finished run directory (qgeom run / qgeom demo)"),
         out: Path = typer.Option(Path("paper_figures"), help="output directory (PDF, PNG and CSV per figure)"),
@@ -144,12 +147,17 @@ def register(app: typer.Typer) -> None:
         console = Console()
         if not (run_dir / "accuracy.csv").exists():
             raise typer.BadParameter(f"{run_dir} has no accuracy.csv: run `qgeom run` first")
+        check_writable(out, directory=True)
+        try:
+            bit_list = [int(b) for b in bits.split(",") if b.strip()] if bits else None
+        except ValueError:
+            raise typer.BadParameter(f"{bits!r} is not a comma-separated list of integers", param_hint="--bits") from None
         if not cheap:
             import torch
 
             torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        made = render_all(run_dir, out, bits=[int(b) for b in bits.split(",")] if bits else None, scope=scope,
+        made = render_all(run_dir, out, bits=bit_list, scope=scope,
                           recompute=recompute, cheap=cheap, log=lambda m: console.log(m))
         table = Table(title=f"figures of {run_dir} → {out}")
         for col in ("figure", "seconds", "shows"):

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qgeom.commands import check_finite_option, check_writable, clean_errors
+
 console = Console()
 
 
@@ -99,6 +101,7 @@ def register(app: typer.Typer) -> None:
     """Add ``check-invariance`` to ``app``."""
 
     @app.command("check-invariance")
+    @clean_errors
     def check_invariance_cmd(
         symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
         strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),
@@ -108,15 +111,15 @@ def register(app: typer.Typer) -> None:
                                                   "default micro) or timm:NAME; with --checkpoint, default: its metadata"),
         checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint instead of random weights: qgeom's, or "
                                                              "timm-format (.safetensors/.pth) with --model"),
-        bits: int = typer.Option(2, help="weight bit width of Q_b, 2–8 (per-row symmetric RTN)"),
+        bits: int = typer.Option(2, min=2, max=8, help="weight bit width of Q_b, 2–8 (per-row symmetric RTN)"),
         task: str = typer.Option("shape", "--data", "--task",
                                  help="task whose validation images form the probe set: an offline name, "
                                       "imagefolder:NAME=DIR, or a real dataset name under --data-root"),
         data_root: Optional[str] = typer.Option(None, help="folder of the torchvision datasets"),
-        samples: int = typer.Option(16, help="probe images"),
+        samples: int = typer.Option(16, min=1, help="probe images"),
         levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
         metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
-        pipeline_steps: int = typer.Option(3, help="AdamW QAT steps of the pipeline level"),
+        pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
         rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
         rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
         init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
@@ -135,6 +138,10 @@ def register(app: typer.Typer) -> None:
         from qgeom.symmetry import CATALOGUE, applicable_kinds, random_symmetry
 
         t0 = time.time()
+        if out is not None:
+            stem = out.with_suffix("") if out.suffix in (".csv", ".json") else out
+            check_writable(stem.with_suffix(".csv")), check_writable(stem.with_suffix(".json"))
+        check_finite_option(strength, "--strength")
         kinds = _kinds(symmetry)
         lv = list(LEVELS) if levels == "all" else [x.strip() for x in levels.split(",") if x.strip()]
         if set(lv) - set(LEVELS):

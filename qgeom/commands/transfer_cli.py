@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qgeom.commands import clean_errors
+from qgeom.commands import check_writable, clean_errors
 
 def _console() -> Console:
     """A terminal's own width; COLUMNS when set; else 120 (files and pipes)."""
@@ -33,8 +33,9 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     from qgeom.params import atomic_write
     from qgeom.transfer import TransferRun
 
-    cfg = with_overrides(load_config(config), overrides)
+    cfg = with_overrides(load_config(config), overrides)  # validated: a bad config fails here, before any work
     run_dir = Path(run_dir or f"runs/{cfg.name}")
+    check_writable(run_dir, directory=True)
     start = time.time()
     run = TransferRun(cfg, run_dir, progress=progress)
     tables = run.run(geometry=geometry)

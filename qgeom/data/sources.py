@@ -56,6 +56,14 @@ def parse_task(spec: str) -> TaskSpec:
                      f"{', '.join(REAL_TASKS)}; or imagefolder:NAME=DIR")
 
 
+def check_task_name(spec: str) -> None:
+    """Raise ``ValueError`` unless ``spec`` is a task specification a run accepts (syntax and name;
+    whether a real dataset is on disk is checked when the run resolves its tasks, before any work)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a task is a string, got {spec!r}")
+    parse_task(spec)
+
+
 def task_name(spec: str) -> str:
     """The name a task's artifacts are filed under (NAME for ``imagefolder:NAME=DIR``)."""
     return parse_task(spec).name

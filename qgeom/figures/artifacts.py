@@ -20,12 +20,29 @@ class RunArtifacts:
         self.cfg = from_dict(json.loads(path.read_text()))
         self._tasks: dict = {}
 
+    def require(self, *, seed: int | None = None, bits: int | None = None, tasks: tuple[str, ...] = ()) -> None:
+        """Raise ``ValueError`` naming the stage and how to make it unless the run's config has
+        ``seed``, ``bits`` and ``tasks`` (a read-only command never trains what is missing)."""
+        c, how = self.cfg, f"qgeom run {self.dir / 'config.json'}"
+        if bits is not None and bits not in c.bits:
+            want = ",".join(str(b) for b in sorted(set(c.bits) | {bits}))
+            raise ValueError(f"{self.dir} has no {bits}-bit stage (its bits: {', '.join(map(str, c.bits))}); "
+                             f"make one with `{how} bits={want} --run-dir NEW_DIR`")
+        if seed is not None and seed not in c.seeds:
+            want = ",".join(str(s) for s in sorted(set(c.seeds) | {seed}))
+            raise ValueError(f"{self.dir} has no seed {seed} (its seeds: {', '.join(map(str, c.seeds))}); "
+                             f"make one with `{how} seeds={want} --run-dir NEW_DIR`")
+        unknown = [t for t in tasks if t not in c.tasks]
+        if unknown:
+            raise ValueError(f"{self.dir} has no task {', '.join(unknown)} (its tasks: {', '.join(c.tasks)})")
+
     def _load(self, rel: str):
         from qgeom.params import load_params
 
         path = self.dir / rel
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `qgeom run` to finish {self.dir}")
+            raise FileNotFoundError(f"{path} is missing: the run is unfinished; resume it with "
+                                    f"`qgeom run {self.dir / 'config.json'} --run-dir {self.dir}`")
         return load_params(path)[0]
 
     def finetuned(self, seed: int, task: str):

@@ -1,0 +1,3 @@
+from qgeom.cli import app
+
+app(prog_name="qgeom")

@@ -223,7 +223,7 @@ def test_timm_pretrained_offline_fails_at_once_saying_how_to_pass_a_file(monkeyp
 
 def test_missing_torchvision_dataset_names_the_folder_it_expects(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=f"CIFAR10: torchvision.datasets.CIFAR10 found no data under "
-                                                   f"{tmp_path}.*cifar-10-batches-py.*download=true"):
+                                                   f"{tmp_path}.*cifar-10-batches-py.*data_download=true"):
         load_task("CIFAR10", root=tmp_path)
 
 
@@ -302,7 +302,7 @@ def test_the_paper_preset_starts_offline_and_stops_at_once_on_the_missing_datase
     res = cli("run", "paper", "--run-dir", run_dir, f"data_root={tmp_path / 'data'}")
     assert res.exit_code == 1
     assert "Cars: torchvision.datasets.StanfordCars found no data under" in res.output
-    assert "stanford_cars" in res.output and "download=true" in res.output
+    assert "stanford_cars" in res.output and "data_download=true" in res.output
     assert not (run_dir / "theta0.safetensors").exists()  # no work started
 
 

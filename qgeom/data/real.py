@@ -62,6 +62,8 @@ TORCHVISION: dict[str, tuple[str, dict[str, dict], dict, str]] = {
     "SUN397": ("SUN397", {"all": {}}, {}, "SUN397"),
     "ImageNet": ("ImageNet", {"train": {"split": "train"}, "test": {"split": "val"}}, {}, "train/, val/, devkit"),
 }
+#: torchvision classes without a download option (manual download; their error names the files).
+NO_DOWNLOAD = ("FER2013", "ImageNet")
 #: Real tasks torchvision does not ship: read as ImageFolder trees under ``data_root/NAME``.
 FOLDER_ONLY = ("RESISC45", "TinyImageNet")
 
@@ -206,15 +208,18 @@ def from_torchvision(name: str, root: str | os.PathLike, transform: Callable, se
         raise ValueError(f"{name!r} is not a torchvision dataset qgeom knows; known: {', '.join(TORCHVISION)}")
     cls_name, splits, extra, folder = TORCHVISION[name]
     cls = getattr(tvd, cls_name)
+    can_download = cls_name not in NO_DOWNLOAD
+    fetch = ("data_download=true (qgeom run) lets torchvision fetch it on a machine with network"
+             if can_download else f"torchvision cannot download {cls_name}: fetch it by hand")
     parts, classes = {}, None
     for split, kwargs in splits.items():
         try:
-            ds = cls(str(root), **kwargs, **extra, transform=transform, download=download)
+            ds = cls(str(root), **kwargs, **extra, transform=transform, **({"download": download} if can_download else {}))
         except (RuntimeError, FileNotFoundError, OSError) as e:
             raise DatasetNotFoundError(
                 f"{name}: torchvision.datasets.{cls_name} found no data under {root} (it reads {Path(root) / folder.split(',')[0]}"
-                f"{' …' if ',' in folder else ''}; expected: {folder}). Put the dataset there, point data_root at the "
-                f"folder that holds it, or set download=true on a machine with network ({e})") from None
+                f"{' …' if ',' in folder else ''}; expected: {folder}). Put the dataset there or point data_root at the "
+                f"folder that holds it; {fetch} ({e})") from None
         parts[split] = StreamSplit(ds, torch.arange(len(ds)), num_workers, f"torchvision {cls_name} {split}")
         classes = classes or getattr(ds, "classes", None)
     if classes is None:  # datasets without a class list (SVHN, PCAM): labels 0..K−1

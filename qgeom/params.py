@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -373,10 +374,13 @@ def content_hash(a: Mapping[str, Tensor]) -> str:
 
 
 TEMP_SUFFIX = ".tmp"
+#: This machine's name in temporary file names: a run directory may be shared by jobs on several
+#: machines (a cluster's file system), and a process id says nothing about another machine.
+HOST = "".join(c if c.isalnum() else "-" for c in socket.gethostname()) or "host"
 
 
 def _temp_prefix(path: Path, pid: int | None = None) -> str:
-    return f".{path.name}.{os.getpid() if pid is None else pid}."
+    return f".{path.name}.{HOST}_{os.getpid() if pid is None else pid}."
 
 
 def _alive(pid: int) -> bool:
@@ -391,18 +395,19 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temps(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Delete temporary files of :func:`atomic_write` whose writer process is gone (killed
-    mid-write); returns them. Temporaries of live processes are left alone (they may be writing
-    now); a file that only looks like one is ignored unless its name parses."""
+    mid-write); returns them. Only temporaries written on this machine are judged (another
+    machine's process ids cannot be checked from here); those of live processes are left alone
+    (they may be writing now); a file that only looks like one is ignored unless its name parses."""
     d = Path(directory)
     if not d.is_dir():
         return []
     removed = []
     for tmp in (d.rglob if recursive else d.glob)(f".*{TEMP_SUFFIX}"):
-        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # .{name}.{pid}.{random}
-        if len(parts) != 3 or not parts[1].isdigit() or not tmp.is_file():
+        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # .{name}.{host}_{pid}.{random}
+        host, _, pid = parts[1].rpartition("_") if len(parts) == 3 else ("", "", "")
+        if host != HOST or not pid.isdigit() or not tmp.is_file():
             continue
-        pid = int(parts[1])
-        if pid != os.getpid() and _alive(pid):
+        if int(pid) != os.getpid() and _alive(int(pid)):
             continue
         try:
             tmp.unlink()

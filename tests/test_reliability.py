@@ -378,3 +378,16 @@ def test_temporaries_of_a_write_killed_by_sigkill_are_removed_by_the_next_write(
 
     atomic_write(tmp_path / "other.csv", lambda tmp: Path(tmp).write_text("x"))  # any next write in the directory
     assert not list(tmp_path.glob(".*.tmp")) and not target.exists()
+
+
+def test_temporaries_written_on_another_machine_are_left_alone(tmp_path: Path) -> None:
+    """A run directory shared by cluster jobs: another machine's process ids mean nothing here,
+    so its in-flight temporaries must survive a write on this machine."""
+    from qgeom.params import HOST, atomic_write
+
+    foreign = tmp_path / f".table.csv.{HOST}x_1.abc.tmp"  # another host name, a pid that is dead here
+    mine_dead = tmp_path / f".table.csv.{HOST}_999999999.abc.tmp"
+    foreign.write_text("in flight elsewhere")
+    mine_dead.write_text("killed here")
+    atomic_write(tmp_path / "other.csv", lambda tmp: Path(tmp).write_text("x"))
+    assert foreign.exists() and not mine_dead.exists()

@@ -336,7 +336,7 @@ def tasks() -> None:
 
 
 # Commands defined in their own modules (one concept per module), registered here.
-for _name in ("curvature_cli", "invariance_cli", "transfer_cli", "figures_cli"):
+for _name in ("curvature_cli", "invariance_cli", "transfer_cli", "figures_cli", "jobs_cli"):
     if (Path(__file__).parent / "commands" / f"{_name}.py").exists():
         importlib.import_module(f"qgeom.commands.{_name}").register(app)
 

@@ -25,8 +25,11 @@ console = _console()
 
 
 def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geometry: bool = True,
-                   progress: bool = True) -> dict:
-    """Run (or resume) a configured experiment and write its tables and summary; returns the summary."""
+                   progress: bool = True, jobs: dict | None = None) -> dict:
+    """Run (or resume) a configured experiment and write its tables and summary; returns the summary.
+
+    ``jobs``: keyword arguments of :func:`qgeom.jobs.run_jobs` (``executor`` local or slurm, …):
+    the stages then run as jobs, and this process only reads their artifacts."""
 
     from qgeom import analysis
     from qgeom.config import load_config, with_overrides
@@ -36,8 +39,20 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     cfg = with_overrides(load_config(config), overrides)  # validated: a bad config fails here, before any work
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     check_writable(run_dir, directory=True)
+    executor = (jobs or {}).get("executor", "none")
+    if executor != "none":
+        from qgeom.jobs import check_executor
+
+        check_executor(executor)  # before anything is written or trained
     start = time.time()
     run = TransferRun(cfg, run_dir, progress=progress)
+    if executor != "none":
+        import torch
+
+        from qgeom.jobs import run_jobs
+
+        run_jobs(cfg, run_dir, geometry=geometry, threads=torch.get_num_threads(),
+                 log=(lambda msg: console.print(msg)) if progress else (lambda msg: None), **jobs)
     tables = run.run(geometry=geometry)
     pairs = analysis.pair_table(tables["accuracy"], tables.get("geometry"), tables["dissimilarity"])
     receivers = analysis.receiver_table(tables["accuracy"])
@@ -95,10 +110,22 @@ def register(app: typer.Typer) -> None:
         run_dir: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME); resumes if it exists"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (same as bits=...)"),
         geometry: bool = typer.Option(True, help="compute the curvature geometry stage"),
+        executor: str = typer.Option("none", help="none: every stage in this process; local: each stage a "
+                                                  "subprocess job; slurm: each stage a Slurm job (submitit)"),
+        slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition of the jobs"),
+        gpus_per_job: int = typer.Option(0, min=0, help="GPUs per job (Slurm)"),
+        timeout_min: int = typer.Option(60, min=1, help="time limit of one job, minutes"),
+        max_parallel: int = typer.Option(4, min=1, help="jobs running at once"),
+        retries: int = typer.Option(1, min=0, help="re-submissions of a failed or pre-empted job"),
     ) -> None:
         """Run or resume the transfer experiment: pretrain → fine-tune → QAT → ρ → evaluate → geometry → statistics."""
         ov = list(overrides or []) + ([f"bits={bits}"] if bits else [])
-        print_summary(run_experiment(config, run_dir, ov, geometry))
+        jobs = None if executor == "none" else dict(executor=executor, partition=slurm_partition,
+                                                      gpus_per_job=gpus_per_job, timeout_min=timeout_min,
+                                                      max_parallel=max_parallel, retries=retries)
+        if executor not in ("none", "local", "slurm"):
+            raise typer.BadParameter(f"{executor!r} is not one of none, local, slurm", param_hint="--executor")
+        print_summary(run_experiment(config, run_dir, ov, geometry, jobs=jobs))
 
     @app.command("demo")
     @clean_errors

@@ -1,0 +1,36 @@
+"""``qgeom status``: which stages of a run are done, running (with job ids), failed or missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qgeom.commands import clean_errors
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("status")
+    @clean_errors
+    def status_cmd(
+        run_dir: Path = typer.Argument(..., help="a run directory"),
+        geometry: bool = typer.Option(True, help="count the geometry stages"),
+        all_stages: bool = typer.Option(False, "--all", help="list every stage, not only those not done"),
+    ) -> None:
+        """List the stages of a run: done, running (job id), failed or missing."""
+        from collections import Counter
+
+        from qgeom.jobs import status
+        from qgeom.stages import load_run_config
+
+        rows = status(load_run_config(run_dir), run_dir, geometry)
+        counts = Counter(r["status"] for r in rows)
+        table = Table("stage", "status", "job id", title=f"{run_dir}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        for r in rows:
+            if all_stages or r["status"] != "done":
+                table.add_row(r["stage"], r["status"], r["job_id"])
+        console.print(table)

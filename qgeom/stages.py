@@ -1,0 +1,158 @@
+"""The transfer experiment as stages with declared inputs and outputs over the run directory.
+
+A :class:`Stage` names one unit of work — θ_0, one fine-tuning, one QAT (with its ρ), one
+receiver's evaluation or geometry — the files it writes (``outputs``, relative to the run
+directory) and the stages whose files it reads (``inputs``). :func:`plan` lists a config's
+stages; :func:`waves` groups them so that every stage's inputs lie in earlier waves; :func:`run_stage`
+is the one function that computes a stage, in this process or as a job anywhere that sees the
+run directory (:mod:`qgeom.jobs`). A stage is done when all its outputs exist: they are written
+atomically, so a file that exists is whole, and a killed stage is simply run again.
+
+====================  ===============================================  =========================
+stage                 outputs                                          inputs
+====================  ===============================================  =========================
+theta0                ``theta0.safetensors``                           —
+finetune  (s, t)      ``seed{s}/finetune/{t}.safetensors``             theta0
+qat       (s, b, t)   ``seed{s}/qat{b}/{t}.safetensors``, ``rho_{t}``  finetune (s, t)
+evaluate  (s, b, R)   ``seed{s}/eval{b}/{R}.csv``                      qat (s, b, every task), theta0
+geometry  (s, b, R)   ``seed{s}/geometry{b}/{R}.csv``                  qat (s, b, every task)
+====================  ===============================================  =========================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("theta0", "finetune", "qat", "evaluate", "geometry")
+
+
+@dataclass(frozen=True, order=True)
+class Stage:
+    """One unit of work of a run: ``kind`` with its seed, bit width and task where they apply."""
+
+    kind: str
+    seed: int = -1
+    bits: int = -1
+    task: str = ""
+
+    @property
+    def key(self) -> str:
+        """A readable unique name: ``qat/seed0/2bit/shape``."""
+        parts = [self.kind] + ([f"seed{self.seed}"] if self.seed >= 0 else []) + \
+                ([f"{self.bits}bit"] if self.bits >= 0 else []) + ([self.task] if self.task else [])
+        return "/".join(parts)
+
+    def outputs(self) -> list[str]:
+        """The files this stage writes, relative to the run directory."""
+        s, b, t = self.seed, self.bits, self.task
+        return {
+            "theta0": ["theta0.safetensors"],
+            "finetune": [f"seed{s}/finetune/{t}.safetensors"],
+            "qat": [f"seed{s}/qat{b}/{t}.safetensors", f"seed{s}/qat{b}/rho_{t}.safetensors"],
+            "evaluate": [f"seed{s}/eval{b}/{t}.csv"],
+            "geometry": [f"seed{s}/geometry{b}/{t}.csv"],
+        }[self.kind]
+
+    def inputs(self, tasks: list[str]) -> list["Stage"]:
+        """The stages whose outputs this one reads (``tasks``: every task name of the run)."""
+        if self.kind == "theta0":
+            return []
+        if self.kind == "finetune":
+            return [Stage("theta0")]
+        if self.kind == "qat":
+            return [Stage("finetune", self.seed, -1, self.task)]
+        donors = [Stage("qat", self.seed, self.bits, d) for d in tasks]
+        return donors + ([Stage("theta0")] if self.kind == "evaluate" else [])
+
+    def done(self, run_dir: str | Path) -> bool:
+        """All outputs exist (each written atomically, so each is whole)."""
+        return all((Path(run_dir) / p).exists() for p in self.outputs())
+
+
+def plan(cfg, geometry: bool = True) -> list[Stage]:
+    """Every stage of a run of ``cfg``, in an order that respects the inputs."""
+    from qgeom.transfer import task_specs
+
+    names = list(task_specs(cfg))
+    jobs = [(s, b) for s in cfg.seeds for b in cfg.bits]
+    out = [Stage("theta0")]
+    out += [Stage("finetune", s, -1, t) for s in cfg.seeds for t in names]
+    out += [Stage("qat", s, b, t) for s, b in jobs for t in names]
+    out += [Stage("evaluate", s, b, t) for s, b in jobs for t in names]
+    if geometry:
+        out += [Stage("geometry", s, b, t) for s, b in jobs for t in names]
+    return out
+
+
+def waves(stages: list[Stage], tasks: list[str]) -> list[list[Stage]]:
+    """``stages`` grouped so that each stage's inputs are all in earlier groups (or not planned)."""
+    planned, placed, out = set(stages), {}, []
+    remaining = list(stages)
+    while remaining:
+        wave = [s for s in remaining if all(i in placed or i not in planned for i in s.inputs(tasks))]
+        if not wave:
+            raise ValueError(f"stages with circular inputs: {[s.key for s in remaining]}")
+        for s in wave:
+            placed[s] = len(out)
+        out.append(wave)
+        remaining = [s for s in remaining if s not in placed]
+    return out
+
+
+def load_run_config(run_dir: str | Path):
+    """The :class:`~qgeom.config.RunConfig` a run directory holds (``config.json``)."""
+    from qgeom.config import from_dict
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: not a qgeom run directory")
+    return from_dict(json.loads(path.read_text()))
+
+
+def run_stage(run_dir: str | Path, stage: Stage, threads: int | None = None) -> list[str]:
+    """Compute ``stage`` of the run in ``run_dir`` (skipped where its outputs exist); the outputs.
+
+    The job body of :mod:`qgeom.jobs`: it reads only the run directory (its ``config.json`` and
+    the inputs' files) and writes only the stage's outputs, atomically. ``threads`` sets torch's
+    intra-op threads, so a job computes bit for bit what the submitting process would.
+    ``QGEOM_KILL_STAGE=<key>`` (a fault injection for tests) kills the process once, half-way
+    through that stage: after a QAT checkpoint is written and before its ρ.
+    """
+    import torch
+
+    from qgeom.transfer import TransferRun
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = TransferRun(load_run_config(run_dir), run_dir, progress=False)
+    if stage.kind == "theta0":
+        run.theta0()
+    elif stage.kind == "finetune":
+        run.finetuned(stage.seed, stage.task)
+    elif stage.kind == "qat":
+        run.qat(stage.seed, stage.bits, stage.task)
+        _maybe_kill(run_dir, stage)
+        run.rho(stage.seed, stage.bits, stage.task)
+    elif stage.kind == "evaluate":
+        run.evaluate(stage.seed, stage.bits, stage.task)
+    elif stage.kind == "geometry":
+        run.geometry(stage.seed, stage.bits, stage.task)
+    else:
+        raise ValueError(f"unknown stage kind {stage.kind!r}; known: {', '.join(KINDS)}")
+    return stage.outputs()
+
+
+def _maybe_kill(run_dir: str | Path, stage: Stage) -> None:
+    if os.environ.get("QGEOM_KILL_STAGE") != stage.key:
+        return
+    marker = Path(run_dir) / "jobs" / f"killed-{stage.key.replace('/', '_')}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("killed once by QGEOM_KILL_STAGE\n")
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

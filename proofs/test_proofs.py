@@ -9,6 +9,7 @@ the corresponding check to raise: a check that cannot fail proves nothing.
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -103,6 +104,8 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
      {"quantizer": c5.per_tensor_quantize}),
     ("05 no rounding: no counterexample", c5.check_column_scaling_counterexample,
      {"quantizer": c5.identity_quantize}),
+    # 5. the level-2 table on qgeom.symmetry elements: one must-fail twin per row
+    *[(f"05 level-2 row negated: {row}", c5.check_catalogue_elements, {"flip": row}) for row in c5.LEVEL2_TABLE],
     # 6. optimizer and pipeline
     ("06 continuous rescaling", c6.check_adamw_signed_permutation, {"extra": [sp.diag(2, 1, 1)]}),
     ("06 even update |m|", c6.check_adamw_signed_permutation,
@@ -126,6 +129,7 @@ REASONS: dict[str, str] = {
     "02' identity without the gradient term": "Proposition 2' identity",
     "02' identity without the curvature term": "Proposition 2' identity",
     "02' softplus maximum 1/12": "claimed 1/12",
+    **{f"05 level-2 row negated: {row}": f"level-2 table row '{re.escape(row)}'" for row in c5.LEVEL2_TABLE},
 }
 
 

@@ -151,4 +151,36 @@ def segment_lipschitz(model: nn.Module, theta: Params, batches: Sequence[Batch],
     return max(abs(phi2(k / n) - base) / ((k / n) * ns**3) for k in range(1, n + 1))
 
 
-__all__ = ["TERMS", "bound", "pair_bound_terms", "second_order_terms", "segment_lipschitz"]
+def gap_decomposition(geometry, metric: str = "ggn", scope: str | None = None):
+    """Per off-diagonal pair of a transfer run's geometry table: the gap between the measured PTQ
+    loss recovery R and κ = cos²_M, split by Proposition 2′ (all ÷ the surrogate's G_R):
+
+        R − κ = curvature/G_R + gradient/G_R + remainder/G_R + (R − R_surrogate),
+
+    the last term the surrogate mismatch (the true PTQ loss is not the smooth STE surrogate).
+    Columns: seed, bits, scope, receiver, donor, kappa, R, R_surrogate, curvature, gradient,
+    remainder, surrogate, explained = 1 − |R − κ − (curvature + gradient)| / |R − κ| (how much of
+    the gap the two measured terms account for; negative when they overshoot).
+    """
+    import pandas as pd
+
+    g = geometry if scope is None else geometry[geometry.scope == scope]
+    keys = ["seed", "bits", "scope", "receiver", "donor"]
+    p2 = g[(g.objective == "prop2") & (g.metric == metric)]
+    wide = p2.assign(q=p2.quantity.str.removeprefix("p2_")).pivot_table(index=keys, columns="q", values="value",
+                                                                       dropna=False).reset_index()
+    rec = g[(g.quantity == "recovery") & (g.metric == f"{metric}_ste")][keys + ["value"]].rename(columns={"value": "R"})
+    out = wide.merge(rec, on=keys)
+    out = out[out.receiver != out.donor]
+    GR = out["G_R"]
+    res = pd.DataFrame({k: out[k] for k in keys})
+    res["kappa"], res["R"], res["R_surrogate"] = out["kappa"], out["R"], out["recovery"]
+    for k in ("curvature", "gradient", "remainder"):
+        res[k] = out[k] / GR
+    res["surrogate"] = res.R - res.R_surrogate
+    gap = res.R - res.kappa
+    res["explained"] = 1 - (gap - res.curvature - res.gradient).abs() / gap.abs()
+    return res.reset_index(drop=True)
+
+
+__all__ = ["TERMS", "bound", "gap_decomposition", "pair_bound_terms", "second_order_terms", "segment_lipschitz"]

@@ -162,3 +162,30 @@ def test_stationarity_and_metric_mismatch_are_refused_for_ste_operators():
     op_g = CurvatureOperator(case.model, case.params, case.batches, metric="ggn", scope="quantized")
     with pytest.raises(ValueError, match="Hessian operator"):
         pair_bound_terms(op_g, op_g, v, v)
+
+
+def test_transfer_geometry_table_carries_the_terms(tiny_run):
+    """The trained tiny run's geometry table: Prop. 2′ rows for every pair and scope; the identity
+    gap = curvature + gradient + remainder closes; the own vector has κ = 1 and gap 0; λ* agrees
+    with the GGN-STE row; the figure panel draws from it."""
+    import pandas as pd
+
+    from qgeom.bounds import gap_decomposition
+    from qgeom.figures import proposition2_gap
+
+    geo = pd.read_csv(tiny_run / "geometry.csv", keep_default_na=False, na_values=[""])
+    p2 = geo[geo.objective == "prop2"]
+    wide = p2.pivot_table(index=["scope", "receiver", "donor"], columns="quantity", values="value").reset_index()
+    assert {f"p2_{t}" for t in TERMS} <= set(wide.columns)
+    np.testing.assert_allclose(wide.p2_gap, wide.p2_curvature + wide.p2_gradient + wide.p2_remainder, atol=1e-9)
+    own = wide[wide.receiver == wide.donor]
+    np.testing.assert_allclose(own.p2_kappa, 1.0, atol=1e-6)
+    np.testing.assert_allclose(own.p2_gap, 0.0, atol=1e-6)
+    lam = geo[(geo.quantity == "lam_star") & (geo.metric == "ggn") & (geo.objective == "ste")]
+    both = wide.merge(lam, on=["scope", "receiver", "donor"])
+    np.testing.assert_allclose(both.p2_lam_star, both.value, rtol=1e-9)
+    dec = gap_decomposition(geo, "ggn")
+    assert len(dec) == 2 * 3 * 2  # scopes × receivers × off-diagonal donors
+    np.testing.assert_allclose(dec.R - dec.kappa, dec.curvature + dec.gradient + dec.remainder + dec.surrogate,
+                               atol=1e-9)
+    assert proposition2_gap(geo).axes

@@ -155,31 +155,23 @@ def check_cubic_bound(delta_rule: DeltaRule = default_delta, stationary: bool = 
         bound = sp.Rational(lip, 6) * (_norm(v) ** 3 + _norm(delta_rule(lam, u, v)) ** 3)
         require(bool(sp.nsimplify(err - bound) <= 0),
                 f"cubic bound violated: |err| = {err} > {bound} for M={m.tolist()}")
+    # Random instances that are not cubic polynomials: g = quadratic + softplus of a linear
+    # form, made stationary at v with Hess g(v) = M (so Prop. 2 applies); L is certified by
+    # check_softplus_certificate, and the remainder is not a single cubic, so the bound is not
+    # Cauchy-Schwarz in disguise.
     rng = np.random.default_rng(0)
     worst = 0.0
     for _ in range(2000):
-        a_ = rng.normal(size=(3, 3))
-        m = a_ @ a_.T if rng.random() < 0.7 else np.diag(rng.random(3) * (rng.random(3) < 0.6))
-        v, u, w = rng.normal(size=3), rng.normal(size=3), rng.normal(size=3)
-        w /= np.linalg.norm(w)
-        lip = float(rng.exponential())
-        aa, bb, cc = u @ m @ u, u @ m @ v, v @ m @ v
-        if aa < 1e-9 or cc < 1e-9:
+        inst = _softplus_instance(rng, stationary=stationary, metric="hessian")
+        if inst is None:
             continue
-
-        def g(x: np.ndarray) -> float:
-            d = x - v
-            lin = 0.0 if stationary else d[1]
-            return 0.5 * d @ m @ d + lip / 6 * (w @ d) ** 3 + lin
-
-        lam = bb / aa
-        cos2 = bb**2 / (aa * cc)
-        err = abs((g(0 * v) - g(lam * u)) - cos2 * (g(0 * v) - g(v)))
-        delta = np.asarray(delta_rule(lam, u, v), dtype=float)
-        bound = lip / 6 * (np.linalg.norm(v) ** 3 + np.linalg.norm(delta) ** 3)
+        err = abs(inst["gap"])
+        delta = np.asarray(delta_rule(inst["lam"], inst["u"], inst["v"]), dtype=float)
+        bound = inst["L"] / 6 * (np.linalg.norm(inst["v"]) ** 3 + np.linalg.norm(delta) ** 3)
         worst = max(worst, err / bound)
-    require(worst <= 1 + 1e-9, f"random cubic instances violate the bound (ratio {worst:.3f})")
-    return f"|gain(p) - cos^2 gain(v)| <= (L/6)(|rho_R|^3+|Delta|^3): 4 exact + 2000 random (max ratio {worst:.2f})"
+    require(worst <= 1 + 1e-9, f"random softplus instances violate the bound (ratio {worst:.3f})")
+    return (f"|gain(p) - cos^2 gain(v)| <= (L/6)(|rho_R|^3+|Delta|^3): 4 exact cubic + 2000 random "
+            f"softplus instances (max ratio {worst:.2f})")
 
 
 def check_counterexample_values() -> str:
@@ -202,12 +194,181 @@ def check_counterexample_values() -> str:
     return "counterexamples: Delta = lam* rho_D (error 4/3 > 2 sqrt2/3); gradient at rho_R (1/2 > 0)"
 
 
+# --------------------------------------------------------------------------------------------
+# Proposition 2': any symmetric metric M, any expansion point (gradient s, Hessian H)
+# --------------------------------------------------------------------------------------------
+
+#: max over z of |d^3/dz^3 log(1 + e^z)| (check_softplus_certificate proves it)
+SOFTPLUS_L3 = float(sp.sqrt(3) / 18)
+
+
+def _sigmoid(z: np.ndarray | float) -> np.ndarray | float:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softplus_instance(rng: np.random.Generator, stationary: bool = False, metric: str = "random",
+                       n: int = 3) -> dict | None:
+    """g(x) = 1/2 x^T A x + b.x + alpha softplus(w.x + beta) (float64), expansion point v.
+
+    H(x) = A + alpha sigma''(w.x+beta) w w^T, so the Hessian is L-Lipschitz with
+    L = |alpha| ||w||^3 sqrt(3)/18 (check_softplus_certificate). ``stationary`` chooses b with
+    grad g(v) = 0; metric "hessian" uses M = H(v) (A is then chosen so that H(v) is PSD),
+    "random" a random PSD M (possibly singular). Returns the instance with its exact terms
+    (M, H, s, lam*, kappa, the gap G_D - kappa G_R), or None when kappa is undefined.
+    """
+    v, u, w = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    alpha, beta = float(rng.normal() * 3), float(rng.normal())
+    p_v = _sigmoid(w @ v + beta)
+    c2 = alpha * p_v * (1 - p_v)  # alpha sigma''(w.v + beta)
+    a_ = rng.normal(size=(n, n))
+    if metric == "hessian":
+        m = a_ @ a_.T if rng.random() < 0.7 else np.diag(rng.random(n) * (rng.random(n) < 0.6))
+        A = m - c2 * np.outer(w, w)
+    else:
+        A = 0.5 * (a_ + a_.T)
+        b_ = rng.normal(size=(n, n))
+        m = b_ @ b_.T if rng.random() < 0.7 else np.diag(rng.random(n) * (rng.random(n) < 0.6))
+    b = -(A @ v + alpha * p_v * w) if stationary else rng.normal(size=n)
+    H = A + c2 * np.outer(w, w)
+    s = A @ v + b + alpha * p_v * w
+
+    def g(x: np.ndarray) -> float:
+        return 0.5 * x @ A @ x + b @ x + alpha * np.logaddexp(0.0, w @ x + beta)
+
+    aa, bb, cc = u @ m @ u, u @ m @ v, v @ m @ v
+    if aa < 1e-9 or cc < 1e-9:
+        return None
+    lam, kappa = bb / aa, bb**2 / (aa * cc)
+    gap = (g(0 * v) - g(lam * u)) - kappa * (g(0 * v) - g(v))
+    return dict(u=u, v=v, m=m, H=H, s=s, lam=lam, kappa=kappa, gap=gap,
+                L=abs(alpha) * np.linalg.norm(w) ** 3 * SOFTPLUS_L3)
+
+
+def prop2prime_bound(inst: dict, const: float = 1 / 6, gradient: bool = True, curvature: bool = True) -> float:
+    """The right-hand side of Proposition 2' for one instance (u, v, M, H, s, lam, kappa, L):
+    L const (|1-k| |v|^3 + |D|^3) + 1/2 (|1-k| |v^T(H-M)v| + |D^T(H-M)D|) + |s^T((1-k)v + D)|.
+    ``const``, ``gradient=False``, ``curvature=False`` inject the wrong variants."""
+    u, v, m, H, s, lam, k = (inst[x] for x in ("u", "v", "m", "H", "s", "lam", "kappa"))
+    d = lam * u - v
+    out = inst["L"] * const * (abs(1 - k) * np.linalg.norm(v) ** 3 + np.linalg.norm(d) ** 3)
+    if curvature:
+        out += 0.5 * (abs(1 - k) * abs(v @ (H - m) @ v) + abs(d @ (H - m) @ d))
+    if gradient:
+        out += abs(s @ ((1 - k) * v + d))
+    return float(out)
+
+
+def near_extremal_instance(r: float, t: float, m2: float) -> dict:
+    """An instance where the cubic term is almost attained (mpmath, 50 digits): n = 2, w = e_1,
+    alpha = 1, v = (r, 0) with w.v + beta at the argmax of the third derivative of softplus
+    (sigmoid = (3 - sqrt3)/6), A and b chosen so that s = 0 and H(v) = M = diag(1, m2),
+    u = (1, sqrt(t/m2)). Then 1 - kappa = t/(1+t), ||Delta|| = O(r sqrt(t)), and the gap is
+    (1-kappa) T(0) - T(p) with T(0) ~ -(L/6) r^3: the ratio gap / bound tends to 1 as r, t -> 0
+    and m2 -> infinity."""
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    pstar = (3 - mp.sqrt(3)) / 6
+    beta = mp.log(pstar / (1 - pstar)) - r
+    c2 = pstar * (1 - pstar)
+    A = mp.matrix([[1 - c2, 0], [0, m2]])
+    v = mp.matrix([r, 0])
+    b = -(A * v) - mp.matrix([pstar, 0])
+    u = mp.matrix([1, mp.sqrt(mp.mpf(t) / m2)])
+    M = mp.matrix([[1, 0], [0, m2]])
+
+    def g(x):
+        return (x.T * A * x)[0] / 2 + (b.T * x)[0] + mp.log(1 + mp.exp(x[0] + beta))
+
+    aa, bb, cc = (u.T * M * u)[0], (u.T * M * v)[0], (v.T * M * v)[0]
+    lam, kappa = bb / aa, bb**2 / (aa * cc)
+    z = mp.matrix([0, 0])
+    gap = (g(z) - g(lam * u)) - kappa * (g(z) - g(v))
+
+    def f(x):
+        return np.array([float(xi) for xi in x])
+
+    return dict(u=f(u), v=f(v), m=np.diag([1.0, float(m2)]), H=np.diag([1.0, float(m2)]), s=np.zeros(2),
+                lam=float(lam), kappa=float(kappa), gap=float(gap), L=SOFTPLUS_L3)
+
+
+def check_prop2prime_identity(gradient: bool = True, curvature: bool = True) -> str:
+    """For generic symmetric 2x2 H and M, generic s, rho_R = v, rho_D = u and free values
+    g(0), g(v), g(p): with T(x) = g(x) - g(v) - s.(x - v) - 1/2 (x-v)^T H (x-v),
+
+    G_D - k G_R = (1-k) T(0) - T(p) + 1/2[(1-k) v^T(H-M)v - D^T(H-M)D] - s^T((1-k)v + D),
+
+    k = cos_M^2, D = lam* u - v. ``gradient=False`` / ``curvature=False`` drop a term."""
+    u, v, s = (symbols_vector(n, 2) for n in ("u", "v", "s"))
+    h11, h12, h22, m11, m12, m22 = sp.symbols("h11 h12 h22 m11 m12 m22", real=True)
+    H, M = sp.Matrix([[h11, h12], [h12, h22]]), sp.Matrix([[m11, m12], [m12, m22]])
+    g0, gv, gp = sp.symbols("g0 gv gp", real=True)
+    a, b, c = (u.T * M * u)[0], (u.T * M * v)[0], (v.T * M * v)[0]
+    lam, k = b / a, b**2 / (a * c)
+    d = lam * u - v
+    t0 = g0 - gv + (s.T * v)[0] - (v.T * H * v)[0] / 2
+    tp = gp - gv - (s.T * d)[0] - (d.T * H * d)[0] / 2
+    rhs = (1 - k) * t0 - tp
+    if curvature:
+        rhs += ((1 - k) * (v.T * (H - M) * v)[0] - (d.T * (H - M) * d)[0]) / 2
+    if gradient:
+        rhs -= (s.T * ((1 - k) * v + d))[0]
+    require_zero((g0 - gp) - k * (g0 - gv) - rhs, "Proposition 2' identity")
+    return "G_D - k G_R = (1-k)T(0) - T(p) + curvature(H - M) + gradient(s): generic H, M, s, u, v"
+
+
+def check_softplus_certificate(claimed: sp.Expr = sp.sqrt(3) / 18) -> str:
+    """The third derivative of log(1+e^z) is p(1-p)(1-2p) with p = sigmoid(z), and the maximum
+    of its absolute value over p in [0,1] is sqrt(3)/18 (at p = (3 -+ sqrt3)/6): the cubic has
+    exactly these two critical points, it vanishes at p = 0 and 1, and the extreme value
+    theorem does the rest. ``claimed`` injects a different maximum."""
+    z, p = sp.symbols("z p", real=True)
+    e = sp.exp(z)
+    third = sp.diff(sp.log(1 + e), z, 3)
+    ps = e / (1 + e)
+    require_zero(third - ps * (1 - ps) * (1 - 2 * ps), "third derivative of softplus")
+    q = p * (1 - p) * (1 - 2 * p)
+    crit = sp.solve(sp.diff(q, p), p)
+    require(len(crit) == 2 and all(0 < sp.N(r) < 1 for r in crit), "two interior critical points")
+    values = [sp.expand(q.subs(p, r)) for r in crit] + [q.subs(p, 0), q.subs(p, 1)]
+    top = max(abs(sp.N(x, 30)) for x in values)
+    require(abs(top - sp.N(claimed, 30)) < sp.Float(1e-25), f"max |softplus'''| = {top}, claimed {claimed}")
+    return "softplus''' = p(1-p)(1-2p), max |.| = sqrt(3)/18: L = |alpha| ||w||^3 sqrt(3)/18 certified"
+
+
+def check_prop2prime_bound(const: float = 1 / 6, gradient: bool = True, curvature: bool = True) -> str:
+    """|G_D - k G_R| <= Proposition 2' on 3000 random softplus instances (non-stationary, M a
+    random PSD matrix, not the Hessian) and on near-extremal instances (the cubic term almost
+    attained: ratio > 0.9). The wrong variants fail: ``const=1/8`` on the near-extremal ones,
+    ``gradient=False`` / ``curvature=False`` on the random ones."""
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for _ in range(3000):
+        inst = _softplus_instance(rng, stationary=False, metric="random")
+        if inst is None:
+            continue
+        worst = max(worst, abs(inst["gap"]) / prop2prime_bound(inst, const, gradient, curvature))
+    require(worst <= 1 + 1e-9, f"random instances violate Proposition 2' (ratio {worst:.3f})")
+    tight = 0.0
+    for r, t in ((0.05, 1e-3), (0.02, 1e-3), (0.01, 1e-4)):
+        inst = near_extremal_instance(r, t, 1e8)
+        ratio = abs(inst["gap"]) / prop2prime_bound(inst, const, gradient, curvature)
+        require(ratio <= 1 + 1e-9, f"near-extremal instance violates Proposition 2' (ratio {ratio:.4f})")
+        tight = max(tight, ratio)
+    require(tight > 0.9, f"the near-extremal instances should almost attain the bound (ratio {tight:.3f})")
+    return (f"Proposition 2': 3000 random non-stationary softplus instances, PSD M != H (max ratio {worst:.2f}); "
+            f"near-extremal instances reach ratio {tight:.3f}")
+
+
 CHECKS = [
     check_remainder_decomposition,
     check_taylor_remainder,
     check_cubic_family_identities,
     check_cubic_bound,
     check_counterexample_values,
+    check_prop2prime_identity,
+    check_softplus_certificate,
+    check_prop2prime_bound,
 ]
 
 

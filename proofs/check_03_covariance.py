@@ -143,7 +143,9 @@ def check_fisher_covariance(rule: MetricRule = default_metric_rule) -> str:
     scores_g = [mdl.at_g_theta(s) for s in scores]
     for s, sg in zip(scores, scores_g):
         require_zero(sg - mdl.g_inv.T * s, "per-sample gradient covariance")
-    # F(g theta) = sum (g^-T s)(g^-T s)^T; compare with the rule applied to F(theta).
+    # F(g theta) = sum (g^-T s)(g^-T s)^T; compare with the rule applied to F(theta). SANITY
+    # (true by construction once the per-sample covariance above holds: (As)(As)^T = A ss^T A^T);
+    # the content of this check is the per-sample gradient covariance.
     sym = [symbols_vector(f"s{i}", 6) for i in (1, 2)]
     fisher = sum((s * s.T for s in sym), sp.zeros(6, 6))
     fisher_g = sum(((mdl.g_inv.T * s) * (mdl.g_inv.T * s).T for s in sym), sp.zeros(6, 6))
@@ -153,8 +155,11 @@ def check_fisher_covariance(rule: MetricRule = default_metric_rule) -> str:
 
 def check_metric_invariants(tangent: TangentRule = default_tangent_rule,
                             rule: MetricRule = default_metric_rule) -> str:
-    """For generic symmetric 3x3 M, generic g in GL(3), generic u, v:
-    <gu, gv>_{g^-T M g^-1} = <u, v>_M, hence lam* and cos_M^2 are invariant."""
+    """SANITY CHECK (true by construction: g^T g^-T = I; not evidence for Result 3, whose
+    content is the covariance of H, G, F checked above): for generic symmetric 3x3 M, generic g
+    in GL(3), generic u, v: <gu, gv>_{g^-T M g^-1} = <u, v>_M, hence lam* and cos_M^2 are
+    invariant. Kept to guard the tangent/covector convention (its must-fail twin feeds rho as a
+    covector)."""
     m = symmetric_matrix("m", 3)
     g, g_inv = generic_gl(3, "g")
     u, v = symbols_vector("u", 3), symbols_vector("v", 3)

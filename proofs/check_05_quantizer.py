@@ -321,6 +321,87 @@ def check_catalogue_level2() -> str:
     return f"level-2 column of the catalogue confirmed for {len(CATALOGUE)} symmetry kinds"
 
 
+
+# --------------------------------------------------------------------------------------------
+# the level-2 table, checked on qgeom.symmetry elements (not on hand-coded matrices)
+# --------------------------------------------------------------------------------------------
+
+#: 05_quantizer.md's level-2 column as data: row → (qgeom.symmetry kind or recipe, expected).
+#: "no, unless uniform" rows appear twice: the generic element (no) and the uniform one (yes).
+LEVEL2_TABLE: dict[str, tuple[str, bool]] = {
+    "head permutation": ("head_permutation", True),
+    "query/key mixing, monomial A_h (signed permutation)": ("qk_signed_permutation", True),
+    "query/key mixing, monomial A_h (diagonal)": ("qk_diagonal", True),
+    "query/key mixing, monomial A_h (scalar per head)": ("qk_scalar", True),
+    "query/key mixing, general A_h": ("qk_mixing", False),
+    "query/key mixing, orthogonal A_h": ("qk_orthogonal", False),
+    "value/output mixing, signed permutation B_h": ("vo_signed_permutation", True),
+    "value/output mixing, one common c I on every head": ("vo_common_scalar", True),
+    "value/output mixing, c_h I differing across heads": ("vo_scalar", False),
+    "value/output mixing, diagonal B_h": ("vo_diagonal", False),
+    "value/output mixing, orthogonal B_h": ("vo_orthogonal", False),
+    "value/output mixing, general B_h": ("vo_mixing", False),
+    "MLP hidden permutation": ("mlp_permutation", True),
+    "LayerNorm gain folding, uniform s = c 1": ("layernorm_uniform", True),
+    "LayerNorm gain folding, non-uniform s": ("layernorm_folding", False),
+    "LayerScale folding": ("layerscale_folding", True),
+    "residual-stream permutation": ("residual_permutation", True),
+}
+
+
+def _catalogue_element(model, recipe: str):
+    """The qgeom.symmetry element of a LEVEL2_TABLE row (random elements from
+    ``qgeom.symmetry.random_symmetry``; the two uniform rows built with the catalogue's
+    constructors and one common scalar)."""
+    import torch
+
+    from qgeom.symmetry import layernorm_folding, random_symmetry, vo_mixing
+    from qgeom.symmetry.layout import layout_of
+
+    lay = layout_of(model)
+    if recipe == "vo_common_scalar":
+        eye = torch.eye(lay.head_dim, dtype=torch.float64).expand(lay.num_heads, -1, -1)
+        return vo_mixing(model, {i: 1.7 * eye for i in range(lay.depth)}, "vo_common_scalar")
+    if recipe == "layernorm_uniform":
+        return layernorm_folding(model, {n: torch.full((lay.embed_dim,), 0.6, dtype=torch.float64)
+                                         for n in lay.fold_sites})
+    return random_symmetry(model, recipe, seed=3, strength=1.0)
+
+
+def check_catalogue_elements(flip: str | None = None) -> str:
+    """Each row of the level-2 table against a qgeom.symmetry element of that kind, twice:
+    the element's own decision from its matrices (``Symmetry.quantizer_equivariant``) and the
+    measured max |Q_b(g theta) - g Q_b(theta)| on the quantized tensors of a float64 ViT
+    (yes: < 1e-9 relative; no: > 1e-6). ``flip`` names a row whose expectation is negated
+    (the must-fail twin generated for every row)."""
+    import torch
+
+    from qgeom.models import create_model
+    from qgeom.params import from_model, in_scope
+    from qgeom.quant import QuantSpec, ptq
+
+    torch.manual_seed(0)
+    model = create_model("micro", 3, depth=1, embed_dim=8, num_heads=2, img_size=8, patch_size=4,
+                         init_values=0.5).double()
+    gen = torch.Generator().manual_seed(5)
+    theta = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in from_model(model).items()}
+    spec = QuantSpec(bits=3)
+    for row, (recipe, expected) in LEVEL2_TABLE.items():
+        if row == flip:
+            expected = not expected
+        g = _catalogue_element(model, recipe)
+        decided = g.quantizer_equivariant(spec)
+        lhs, rhs = ptq(g(theta), spec), g(ptq(theta, spec))
+        q = [k for k in g.touched if in_scope(k, theta[k], "quantized")]
+        gap = max(float((lhs[k] - rhs[k]).abs().max() / rhs[k].abs().max()) for k in q)
+        measured = gap < 1e-9
+        require(gap < 1e-9 or gap > 1e-6, f"{row}: violation {gap:.2e} is neither roundoff nor a real violation")
+        require(decided == expected and measured == expected,
+                f"level-2 table row {row!r}: table says {expected}, element decides {decided}, "
+                f"measured {measured} (violation {gap:.1e})")
+    return f"level-2 table: {len(LEVEL2_TABLE)} rows confirmed on qgeom.symmetry elements (decided and measured)"
+
+
 def check_float_row_scaling_note() -> str:
     """Floating point: row scaling by a power of two is exact, by a general c it can move
     W_ij / s_i off an exact tie. Example (b = 3, float64): w = (3 * 0.3, 0.75) has
@@ -355,6 +436,7 @@ CHECKS = [
     check_column_scaling_counterexample,
     check_torchao_convention_breaks_sign_flip,
     check_catalogue_level2,
+    check_catalogue_elements,
     check_float_row_scaling_note,
 ]
 

@@ -9,6 +9,7 @@ the corresponding check to raise: a check that cannot fail proves nothing.
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -68,6 +69,12 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("02 Delta = lam* rho_D", c2.check_cubic_bound, {"delta_rule": lambda lam, u, v: lam * u}),
     ("02 not stationary", c2.check_cubic_bound, {"stationary": False}),
     ("02 constant 1/8", c2.check_taylor_remainder, {"const": sp.Rational(1, 8)}),
+    ("02' constant 1/8", c2.check_prop2prime_bound, {"const": 1 / 8}),
+    ("02' gradient term dropped", c2.check_prop2prime_bound, {"gradient": False}),
+    ("02' curvature term dropped", c2.check_prop2prime_bound, {"curvature": False}),
+    ("02' identity without the gradient term", c2.check_prop2prime_identity, {"gradient": False}),
+    ("02' identity without the curvature term", c2.check_prop2prime_identity, {"curvature": False}),
+    ("02' softplus maximum 1/12", c2.check_softplus_certificate, {"claimed": sp.Rational(1, 12)}),
     # 3. covariance
     ("03 gradient as a vector (g, not g^-T)", c3.check_gradient_covariance,
      {"rule": lambda g, gi, x: g * x}),
@@ -97,6 +104,8 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
      {"quantizer": c5.per_tensor_quantize}),
     ("05 no rounding: no counterexample", c5.check_column_scaling_counterexample,
      {"quantizer": c5.identity_quantize}),
+    # 5. the level-2 table on qgeom.symmetry elements: one must-fail twin per row
+    *[(f"05 level-2 row negated: {row}", c5.check_catalogue_elements, {"flip": row}) for row in c5.LEVEL2_TABLE],
     # 6. optimizer and pipeline
     ("06 continuous rescaling", c6.check_adamw_signed_permutation, {"extra": [sp.diag(2, 1, 1)]}),
     ("06 even update |m|", c6.check_adamw_signed_permutation,
@@ -108,13 +117,35 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
 ]
 
 
+#: the reason a must-fail case must fail for (a regex on the AssertionError's message): a
+#: perturbation that fails somewhere else (a crash in setup, another identity) does not count.
+REASONS: dict[str, str] = {
+    "02 Delta = lam* rho_D": "cubic bound violated",
+    "02 not stationary": "cubic bound violated",
+    "02 constant 1/8": "int_0\\^1",
+    "02' constant 1/8": "violate Proposition 2'",
+    "02' gradient term dropped": "random instances violate Proposition 2'",
+    "02' curvature term dropped": "random instances violate Proposition 2'",
+    "02' identity without the gradient term": "Proposition 2' identity",
+    "02' identity without the curvature term": "Proposition 2' identity",
+    "02' softplus maximum 1/12": "claimed 1/12",
+    **{f"05 level-2 row negated: {row}": f"level-2 table row '{re.escape(row)}'" for row in c5.LEVEL2_TABLE},
+}
+
+
 @pytest.mark.parametrize(("case", "check", "kwargs"), PERTURBATIONS,
                          ids=[p[0] for p in PERTURBATIONS])
 def test_perturbation_is_detected(case: str, check: Callable[..., str],
                                   kwargs: dict[str, Any]) -> None:
-    """A broken identity must make its check raise AssertionError."""
-    with pytest.raises(AssertionError):
+    """A broken identity must make its check raise AssertionError (for the stated reason, where
+    :data:`REASONS` names one)."""
+    with pytest.raises(AssertionError, match=REASONS.get(case)):
         check(**kwargs)
+
+
+def test_every_reason_names_a_perturbation() -> None:
+    """REASONS is keyed by existing perturbation ids (a renamed case must not lose its reason)."""
+    assert set(REASONS) <= {p[0] for p in PERTURBATIONS}
 
 
 def test_every_module_has_a_perturbation() -> None:

@@ -339,6 +339,7 @@ class TransferRun:
             for objective, g in grads.items():
                 for i, d in enumerate(names):
                     put(scope, "gradient", objective, d, "directional_gradient", P.inner(P.select(g, scope), V[i]))
+            self._bound_rows(put, model, probe, spec, scope, V, r, gram, grads, points["ste"])
             # loss recovery R(D,R) = (L(0) − L(λ ρ_D)) / (L(0) − L(ρ_R)) of the quantized receiver
             l0, lr = ptq_loss(theta_r), ptq_loss(P.patch(theta_r, V[r], 1.0))
             for key in [k for k in gram if k.endswith("_ste")] + ["unit"]:
@@ -352,6 +353,33 @@ class TransferRun:
             put(scope, "ptq_loss", "ptq_loss", "", "L0", l0)
             put(scope, "ptq_loss", "ptq_loss", "", "L_own_qat_vector", lr)
         return pd.DataFrame(rows)
+
+    def _bound_rows(self, put, model, probe, spec, scope, V, r, gram, grads, theta_qat) -> None:
+        """Proposition 2′'s terms (proofs/02, :mod:`qgeom.bounds`) for every metric's cos² at the STE
+        surrogate g(δ) = L(θ̂ + δ − ρ_R), θ̂ = Q_b(θ_R,QAT): rows objective ``prop2``, quantity
+        ``p2_<term>``. Costs N Hessian products, 2 + N·|metrics| probe losses per scope; the M
+        products and the STE gradient are the ``ste`` ones above (the same as the fp ones at θ̂)."""
+        from qgeom.bounds import second_order_terms
+        from qgeom.curvature import CurvatureOperator
+
+        device = default_device()
+        theta_hat = {k: v.to(device) for k, v in ptq(theta_qat, spec).items()}
+        op_h = CurvatureOperator(model, theta_hat, probe, metric="hessian", objective="fp", scope=scope)
+        KH = np.array([[P.inner(a, {k: v.cpu() for k, v in hb.items()}) for hb in op_h.matmat(V)] for a in V])
+        KE = gram["euclidean"]
+        sd = [P.inner(P.select(grads["ste"], scope), v) for v in V]
+        g0 = op_h.loss({k: -v.to(device) for k, v in V[r].items()})
+        gR = op_h.loss()
+        for metric in self.cfg.metrics:
+            KM = KH if metric == "hessian" else gram[f"{metric}_ste"]
+            for i, d in enumerate(self.names):
+                ix = np.ix_([i, r], [i, r])
+                t = second_order_terms(KM[ix], KH[ix], KE[ix], (sd[i], sd[r]))
+                if np.isfinite(t["lam_star"]):
+                    delta = {k: (t["lam_star"] * V[i][k] - V[r][k]).to(device) for k in V[r]}
+                    t = second_order_terms(KM[ix], KH[ix], KE[ix], (sd[i], sd[r]), (g0, gR, op_h.loss(delta)))
+                for q, val in t.items():
+                    put(scope, metric, "prop2", d, f"p2_{q}", val)
 
     def dissimilarity(self) -> pd.DataFrame:
         """1 − cos of task prototypes: mean θ_0 features (pre-head) of each task's val images."""

@@ -50,7 +50,7 @@ from qgeom.figures.alignment import (
 )
 from qgeom.figures.artifacts import RunArtifacts
 from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
-from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, spectrum
+from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, spectrum
 from qgeom.figures.files import RUN_TABLES, cached_table, load_run, read_table, save_figure
 from qgeom.figures.selection import choose_bits, choose_scope
 from qgeom.figures.theme import CB, SETTING_COLORS, robust_range, style, task_colors
@@ -60,7 +60,7 @@ __all__ = [
     "RunArtifacts", "alignment_heatmaps", "alignment_scatter", "alignment_scatter_table", "alignment_table",
     "baseline_bars", "baseline_table", "cached_table", "choose_bits", "choose_scope", "delta_heatmaps",
     "delta_table", "improvement_bars", "improvement_table", "invariance", "invariance_table", "lambda_curves",
-    "lambda_table", "landscape", "landscape_table", "load_run", "proposition1", "proposition1_table",
+    "lambda_table", "landscape", "landscape_table", "load_run", "proposition1", "proposition1_table", "proposition2_gap",
     "quadratic_model_table", "radar", "radar_table", "read_table", "robust_range", "save_figure", "spectrum",
     "spectrum_table", "style", "task_colors",
 ]

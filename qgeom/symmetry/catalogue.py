@@ -203,7 +203,11 @@ def _levels(quantizer: bool, sgd: bool, adamw: bool) -> dict[str, bool]:
 
 #: Expected levels of a *generic* random element of each kind (per-row symmetric Q_b; H ≥ 2),
 #: DESIGN.md's table as data. Elements compute their own (exact) expectations; a degenerate
-#: element may satisfy more (e.g. vo_scalar with one head is a row scaling of proj).
+#: element may satisfy more. Column scalings of quantized weights are level 2 "no, unless
+#: uniform": a column map commutes with per-row Q_b iff it is c × (signed permutation), so
+#: vo_scalar with one common c·I on every head (or one head), and layernorm_folding with
+#: s = c·1, are quantizer-equivariant (proofs/05_quantizer.md, item 4; checked on elements by
+#: proofs/check_05_quantizer.py::check_catalogue_elements).
 CATALOGUE: dict[str, dict[str, bool]] = {
     "head_permutation": _levels(True, True, True),
     "qk_mixing": _levels(False, False, False),
@@ -214,10 +218,10 @@ CATALOGUE: dict[str, dict[str, bool]] = {
     "vo_mixing": _levels(False, False, False),
     "vo_orthogonal": _levels(False, True, False),
     "vo_diagonal": _levels(False, False, False),
-    "vo_scalar": _levels(False, False, False),
+    "vo_scalar": _levels(False, False, False),  # c_h·I differing across heads; one common c·I: quantizer yes
     "vo_signed_permutation": _levels(True, True, True),
     "mlp_permutation": _levels(True, True, True),
-    "layernorm_folding": _levels(False, False, False),
+    "layernorm_folding": _levels(False, False, False),  # non-uniform s; s = c·1: quantizer yes
     "layerscale_folding": _levels(True, False, False),
     "residual_permutation": _levels(True, True, True),
 }

@@ -46,7 +46,8 @@ def _pairwise_margin(units: torch.Tensor) -> tuple[float, float]:
     n = u.norm(dim=1)
     if len(u) < 2:
         return float("inf"), float(n.min()) if len(u) else float("inf")
-    dm, dp = torch.cdist(u, u), torch.cdist(u, -u)
+    exact = "donot_use_mm_for_euclid_dist"  # the mm formula leaves ~1e-8 where two units are equal
+    dm, dp = torch.cdist(u, u, compute_mode=exact), torch.cdist(u, -u, compute_mode=exact)
     d = torch.minimum(dm, dp)
     d.fill_diagonal_(float("inf"))
     return float(d.min()), float(n.min())

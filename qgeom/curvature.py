@@ -117,25 +117,51 @@ def probe_hash(batches: Sequence[Batch]) -> str:
     return h.hexdigest()
 
 
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of the default ``torch.distributed`` process group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def reduce_over_probe(fn: Callable[[Tensor, Tensor], T], batches: Sequence[Batch]) -> T:
     """Σ_b (n_b / N) fn(x_b, y_b) over a pytree of tensors (Params, lists of them, scalars).
 
     fn returns a per-batch *mean*, so the result is the mean over all N samples. Accumulates in
-    float64 (results are float64; callers cast). A data-parallel mode replaces only this
-    function: the local Σ_b n_b fn(b) and Σ_b n_b, then ``torch.distributed.all_reduce``.
+    float64 (results are float64; callers cast).
+
+    Data-parallel: under a ``torch.distributed`` process group of W ranks (``torchrun``), rank r
+    evaluates the batches r, r + W, r + 2W, … (any number of batches; a rank may get none) and
+    the weighted sums are all-reduced in float64, so every rank returns the same result, equal
+    to the single-process one up to the order of the float64 additions. Every rank must hold
+    the same probe set (as :func:`qgeom.data.probe_batches` gives with the same seed).
     """
     n_total = sum(int(y.shape[0]) for _, y in batches)
     if n_total == 0:
         raise ValueError("the probe set is empty")
+    rank, world = data_parallel()
+    mine = list(batches)[rank::world] if world > 1 else batches
     total = None
-    for x, y in batches:
+    for x, y in mine:
         w = int(y.shape[0]) / n_total
         out = fn(x, y)
         if total is None:
             total = tree_map(lambda a: a.detach().double() * w, out)
         else:
             total = tree_map(lambda t, a: t + a.detach().double() * w, total, out)
-    return total
+    if world == 1:
+        return total
+    if total is None:  # more ranks than batches: contribute zeros of the right structure
+        x, y = batches[0]
+        total = tree_map(lambda a: torch.zeros_like(a.detach(), dtype=torch.float64), fn(x[:1], y[:1]))
+    leaves, spec = torch.utils._pytree.tree_flatten(total)
+    flat = torch.cat([t.reshape(-1) for t in leaves])
+    torch.distributed.all_reduce(flat)
+    out, i = [], 0
+    for t in leaves:
+        out.append(flat[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return torch.utils._pytree.tree_unflatten(out, spec)
 
 
 def default_method(device: torch.device, dtype: torch.dtype) -> str:

@@ -39,6 +39,7 @@ are correct; the tests compare them with a dense Hessian of a decomposed LayerNo
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -115,6 +116,18 @@ def probe_hash(batches: Sequence[Batch]) -> str:
             h.update(f"{tuple(t.shape)}{t.dtype}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def init_data_parallel() -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment), once:
+    NCCL with one GPU per rank (``LOCAL_RANK``) when CUDA is present, else gloo. Returns
+    (rank, world size); without ``torchrun`` nothing happens and it returns (0, 1)."""
+    if (int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.distributed.is_available()
+            and not torch.distributed.is_initialized()):
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return data_parallel()
 
 
 def data_parallel() -> tuple[int, int]:

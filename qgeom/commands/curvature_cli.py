@@ -60,6 +60,10 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     from qgeom.curvature import CurvatureOperator
     from qgeom.quant import QuantSpec
 
+    from qgeom.curvature import init_data_parallel
+
+    rank, _ = init_data_parallel()  # under torchrun: probe batches shared out, products all-reduced
+    console.quiet = rank != 0  # one rank prints and writes; every rank computes
     model, theta, task_name, meta = _receiver(receiver, task, preset)
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
     sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
@@ -82,7 +86,11 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
 
 
 def _write(out: Path, name: str, rows: list[dict]) -> Path:
+    from qgeom.curvature import data_parallel
     from qgeom.params import atomic_write
+
+    if data_parallel()[0] != 0:
+        return out / name
 
     def w(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -94,7 +102,11 @@ def _write(out: Path, name: str, rows: list[dict]) -> Path:
 
 
 def _write_json(out: Path, name: str, obj: dict) -> Path:
+    from qgeom.curvature import data_parallel
     from qgeom.params import atomic_write
+
+    if data_parallel()[0] != 0:
+        return out / name
 
     def w(tmp: str) -> None:
         with open(tmp, "w") as f:

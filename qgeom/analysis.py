@@ -35,17 +35,32 @@ ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
 TARGETS = ("gain_unit", "gain_tuned", "recovery_unit")
 
 
+LAMBDA_KEYS = ["seed", "bits", "receiver", "method", "donor", "scope"]
+
+
+def lambda_on_val(acc: pd.DataFrame) -> pd.DataFrame:
+    """λ maximising *validation* post-PTQ Top-1 per (seed, bits, receiver, method, donor, scope),
+    ties broken towards λ = 1 (then towards the smaller λ); one row per group with ``lam_val``.
+
+    Reads only rows with split == "val" and metric == "ptq_top1" of the patch / multi_donor
+    methods. The experiment calls it on the validation rows alone to decide where to evaluate
+    test, and the analysis on the whole table: the same function, so the same λ."""
+    keys = LAMBDA_KEYS
+    val = acc[acc.method.isin(["patch", "multi_donor"]) & (acc.split == "val") & (acc.metric == "ptq_top1")].copy()
+    val["dist"] = (val.lam - 1.0).abs()
+    best = val.sort_values(keys + ["value", "dist", "lam"], ascending=[True] * len(keys) + [False, True, True],
+                           kind="mergesort")
+    return best.groupby(keys, as_index=False).first()[keys + ["lam"]].rename(columns={"lam": "lam_val"})
+
+
 def choose_lambda(acc: pd.DataFrame) -> pd.DataFrame:
     """For each (seed, bits, receiver, method, donor, scope): λ maximising *validation* PTQ Top-1.
 
     Returns one row per group with ``lam_val`` and the *test* PTQ / FP Top-1 at that λ.
     """
     grid = acc[acc.method.isin(["patch", "multi_donor"])]
-    keys = ["seed", "bits", "receiver", "method", "donor", "scope"]
-    val = grid[(grid.split == "val") & (grid.metric == "ptq_top1")].copy()
-    val["dist"] = (val.lam - 1.0).abs()
-    best = val.sort_values(keys + ["value", "dist"], ascending=[True] * len(keys) + [False, True])
-    best = best.groupby(keys, as_index=False).first()[keys + ["lam"]].rename(columns={"lam": "lam_val"})
+    keys = LAMBDA_KEYS
+    best = lambda_on_val(grid)
     test = grid[grid.split == "test"].pivot_table(index=keys + ["lam"], columns="metric", values="value").reset_index()
     out = best.merge(test, left_on=keys + ["lam_val"], right_on=keys + ["lam"], how="left").drop(columns="lam")
     return out.rename(columns={"ptq_top1": "tuned_ptq"})[keys + ["lam_val", "tuned_ptq"]]

@@ -24,6 +24,7 @@ shared by all seeds, so seed-to-seed spread measures the training noise of the m
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Callable
 from functools import cached_property
@@ -40,7 +41,8 @@ from qgeom.config import RunConfig
 from qgeom.data import Task, load_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device
 from qgeom.quant import QuantSpec, ptq
-from qgeom.train import accuracy, finetune, logits, pretrain, qat
+from qgeom.timing import StageTimer
+from qgeom.train import finetune, logits, pretrain, qat
 
 EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
 
@@ -72,6 +74,7 @@ class TransferRun:
                  log: Callable[[str], None] | None = None) -> None:
         self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: None)
+        self.timer = StageTimer()  # seconds per computed stage (read by `qgeom run`'s time table)
         self._check_config()
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -91,14 +94,16 @@ class TransferRun:
     def _params(self, path: Path, compute: Callable[[], P.Params], **meta) -> P.Params:
         if path.exists():
             return P.load_params(path)[0]
-        value = compute()
-        P.save_params(path, value, meta)
+        with self.timer.stage(str(meta.get("stage", "params"))):
+            value = compute()
+            P.save_params(path, value, meta)
         return value
 
-    def _table(self, path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    def _table(self, path: Path, compute: Callable[[], pd.DataFrame], stage: str = "table") -> pd.DataFrame:
         if path.exists():
             return read_table(path)
-        return write_table(path, compute())
+        with self.timer.stage(stage):
+            return write_table(path, compute())
 
     @cached_property
     def tasks(self) -> dict[str, Task]:
@@ -148,49 +153,85 @@ class TransferRun:
 
     def evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         return self._table(self.dir / f"seed{seed}/eval{bits}/{receiver}.csv",
-                           lambda: self._evaluate(seed, bits, receiver))
+                           lambda: self._evaluate(seed, bits, receiver), stage="evaluate")
 
     def _evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
+        """Accuracy rows of receiver R: baselines, the λ grid of every donor's patch and of the
+        multi-donor patch, and the random control, post-PTQ (``ptq_top1``) and FP (``fp_top1``).
+
+        Where the protocol reads each split: λ is chosen per (donor, scope) on *validation*
+        post-PTQ Top-1 over the grid (:func:`qgeom.analysis.lambda_on_val`); *test* is evaluated
+        only where the analysis reads it — at λ = 1 (PTQ and FP) and at the chosen λ (PTQ) — and
+        for the baselines and the random control (test only: no λ is chosen for it). The λ curves
+        are drawn from validation. Every set is quantized once and all sets of a split share one
+        pass over its batches (:func:`qgeom.evaluation.top1_many`)."""
+        from qgeom.analysis import lambda_on_val
+        from qgeom.data import batches
+        from qgeom.evaluation import top1_many
+
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
         model, theta = self.model(receiver), self.finetuned(seed, receiver)
         rhos = {d: self.rho(seed, bits, d) for d in c.tasks}
+        device = default_device()
+        data = {split: [(x.to(device), y.to(device)) for x, y in batches(getattr(task, split), c.eval_batch)]
+                for split in ("val", "test")}  # in memory once; a streamed split would pass a callable
+        key = dict(seed=seed, bits=bits, receiver=receiver)
         rows: list[dict] = []
 
-        def ev(th, method, donor="", scope="", lam=np.nan, draw=-1, splits=("val", "test"), fp=True):
-            for split in splits:
-                data = getattr(task, split)
-                base = dict(seed=seed, bits=bits, receiver=receiver, donor=donor, method=method, scope=scope,
-                            lam=lam, draw=draw, split=split)
-                rows.append(base | dict(metric="ptq_top1", value=accuracy(model, th, data, spec, c.eval_batch)))
-                if fp and split == "test":
-                    rows.append(base | dict(metric="fp_top1", value=accuracy(model, th, data, None, c.eval_batch)))
+        def run(jobs: list[tuple[dict, P.Params]], split: str) -> None:
+            """Evaluate jobs (row fields incl. metric, params) on ``split``; PTQ'd per metric."""
+            sets = [ptq(th, spec) if row["metric"] == "ptq_top1" else th for row, th in jobs]
+            acc = top1_many(model, sets, data[split], device=device)
+            rows.extend(key | row | dict(split=split, value=float(a)) for (row, _), a in zip(jobs, acc))
 
-        ev(theta, "baseline")
-        ev(self.qat(seed, bits, receiver), "qat")
+        def job(th, method, metric="ptq_top1", donor="", scope="", lam=np.nan, draw=-1):
+            return dict(donor=donor, method=method, scope=scope, lam=lam, draw=draw, metric=metric), th
+
         theta0 = self.theta0()
-        ev({k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}, "pretrained_backbone", splits=("test",))
+        pretrained = {k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}
+        theta_qat = self.qat(seed, bits, receiver)
         others = [d for d in c.tasks if d != receiver]
         lams = sorted(set(c.lambdas) | {1.0})
+        vecs = {scope: {d: P.select(rhos[d], scope) for d in c.tasks} for scope in c.scopes}
+        means = {scope: P.lincomb([vecs[scope][d] for d in others], [1.0 / len(others)] * len(others))
+                 for scope in c.scopes}
+
+        def grid_vector(method, donor, scope):
+            return means[scope] if method == "multi_donor" else vecs[scope][donor]
+
+        grid = [(m, d, scope) for scope in c.scopes for m, d in
+                [("patch", d) for d in c.tasks] + [("multi_donor", "mean(others)")]]
+        # validation: the baselines and the whole λ grid (post-PTQ), to choose λ
+        val_jobs = [job(theta, "baseline"), job(theta_qat, "qat")]
+        val_jobs += [job(P.patch(theta, grid_vector(m, d, scope), lam), m, donor=d, scope=scope, lam=lam)
+                     for m, d, scope in grid for lam in lams]
+        run(val_jobs, "val")
+        chosen = lambda_on_val(pd.DataFrame(rows))
+        lam_val = {(r.method, r.donor, r.scope): r.lam_val for r in chosen.itertuples()}
+        # test: baselines (PTQ and FP), the grid at λ = 1 (PTQ, FP) and at the chosen λ (PTQ), the control
+        test_jobs = [job(th, method, metric) for th, method in ((theta, "baseline"), (theta_qat, "qat"),
+                                                                 (pretrained, "pretrained_backbone"))
+                     for metric in ("ptq_top1", "fp_top1")]
+        for m, d, scope in grid:
+            at_one = P.patch(theta, grid_vector(m, d, scope), 1.0)
+            test_jobs += [job(at_one, m, metric, d, scope, 1.0) for metric in ("ptq_top1", "fp_top1")]
+            lv = float(lam_val[(m, d, scope)])
+            if lv != 1.0:
+                test_jobs.append(job(P.patch(theta, grid_vector(m, d, scope), lv), m, donor=d, scope=scope, lam=lv))
         for scope in c.scopes:
-            vecs = {d: P.select(rhos[d], scope) for d in c.tasks}
-            # λ grid: post-PTQ Top-1 on val (to choose λ) and test; FP Top-1 at λ = 1 only
-            for d in c.tasks:
-                for lam in lams:
-                    ev(P.patch(theta, vecs[d], lam), "patch", d, scope, lam, fp=lam == 1.0)
-            mean = P.lincomb([vecs[d] for d in others], [1.0 / len(others)] * len(others))
-            for lam in lams:
-                ev(P.patch(theta, mean, lam), "multi_donor", "mean(others)", scope, lam, fp=lam == 1.0)
             for d in others:  # the control: no λ is chosen for it, so test split only
                 g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{bits}/{d}/{receiver}/{scope}".encode()))
                 for draw in range(c.random_draws):
-                    ev(P.patch(theta, random_like(vecs[d], g), 1.0), "random", d, scope, 1.0, draw, splits=("test",))
+                    test_jobs.append(job(P.patch(theta, random_like(vecs[scope][d], g), 1.0), "random", donor=d,
+                                         scope=scope, lam=1.0, draw=draw))
+        run(test_jobs, "test")
         return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
     # -- geometry --------------------------------------------------------------------------
 
     def geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         return self._table(self.dir / f"seed{seed}/geometry{bits}/{receiver}.csv",
-                           lambda: self._geometry(seed, bits, receiver))
+                           lambda: self._geometry(seed, bits, receiver), stage="geometry")
 
     def _geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         from qgeom.curvature import CurvatureOperator
@@ -285,30 +326,35 @@ class TransferRun:
                     rows.append(dict(donor=a, receiver=b, dissimilarity=1 - cos))
             return pd.DataFrame(rows)
 
-        return self._table(self.dir / "dissimilarity.csv", compute)
+        return self._table(self.dir / "dissimilarity.csv", compute, stage="dissimilarity")
 
     # -- the whole run -----------------------------------------------------------------------
 
-    def run(self, geometry: bool = True) -> dict[str, pd.DataFrame]:
-        """Every stage in order (each skipped when its artifact exists); the combined tables."""
+    def run(self, geometry: bool = True, workers: int = 1) -> dict[str, pd.DataFrame]:
+        """Every stage in order (each skipped when its artifact exists); the combined tables.
+
+        workers > 1: after θ_0, the independent jobs — per (seed, task): fine-tune then QAT and ρ
+        for every bit width; per (seed, bits, receiver): evaluation then geometry — run in that
+        many spawned processes with one torch thread each (the artifacts are the hand-off, as for
+        jobs on other machines). On 2 cores this avoids the intra-op thread synchronisation that
+        makes 2-thread torch slow on a loaded machine (measured: a micro-ViT training step 0.10 s
+        with 1 thread, 0.20 s with 2, at load 3.3). Each artifact is computed by one single-thread
+        process, so its values do not depend on ``workers``. Stage seconds are then summed over
+        the processes; ``phase_seconds`` holds each phase's wall time."""
         c = self.cfg
-        self.theta0()
+        self.phase_seconds: dict[str, float] = {}
         jobs = [(s, b) for s in c.seeds for b in c.bits]
-        steps = [("finetune", s, None, t) for s in c.seeds for t in c.tasks]
-        steps += [("qat", s, b, t) for s, b in jobs for t in c.tasks]
-        steps += [("evaluate", s, b, t) for s, b in jobs for t in c.tasks]
-        if geometry:
-            steps += [("geometry", s, b, t) for s, b in jobs for t in c.tasks]
-        for stage, s, b, t in tqdm(steps, desc=c.name, disable=not self.progress, dynamic_ncols=True):
-            self.log(f"{stage} seed={s} bits={b} task={t}")
-            if stage == "finetune":
-                self.finetuned(s, t)
-            elif stage == "qat":
-                self.rho(s, b, t)
-            elif stage == "evaluate":
-                self.evaluate(s, b, t)
+        self.theta0()
+        train = [("train", s, None, t) for s in c.seeds for t in c.tasks]
+        receive = [("receive", s, b, t) for s, b in jobs for t in c.tasks]
+        for phase, steps in (("training", train), ("evaluation + geometry", receive)):
+            t0 = time.perf_counter()
+            if workers > 1:
+                self._run_parallel(steps, geometry, workers, phase)
             else:
-                self.geometry(s, b, t)
+                for step in tqdm(steps, desc=f"{c.name}: {phase}", disable=not self.progress, dynamic_ncols=True):
+                    self._run_step(step, geometry)
+            self.phase_seconds[phase] = time.perf_counter() - t0
         tables = {
             "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in c.tasks], ignore_index=True),
             "dissimilarity": self.dissimilarity(),
@@ -320,3 +366,57 @@ class TransferRun:
             if name != "dissimilarity":
                 write_table(self.dir / f"{name}.csv", df)
         return tables
+
+    def _run_step(self, step: tuple, geometry: bool) -> None:
+        kind, s, b, t = step
+        self.log(f"{kind} seed={s} bits={b} task={t}")
+        if kind == "train":
+            self.finetuned(s, t)
+            for bits in self.cfg.bits:
+                self.rho(s, bits, t)
+        else:
+            self.evaluate(s, b, t)
+            if geometry:
+                self.geometry(s, b, t)
+
+    def _run_parallel(self, steps: list[tuple], geometry: bool, workers: int, phase: str) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        todo = [st for st in steps if not self._step_done(st, geometry)]
+        if not todo:
+            return
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(self.cfg, str(self.dir))) as pool:
+            futures = [pool.submit(_worker_step, st, geometry) for st in todo]
+            bar = tqdm(total=len(futures), desc=f"{self.cfg.name}: {phase} ({workers} workers)",
+                       disable=not self.progress, dynamic_ncols=True)
+            for f in as_completed(futures):
+                self.timer.merge(f.result())  # re-raises a worker's exception here
+                bar.update()
+            bar.close()
+
+    def _step_done(self, step: tuple, geometry: bool) -> bool:
+        kind, s, b, t = step
+        if kind == "train":
+            return all((self.dir / f"seed{s}/qat{bits}/rho_{t}.safetensors").exists() for bits in self.cfg.bits)
+        return (self.dir / f"seed{s}/eval{b}/{t}.csv").exists() and (
+            not geometry or (self.dir / f"seed{s}/geometry{b}/{t}.csv").exists())
+
+
+_WORKER_RUN: TransferRun | None = None
+
+
+def _worker_init(cfg: RunConfig, run_dir: str) -> None:
+    """A worker process: one torch thread, its own TransferRun over the shared run directory."""
+    global _WORKER_RUN
+    torch.set_num_threads(1)
+    _WORKER_RUN = TransferRun(cfg, run_dir, progress=False)
+
+
+def _worker_step(step: tuple, geometry: bool) -> dict:
+    """Run one job in a worker; return the seconds and counts its stages took."""
+    run = _WORKER_RUN
+    run.timer = StageTimer()
+    run._run_step(step, geometry)
+    return run.timer.state()

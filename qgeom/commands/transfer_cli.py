@@ -24,9 +24,40 @@ def _console() -> Console:
 console = _console()
 
 
+def machine_info() -> dict:
+    """Where the run's time was measured: CPU model, cores, torch threads, 1-minute load average."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+            "load_average_at_end": [round(x, 2) for x in load]}
+
+
+def default_workers() -> int:
+    """Worker processes for a run: ``QGEOM_WORKERS`` when set, else 1 on a GPU, else min(2, cores)."""
+    if os.environ.get("QGEOM_WORKERS"):
+        return max(1, int(os.environ["QGEOM_WORKERS"]))
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+
+
 def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geometry: bool = True,
-                   progress: bool = True) -> dict:
-    """Run (or resume) a configured experiment and write its tables and summary; returns the summary."""
+                   progress: bool = True, workers: int | None = None) -> dict:
+    """Run (or resume) a configured experiment and write its tables and summary; returns the summary.
+
+    workers: processes for the per-task and per-receiver jobs (default :func:`default_workers`)."""
 
     from qgeom import analysis
     from qgeom.config import load_config, with_overrides
@@ -37,14 +68,24 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     start = time.time()
     run = TransferRun(cfg, run_dir, progress=progress)
-    tables = run.run(geometry=geometry)
-    pairs = analysis.pair_table(tables["accuracy"], tables.get("geometry"), tables["dissimilarity"])
-    receivers = analysis.receiver_table(tables["accuracy"])
-    corr = analysis.correlations(pairs, cfg.permutations)
-    for name, df in (("pairs", pairs), ("receivers", receivers), ("correlations", corr)):
-        atomic_write(run_dir / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
-    summary = {"config": cfg.to_dict(), "run_dir": str(run_dir), "seconds": round(time.time() - start, 1),
-               "results": analysis.summarize(pairs, receivers, corr),
+    workers = workers or default_workers()
+    tables = run.run(geometry=geometry, workers=workers)
+    with run.timer.stage("statistics"):
+        pairs = analysis.pair_table(tables["accuracy"], tables.get("geometry"), tables["dissimilarity"])
+        receivers = analysis.receiver_table(tables["accuracy"])
+        corr = analysis.correlations(pairs, cfg.permutations)
+        for name, df in (("pairs", pairs), ("receivers", receivers), ("correlations", corr)):
+            atomic_write(run_dir / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
+        results = analysis.summarize(pairs, receivers, corr)
+    seconds = time.time() - start
+    stages = run.timer.table()
+    phases = [dict(stage=f"wall: {k}", n=1, seconds=round(v, 2), per_call=None) for k, v in run.phase_seconds.items()]
+    serial = sum(r["seconds"] for r in stages if r["stage"] in ("pretrain", "dissimilarity", "statistics"))
+    phases.append(dict(stage="wall: other (loading, tables)", n=1,
+                       seconds=round(seconds - serial - sum(r["seconds"] for r in phases), 2), per_call=None))
+    summary = {"config": cfg.to_dict(), "run_dir": str(run_dir), "seconds": round(seconds, 1),
+               "machine": machine_info() | {"workers": workers}, "stage_seconds": stages + phases,
+               "results": results,
                "correlations": corr[(corr.target == "gain_unit") & (corr.method == "spearman")].to_dict("records")}
     atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
     return summary
@@ -82,7 +123,20 @@ def print_summary(summary: dict, console: Console = console) -> None:
         console.print(f"[bold]{r['bits']} bits, {r['scope']} scope[/]")
         for key in ("verdict_patch", "verdict_random", "verdict_alignment"):
             console.print(f"  - {r[key]}")
-    console.print(f"finished in {summary['seconds']} s")
+    stages = summary.get("stage_seconds")
+    if stages:
+        t3 = Table(title="Where the time went: seconds per computed stage (summed over worker processes), "
+                         "and the wall time of each parallel phase")
+        for col in ("stage", "n", "seconds", "per call"):
+            t3.add_column(col, justify="right")
+        for r in stages:
+            t3.add_row(r["stage"], str(r["n"]), f"{r['seconds']:.1f}",
+                       f"{r['per_call']:.1f}" if r.get("per_call") is not None else "")
+        console.print(t3)
+    m = summary.get("machine")
+    where = (f" on {m['cpu']} ({m['cores']} cores, {m.get('workers', 1)} workers, {m['device']}; load average "
+             f"at the end {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])})") if m else ""
+    console.print(f"finished in {summary['seconds']} s{where}")
 
 
 def register(app: typer.Typer) -> None:
@@ -94,10 +148,12 @@ def register(app: typer.Typer) -> None:
         run_dir: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME); resumes if it exists"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (same as bits=...)"),
         geometry: bool = typer.Option(True, help="compute the curvature geometry stage"),
+        workers: Optional[int] = typer.Option(None, help="worker processes (default: QGEOM_WORKERS, else 1 on a GPU, "
+                                                         "else min(2, cores)); each uses one torch thread"),
     ) -> None:
         """Run or resume the transfer experiment: pretrain → fine-tune → QAT → ρ → evaluate → geometry → statistics."""
         ov = list(overrides or []) + ([f"bits={bits}"] if bits else [])
-        print_summary(run_experiment(config, run_dir, ov, geometry))
+        print_summary(run_experiment(config, run_dir, ov, geometry, workers=workers))
 
     @app.command("demo")
     @clean_errors

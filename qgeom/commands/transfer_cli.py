@@ -95,7 +95,8 @@ def print_summary(summary: dict, console: Console = console) -> None:
     """The summary as two rich tables (outcomes; alignment) plus the plain-language verdicts."""
     cfg = summary["config"]
     table = Table(title=f"qgeom transfer: {cfg['name']} ({len(cfg['tasks'])} tasks, seeds {cfg['seeds']})",
-                  caption="Top-1 % on test; gains in points over off-diagonal donor→receiver pairs, 95% intervals")
+                  caption="Top-1 % on test, mean over seeds; gains in points over off-diagonal donor→receiver pairs; 95% "
+                          "intervals over tasks and seeds (task bootstrap ⊕ t over seeds)")
     for col in ("bits", "scope", "pairs", "FP", "PTQ", "QAT→PTQ", "gain λ=1", "vs random", "gain λ_val",
                 "multi λ=1", "FP cost λ=1"):
         table.add_column(col, justify="right")
@@ -112,17 +113,23 @@ def print_summary(summary: dict, console: Console = console) -> None:
     corr = summary.get("correlations", [])
     if corr:
         t2 = Table(title="Does alignment predict the λ = 1 gain? Spearman over off-diagonal pairs",
-                   caption="p: quadratic-assignment permutation test over task labels; LOO: leave-one-task-out range")
-        for col in ("bits", "scope", "alignment", "Spearman", "p (QAP)", "LOO range"):
+                   caption="Spearman and p (quadratic-assignment permutation test over task labels) on the seed-averaged "
+                           "matrices; per-seed range: the same Spearman seed by seed; LOO: leave-one-task-out range")
+        def rng(lo, hi) -> str:
+            return f"[{lo:+.2f}, {hi:+.2f}]" if lo == lo and hi == hi else "n/a (too few tasks)"
+
+        for col in ("bits", "scope", "alignment", "Spearman", "p (QAP)", "per-seed range", "LOO range"):
             t2.add_column(col, justify="right")
         for c in corr:
             t2.add_row(str(c["bits"]), c["scope"], c["alignment"], f"{c['r']:+.2f}", f"{c['p_value']:.3f}",
-                       f"[{c['loo_min']:+.2f}, {c['loo_max']:+.2f}]")
+                       rng(c.get("seed_r_min", float("nan")), c.get("seed_r_max", float("nan"))),
+                       rng(c["loo_min"], c["loo_max"]))
         console.print(t2)
     for r in summary["results"]:
         console.print(f"[bold]{r['bits']} bits, {r['scope']} scope[/]")
-        for key in ("verdict_patch", "verdict_random", "verdict_alignment"):
-            console.print(f"  - {r[key]}")
+        for key in ("verdict_patch", "verdict_random", "verdict_tuned", "verdict_alignment"):
+            if key in r:
+                console.print(f"  - {r[key]}")
     stages = summary.get("stage_seconds")
     if stages:
         t3 = Table(title="Where the time went: seconds per computed stage (summed over worker processes), "

@@ -3,7 +3,8 @@
 A run is fully described by a :class:`RunConfig`; it is written into the run directory
 (``config.json``) and a resumed run must ask for the same one. Presets:
 
-* ``demo`` — 2 CPU cores, < 10 minutes: micro ViT, 6 tasks, 2 bits, 1 seed.
+* ``demo`` — 2 CPU cores, < 10 minutes: micro ViT, 6 tasks, 2 bits, 3 seeds (one random draw
+  per seed and cell).
 * ``tiny`` — the tests' end-to-end configuration: 3 tasks, a few steps, seconds.
 * ``gpu``  — a lent H100/H200: ViT-S width (384, 6 heads) at depth 6, patch 8, 8 tasks, 3×
   more data, 3 seeds, 2 bits; sized by estimate (≈ 13.5 k optimizer steps + ≈ 5 k
@@ -116,7 +117,9 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 def preset(name: str) -> RunConfig:
     """A named configuration: ``demo``, ``tiny`` or ``gpu``."""
     if name == "demo":
-        return RunConfig()
+        # 3 seeds (every verdict is over seeds); one random draw per seed and cell: the random
+        # control of a cell is still the mean of 3 draws once averaged over the 3 seeds
+        return RunConfig(seeds=(0, 1, 2), random_draws=1)
     if name == "tiny":
         return RunConfig(
             name="tiny", model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},

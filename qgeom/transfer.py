@@ -347,14 +347,21 @@ class TransferRun:
         self.theta0()
         train = [("train", s, None, t) for s in c.seeds for t in c.tasks]
         receive = [("receive", s, b, t) for s, b in jobs for t in c.tasks]
-        for phase, steps in (("training", train), ("evaluation + geometry", receive)):
-            t0 = time.perf_counter()
-            if workers > 1:
-                self._run_parallel(steps, geometry, workers, phase)
-            else:
-                for step in tqdm(steps, desc=f"{c.name}: {phase}", disable=not self.progress, dynamic_ncols=True):
-                    self._run_step(step, geometry)
-            self.phase_seconds[phase] = time.perf_counter() - t0
+        pool = None
+        try:
+            for phase, steps in (("training", train), ("evaluation + geometry", receive)):
+                t0 = time.perf_counter()
+                todo = [st for st in steps if not self._step_done(st, geometry)]
+                if workers > 1 and todo:
+                    pool = pool or self._pool(workers)  # one pool for both phases: workers start once
+                    self._run_parallel(pool, todo, geometry, workers, phase)
+                else:
+                    for step in tqdm(todo, desc=f"{c.name}: {phase}", disable=not self.progress, dynamic_ncols=True):
+                        self._run_step(step, geometry)
+                self.phase_seconds[phase] = time.perf_counter() - t0
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         tables = {
             "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in c.tasks], ignore_index=True),
             "dissimilarity": self.dissimilarity(),
@@ -379,22 +386,23 @@ class TransferRun:
             if geometry:
                 self.geometry(s, b, t)
 
-    def _run_parallel(self, steps: list[tuple], geometry: bool, workers: int, phase: str) -> None:
+    def _pool(self, workers: int):
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import ProcessPoolExecutor
 
-        todo = [st for st in steps if not self._step_done(st, geometry)]
-        if not todo:
-            return
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(self.cfg, str(self.dir))) as pool:
-            futures = [pool.submit(_worker_step, st, geometry) for st in todo]
-            bar = tqdm(total=len(futures), desc=f"{self.cfg.name}: {phase} ({workers} workers)",
-                       disable=not self.progress, dynamic_ncols=True)
-            for f in as_completed(futures):
-                self.timer.merge(f.result())  # re-raises a worker's exception here
-                bar.update()
-            bar.close()
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(self.cfg, str(self.dir)))
+
+    def _run_parallel(self, pool, todo: list[tuple], geometry: bool, workers: int, phase: str) -> None:
+        from concurrent.futures import as_completed
+
+        futures = [pool.submit(_worker_step, st, geometry) for st in todo]
+        bar = tqdm(total=len(futures), desc=f"{self.cfg.name}: {phase} ({workers} workers)",
+                   disable=not self.progress, dynamic_ncols=True)
+        for f in as_completed(futures):
+            self.timer.merge(f.result())  # re-raises a worker's exception here
+            bar.update()
+        bar.close()
 
     def _step_done(self, step: tuple, geometry: bool) -> bool:
         kind, s, b, t = step

@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(Path("runs/demo"), help="run directory; an existing one is resumed"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (default: the preset's 2)"),
     ) -> None:
-        """The embedded default: the `demo` preset (micro ViT, 6 offline tasks, 2 bits) on CPU."""
+        """The embedded default: the `demo` preset (micro ViT, 6 offline tasks, 2 bits, 3 seeds) on CPU."""
         print_summary(run_experiment("demo", run_dir, [f"bits={bits}"] if bits else []))
 
     @app.command("summary")

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from qgeom.stats import Interval, correlation_difference, qap_correlation, t_interval, two_way_bootstrap
+from qgeom.stats import Interval, _corr, correlation_difference, off_diagonal, qap_correlation, seed_task_interval
 
 TEXT_COLUMNS = ("receiver", "donor", "method", "scope", "split", "metric", "objective", "quantity", "alignment",
                 "target", "best_donor")
@@ -37,17 +37,32 @@ CORRELATION_COLUMNS = ("bits", "scope", "alignment", "target", "method", "r", "p
                        "exact", "loo_min", "loo_max", "diff_vs_euclidean", "diff_low", "diff_high")
 
 
+LAMBDA_KEYS = ["seed", "bits", "receiver", "method", "donor", "scope"]
+
+
+def lambda_on_val(acc: pd.DataFrame) -> pd.DataFrame:
+    """λ maximising *validation* post-PTQ Top-1 per (seed, bits, receiver, method, donor, scope),
+    ties broken towards λ = 1 (then towards the smaller λ); one row per group with ``lam_val``.
+
+    Reads only rows with split == "val" and metric == "ptq_top1" of the patch / multi_donor
+    methods. The experiment calls it on the validation rows alone to decide where to evaluate
+    test, and the analysis on the whole table: the same function, so the same λ."""
+    keys = LAMBDA_KEYS
+    val = acc[acc.method.isin(["patch", "multi_donor"]) & (acc.split == "val") & (acc.metric == "ptq_top1")].copy()
+    val["dist"] = (val.lam - 1.0).abs()
+    best = val.sort_values(keys + ["value", "dist", "lam"], ascending=[True] * len(keys) + [False, True, True],
+                           kind="mergesort")
+    return best.groupby(keys, as_index=False).first()[keys + ["lam"]].rename(columns={"lam": "lam_val"})
+
+
 def choose_lambda(acc: pd.DataFrame) -> pd.DataFrame:
     """For each (seed, bits, receiver, method, donor, scope): λ maximising *validation* PTQ Top-1.
 
     Returns one row per group with ``lam_val`` and the *test* PTQ / FP Top-1 at that λ.
     """
     grid = acc[acc.method.isin(["patch", "multi_donor"])]
-    keys = ["seed", "bits", "receiver", "method", "donor", "scope"]
-    val = grid[(grid.split == "val") & (grid.metric == "ptq_top1")].copy()
-    val["dist"] = (val.lam - 1.0).abs()
-    best = val.sort_values(keys + ["value", "dist"], ascending=[True] * len(keys) + [False, True])
-    best = best.groupby(keys, as_index=False).first()[keys + ["lam"]].rename(columns={"lam": "lam_val"})
+    keys = LAMBDA_KEYS
+    best = lambda_on_val(grid)
     test = grid[grid.split == "test"].pivot_table(index=keys + ["lam"], columns="metric", values="value").reset_index()
     out = best.merge(test, left_on=keys + ["lam_val"], right_on=keys + ["lam"], how="left").drop(columns="lam")
     return out.rename(columns={"ptq_top1": "tuned_ptq"})[keys + ["lam_val", "tuned_ptq"]]
@@ -135,21 +150,29 @@ def pair_matrix(pairs: pd.DataFrame, col: str, names: list[str]) -> np.ndarray:
 
 def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
     """Spearman and Pearson of every alignment with every target over off-diagonal cells, with
-    QAP p-values and leave-one-task-out ranges; matrices are averaged over seeds first. Rows of a
-    curvature alignment also carry ``diff_vs_euclidean``: r(alignment) − r(Euclidean) with a
-    task-bootstrap 95% interval (``diff_low``, ``diff_high``). Without alignment columns (a run
-    without the geometry stage) the table is empty, with its columns."""
+    QAP p-values and leave-one-task-out ranges on the *seed-averaged* matrices, and the range of
+    the same correlation computed seed by seed (``seed_r_min``, ``seed_r_max``, ``n_seeds``).
+    Rows of a curvature alignment also carry ``diff_vs_euclidean``: r(alignment) − r(Euclidean)
+    with a task-bootstrap 95% interval (``diff_low``, ``diff_high``). Without alignment columns (a
+    run without the geometry stage) the table is empty, with its columns."""
     rows = []
     for (bits, scope), g in pairs.groupby(["bits", "scope"]):
         names = sorted(set(g.donor) | set(g.receiver))
+        seeds = sorted(g.seed.unique())
         aligns = [c for c in g.columns if c.startswith("cos_")]
         for target in [t for t in TARGETS if t in g.columns]:
             y = pair_matrix(g, target, names)
+            ys = [pair_matrix(g[g.seed == s], target, names) for s in seeds]
             for a in aligns:
                 x = pair_matrix(g, a, names)
+                xs = [pair_matrix(g[g.seed == s], a, names) for s in seeds]
                 for method in ("spearman", "pearson"):
                     res = qap_correlation(x, y, method, permutations)
-                    row = dict(bits=bits, scope=scope, alignment=a[4:], target=target) | res.to_dict()
+                    per_seed = [_corr(off_diagonal(xi), off_diagonal(yi), method) for xi, yi in zip(xs, ys)]
+                    per_seed = [r for r in per_seed if math.isfinite(r)]
+                    row = dict(bits=bits, scope=scope, alignment=a[4:], target=target) | res.to_dict() | dict(
+                        n_seeds=len(seeds), seed_r_min=min(per_seed, default=math.nan),
+                        seed_r_max=max(per_seed, default=math.nan))
                     if a != "cos_euclidean" and "cos_euclidean" in aligns:
                         d = correlation_difference(x, pair_matrix(g, "cos_euclidean", names), y, method)
                         row |= dict(diff_vs_euclidean=d.mean, diff_low=d.low, diff_high=d.high)
@@ -158,55 +181,61 @@ def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
 
 
 def interval(pairs: pd.DataFrame, col: str) -> Interval:
-    """95% interval of the mean off-diagonal value of ``col``: a t-interval over seeds when
-    there are several (each seed's mean over pairs), else a task-resampling bootstrap."""
+    """95% interval of the mean off-diagonal value of ``col`` that sees both sources of
+    variation: :func:`qgeom.stats.seed_task_interval` over the per-seed donor × receiver
+    matrices (a task bootstrap of the seed-averaged matrix, widened in quadrature by the
+    t-interval of the per-seed means); with one seed, the task bootstrap alone."""
     off = pairs[~pairs.diagonal]
-    seeds = sorted(off.seed.unique())
-    if len(seeds) >= 2:
-        return t_interval([off[off.seed == s][col].mean() for s in seeds])
-    return two_way_bootstrap(pair_matrix(off, col, sorted(set(off.donor) | set(off.receiver))))
+    names = sorted(set(pairs.donor) | set(pairs.receiver))
+    return seed_task_interval([pair_matrix(off[off.seed == s], col, names) for s in sorted(off.seed.unique())])
 
 
 def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) -> list[dict]:
     """One record per (bits, scope): the headline numbers and plain-language verdicts (an empty
-    ``corr``, from a run without geometry, gives NaN correlations and "no curvature alignment")."""
+    ``corr``, from a run without geometry, gives NaN correlations and "no curvature alignment").
+
+    Every verdict is computed over seeds: the gain intervals by :func:`interval` (tasks and
+    seeds), the correlations on seed-averaged matrices (QAP test) with the per-seed range shown.
+    A verdict needs a usable interval and, for the alignment, a test that can reach p < 0.05;
+    otherwise it says "too few tasks to tell"."""
     out = []
     if corr.empty:
         corr = pd.DataFrame(columns=list(CORRELATION_COLUMNS))
     for (bits, scope), g in pairs.groupby(["bits", "scope"]):
         rec = receivers[(receivers.bits == bits) & (receivers.scope == scope)]
         off = g[~g.diagonal]
+        n_tasks = len(set(g.donor) | set(g.receiver))
         gain, vs_rand, tuned = interval(g, "gain_unit"), interval(g, "gain_vs_random"), interval(g, "gain_tuned")
         c = corr[(corr.bits == bits) & (corr.scope == scope) & (corr.target == "gain_unit") & (corr.method == "spearman")]
-        rho = {row.alignment: (row.r, row.p_value) for row in c.itertuples()}
-        diff = {row.alignment: (getattr(row, "diff_vs_euclidean", math.nan), getattr(row, "diff_low", math.nan),
-                                getattr(row, "diff_high", math.nan)) for row in c.itertuples()}
-        e = rho.get("euclidean", (math.nan, math.nan))
-        best_metric = max((k for k in rho if k != "euclidean"), key=lambda k: rho[k][0], default=None)
-        m = rho.get(best_metric, (math.nan, math.nan)) if best_metric else (math.nan, math.nan)
+        stat = {row.alignment: row._asdict() for row in c.itertuples(index=False)}
+        best_metric = max((k for k in stat if k != "euclidean"), key=lambda k: stat[k]["r"], default=None)
+        e, m = stat.get("euclidean", {}), stat.get(best_metric, {}) if best_metric else {}
+        diff = (m.get("diff_vs_euclidean", math.nan), m.get("diff_low", math.nan), m.get("diff_high", math.nan))
+        per_receiver = g.drop_duplicates(["seed", "receiver"])
         out.append(dict(
-            bits=int(bits), scope=scope, n_pairs=len(off), n_seeds=g.seed.nunique(),
-            base_fp=float(g.drop_duplicates(["seed", "receiver"]).base_fp.mean()),
-            base_ptq=float(g.drop_duplicates(["seed", "receiver"]).base_ptq.mean()),
-            qat_ptq=float(g.drop_duplicates(["seed", "receiver"]).qat_ptq.mean()),
+            bits=int(bits), scope=scope, n_pairs=int(len(off) / max(g.seed.nunique(), 1)), n_tasks=n_tasks,
+            n_seeds=int(g.seed.nunique()),
+            base_fp=float(per_receiver.base_fp.mean()), base_ptq=float(per_receiver.base_ptq.mean()),
+            qat_ptq=float(per_receiver.qat_ptq.mean()),
             gain_unit=gain.to_dict(), gain_vs_random=vs_rand.to_dict(), gain_tuned=tuned.to_dict(),
             fp_cost=float(off.fp_cost.mean()),
             multi_donor_gain_unit=float((rec.multi_unit_ptq - rec.base_ptq).mean()),
             multi_donor_gain_tuned=float((rec.multi_tuned_ptq - rec.base_ptq).mean()),
             qat_gain=float((rec.qat_ptq - rec.base_ptq).mean()),
-            spearman_euclidean=e[0], p_euclidean=e[1], best_metric=best_metric,
-            spearman_metric=m[0], p_metric=m[1],
+            spearman_euclidean=e.get("r", math.nan), p_euclidean=e.get("p_value", math.nan), best_metric=best_metric,
+            spearman_metric=m.get("r", math.nan), p_metric=m.get("p_value", math.nan),
             verdict_patch=_verdict(gain, "the donor patch at λ = 1", "the unpatched receiver"),
             verdict_random=_verdict(vs_rand, "the donor patch at λ = 1", "a norm-matched random direction"),
-            diff_vs_euclidean=diff.get(best_metric, (math.nan,) * 3),
-            verdict_alignment=_alignment_verdict(e, m, best_metric, diff.get(best_metric, (math.nan,) * 3)),
+            verdict_tuned=_verdict(tuned, "the donor patch at the λ chosen on val", "the unpatched receiver"),
+            diff_vs_euclidean=diff,
+            verdict_alignment=_alignment_verdict(e, m, best_metric, diff),
         ))
     return out
 
 
 def _verdict(iv: Interval, what: str, against: str) -> str:
-    if not math.isfinite(iv.low):
-        return f"{what} vs {against}: {iv.mean:+.2f} points (no interval: too few seeds/tasks)"
+    if iv.degenerate:
+        return f"{what} vs {against}: {iv.mean:+.2f} points — too few tasks to tell (no usable 95% interval)"
     if iv.low > 0:
         return f"{what} beats {against}: {iv} points (95% interval above 0)"
     if iv.high < 0:
@@ -214,18 +243,39 @@ def _verdict(iv: Interval, what: str, against: str) -> str:
     return f"{what} does not reliably beat {against}: {iv} points (95% interval contains 0)"
 
 
-def _alignment_verdict(e: tuple[float, float], m: tuple[float, float], name: str | None,
-                       diff: tuple[float, float, float]) -> str:
-    if name is None or not math.isfinite(m[0]):
+def _seed_range(stat: dict) -> str:
+    lo, hi, n = stat.get("seed_r_min", math.nan), stat.get("seed_r_max", math.nan), stat.get("n_seeds", 1)
+    return f", per seed {lo:+.2f} … {hi:+.2f}" if n and n > 1 and math.isfinite(lo) else ""
+
+
+def _alignment_verdict(e: dict, m: dict, name: str | None, diff: tuple[float, float, float]) -> str:
+    """Does the curvature alignment predict the λ = 1 gain better than the Euclidean one?
+
+    "Better" needs all of: the curvature correlation significant (QAP p < 0.05, on the
+    seed-averaged matrices) and the task-bootstrap interval of the difference non-degenerate and
+    above 0. When the QAP test cannot reach p < 0.05 (n! ≤ 20 relabellings: 3 tasks) or the
+    interval of the difference has no width, the verdict is "too few tasks to tell"."""
+    r_m, p_m = m.get("r", math.nan), m.get("p_value", math.nan)
+    r_e, p_e = e.get("r", math.nan), e.get("p_value", math.nan)
+    if name is None or not math.isfinite(r_m):
         return "no curvature alignment measured"
-    head = (f"Spearman with the λ = 1 gain: {name} cosine {m[0]:+.2f} (QAP p = {m[1]:.3f}), Euclidean "
-            f"{e[0]:+.2f} (p = {e[1]:.3f}); difference {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] (95%, task "
-            f"bootstrap): ")
-    if math.isfinite(diff[1]) and diff[1] > 0:
+    d = Interval(diff[0], diff[1], diff[2], 0, "task bootstrap")
+    head = (f"Spearman with the λ = 1 gain: {name} cosine {r_m:+.2f} (QAP p = {p_m:.3f}{_seed_range(m)}), Euclidean "
+            f"{r_e:+.2f} (p = {p_e:.3f}{_seed_range(e)}); difference {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}] "
+            f"(95%, task bootstrap): ")
+    if m.get("min_p", 0.0) >= 0.05 or d.degenerate:
+        why = ("the permutation test cannot reach p < 0.05" if m.get("min_p", 0.0) >= 0.05
+               else "the interval of the difference is degenerate")
+        return head + f"too few tasks to tell ({why})"
+    if d.low > 0 and p_m < 0.05:
         return head + "the curvature alignment predicts the gains better"
-    if m[1] < 0.05 <= e[1]:
+    if d.low > 0:
+        return head + "the difference is above 0 but the curvature alignment itself is not significant: not shown"
+    if p_m < 0.05 <= p_e:
         return head + ("only the curvature alignment is significant, but the interval of the difference "
                        "contains 0: not shown to predict better")
-    if m[0] > e[0]:
+    if p_m < 0.05 and p_e < 0.05:
+        return head + "both alignments are significant and the interval of the difference contains 0: neither shown better"
+    if r_m > r_e:
         return head + "the curvature alignment ranks higher, not significantly"
     return head + "the curvature alignment does not predict better"

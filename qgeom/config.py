@@ -3,7 +3,8 @@
 A run is fully described by a :class:`RunConfig`; it is written into the run directory
 (``config.json``) and a resumed run must ask for the same one. Presets:
 
-* ``demo`` — 2 CPU cores, < 10 minutes: micro ViT, 6 tasks, 2 bits, 1 seed.
+* ``demo`` — 2 CPU cores, < 10 minutes: micro ViT, 6 tasks, 2 bits, 3 seeds (one random draw
+  per seed and cell).
 * ``tiny`` — the tests' end-to-end configuration: 3 tasks, a few steps, seconds.
 * ``paper`` (= ``paper-vit-b16``), ``paper-vit-l16``, ``paper-vit-h14`` — the paper's setting:
   timm's ``vit_{base,large}_patch16_224.orig_in21k`` / ``vit_huge_patch14_224.orig_in21k`` as θ_0,
@@ -353,7 +354,9 @@ def preset(name: str) -> RunConfig:
     if name in PAPER_SCALES:
         return paper_preset(name)
     if name == "demo":
-        return RunConfig()
+        # 3 seeds (every verdict is over seeds); one random draw per seed and cell: the random
+        # control of a cell is still the mean of 3 draws once averaged over the 3 seeds
+        return RunConfig(seeds=(0, 1, 2), random_draws=1)
     if name == "tiny":
         return RunConfig(
             name="tiny", model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},

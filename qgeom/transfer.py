@@ -29,6 +29,7 @@ under ``cfg.data_root``. Every task is resolved (files found, classes read) befo
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Callable
 from functools import cached_property
@@ -42,11 +43,13 @@ from tqdm.auto import tqdm
 from qgeom import params as P
 from qgeom.analysis import read_table
 from qgeom.config import RunConfig, validate
+from qgeom.controls import random_like
 from qgeom.data import TASKS, Task, batches, load_task, model_transform, parse_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device, load_pretrained
 from qgeom.tracking import CurveLog
 from qgeom.quant import QuantSpec, ptq
-from qgeom.train import accuracy, finetune, logits, pretrain, qat
+from qgeom.timing import StageTimer
+from qgeom.train import finetune, logits, pretrain, qat
 
 EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
 
@@ -85,16 +88,6 @@ def write_table(path: Path, df: pd.DataFrame) -> pd.DataFrame:
     return read_table(path)
 
 
-def random_like(vector: P.Params, generator: torch.Generator) -> P.Params:
-    """A Gaussian direction with the same per-tensor norms as ``vector`` (the random control)."""
-    out = {}
-    for k, v in vector.items():
-        r = torch.randn(v.shape, generator=generator, dtype=torch.float64)
-        n = r.norm()
-        out[k] = (r * (v.double().norm() / n if n > 0 else 0.0)).to(v.dtype)
-    return out
-
-
 class TransferRun:
     """One run directory of the transfer experiment; each ``stage_*`` method is idempotent."""
 
@@ -103,6 +96,7 @@ class TransferRun:
         validate(cfg)  # before anything is written: a refused config leaves the run directory as it was
         self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
         self.log = log or (lambda msg: None)
+        self.timer = StageTimer()  # seconds per computed stage (read by `qgeom run`'s time table)
         self._check_config()
         P.remove_stale_temps(self.dir, recursive=True)  # temporaries of a write killed in an earlier run
 
@@ -124,8 +118,9 @@ class TransferRun:
     def _params(self, path: Path, compute: Callable[[], P.Params], **meta) -> P.Params:
         if path.exists():
             return P.load_params(path)[0]
-        value = compute()
-        P.save_params(path, value, self._meta(**meta))
+        with self.timer.stage(str(meta.get("stage", "params"))):
+            value = compute()
+            P.save_params(path, value, self._meta(**meta))
         return value
 
     def _meta(self, stage: str, task: str, **extra) -> dict:
@@ -147,10 +142,11 @@ class TransferRun:
         return dict(stage=stage, preset=c.preset, model_overrides=c.model_overrides, num_classes=num_classes,
                     task=task, data_seed=0, data_sizes=sizes, run=c.name, **data, **extra)
 
-    def _table(self, path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    def _table(self, path: Path, compute: Callable[[], pd.DataFrame], stage: str = "table") -> pd.DataFrame:
         if path.exists():
             return read_table(path)
-        return write_table(path, compute())
+        with self.timer.stage(stage):
+            return write_table(path, compute())
 
     @cached_property
     def names(self) -> list[str]:
@@ -165,6 +161,16 @@ class TransferRun:
     def model(self, task: str):
         """The architecture for ``task`` (a template; weights come from parameter dicts)."""
         return create_model(self.cfg.preset, self.tasks[task].num_classes, **self.cfg.model_overrides)
+
+    def _eval_batches(self, split, device: torch.device):
+        """A split's evaluation batches for :func:`qgeom.evaluation.top1_many`: an in-memory split
+        moved to the device once; a streamed split as a callable that re-opens its loader (it is
+        never held whole)."""
+        from qgeom.data import Split
+
+        if isinstance(split, Split):
+            return [(x.to(device), y.to(device)) for x, y in batches(split, self.cfg.eval_batch)]
+        return lambda: batches(split, self.cfg.eval_batch)
 
     def _curves(self, artifact: Path, stage: str, **meta) -> CurveLog:
         """The training-curve log of the stage that writes ``artifact`` (CSV beside it)."""
@@ -231,49 +237,84 @@ class TransferRun:
 
     def evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         return self._table(self.dir / f"seed{seed}/eval{bits}/{receiver}.csv",
-                           lambda: self._evaluate(seed, bits, receiver))
+                           lambda: self._evaluate(seed, bits, receiver), stage="evaluate")
 
     def _evaluate(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
+        """Accuracy rows of receiver R: baselines, the λ grid of every donor's patch and of the
+        multi-donor patch, and the random control, post-PTQ (``ptq_top1``) and FP (``fp_top1``).
+
+        Where the protocol reads each split: λ is chosen per (donor, scope) on *validation*
+        post-PTQ Top-1 over the grid (:func:`qgeom.analysis.lambda_on_val`); *test* is evaluated
+        only where the analysis reads it — at λ = 1 (PTQ and FP) and at the chosen λ (PTQ) — and
+        for the baselines and the random control (test only: no λ is chosen for it). The λ curves
+        are drawn from validation. Every set is quantized once and all sets of a split share one
+        pass over its batches (:func:`qgeom.evaluation.top1_many`)."""
+        from qgeom.analysis import lambda_on_val
+        from qgeom.data import batches
+        from qgeom.evaluation import top1_many
+
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
         model, theta = self.model(receiver), self.finetuned(seed, receiver)
         rhos = {d: self.rho(seed, bits, d) for d in self.names}
+        device = default_device()
+        data = {split: self._eval_batches(getattr(task, split), device) for split in ("val", "test")}
+        key = dict(seed=seed, bits=bits, receiver=receiver)
         rows: list[dict] = []
 
-        def ev(th, method, donor="", scope="", lam=np.nan, draw=-1, splits=("val", "test"), fp=True):
-            for split in splits:
-                data = getattr(task, split)
-                base = dict(seed=seed, bits=bits, receiver=receiver, donor=donor, method=method, scope=scope,
-                            lam=lam, draw=draw, split=split)
-                rows.append(base | dict(metric="ptq_top1", value=accuracy(model, th, data, spec, c.eval_batch)))
-                if fp and split == "test":
-                    rows.append(base | dict(metric="fp_top1", value=accuracy(model, th, data, None, c.eval_batch)))
+        def run(jobs: list[tuple[dict, P.Params]], split: str) -> None:
+            """Evaluate jobs (row fields incl. metric, params) on ``split``; PTQ'd per metric."""
+            sets = [ptq(th, spec) if row["metric"] == "ptq_top1" else th for row, th in jobs]
+            acc = top1_many(model, sets, data[split], device=device)
+            rows.extend(key | row | dict(split=split, value=float(a)) for (row, _), a in zip(jobs, acc))
 
-        ev(theta, "baseline")
-        ev(self.qat(seed, bits, receiver), "qat")
+        def job(th, method, metric="ptq_top1", donor="", scope="", lam=np.nan, draw=-1):
+            return dict(donor=donor, method=method, scope=scope, lam=lam, draw=draw, metric=metric), th
+
         theta0 = self.theta0()
-        ev({k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}, "pretrained_backbone", splits=("test",))
+        pretrained = {k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}
+        theta_qat = self.qat(seed, bits, receiver)
         others = [d for d in self.names if d != receiver]
         lams = sorted(set(c.lambdas) | {1.0})
+        vecs = {scope: {d: P.select(rhos[d], scope) for d in self.names} for scope in c.scopes}
+        means = {scope: P.lincomb([vecs[scope][d] for d in others], [1.0 / len(others)] * len(others))
+                 for scope in c.scopes}
+
+        def grid_vector(method, donor, scope):
+            return means[scope] if method == "multi_donor" else vecs[scope][donor]
+
+        grid = [(m, d, scope) for scope in c.scopes for m, d in
+                [("patch", d) for d in self.names] + [("multi_donor", "mean(others)")]]
+        # validation: the baselines and the whole λ grid (post-PTQ), to choose λ
+        val_jobs = [job(theta, "baseline"), job(theta_qat, "qat")]
+        val_jobs += [job(P.patch(theta, grid_vector(m, d, scope), lam), m, donor=d, scope=scope, lam=lam)
+                     for m, d, scope in grid for lam in lams]
+        run(val_jobs, "val")
+        chosen = lambda_on_val(pd.DataFrame(rows))
+        lam_val = {(r.method, r.donor, r.scope): r.lam_val for r in chosen.itertuples()}
+        # test: baselines (PTQ and FP), the grid at λ = 1 (PTQ, FP) and at the chosen λ (PTQ), the control
+        test_jobs = [job(th, method, metric) for th, method in ((theta, "baseline"), (theta_qat, "qat"),
+                                                                 (pretrained, "pretrained_backbone"))
+                     for metric in ("ptq_top1", "fp_top1")]
+        for m, d, scope in grid:
+            at_one = P.patch(theta, grid_vector(m, d, scope), 1.0)
+            test_jobs += [job(at_one, m, metric, d, scope, 1.0) for metric in ("ptq_top1", "fp_top1")]
+            lv = float(lam_val[(m, d, scope)])
+            if lv != 1.0:
+                test_jobs.append(job(P.patch(theta, grid_vector(m, d, scope), lv), m, donor=d, scope=scope, lam=lv))
         for scope in c.scopes:
-            vecs = {d: P.select(rhos[d], scope) for d in self.names}
-            # λ grid: post-PTQ Top-1 on val (to choose λ) and test; FP Top-1 at λ = 1 only
-            for d in self.names:
-                for lam in lams:
-                    ev(P.patch(theta, vecs[d], lam), "patch", d, scope, lam, fp=lam == 1.0)
-            mean = P.lincomb([vecs[d] for d in others], [1.0 / len(others)] * len(others))
-            for lam in lams:
-                ev(P.patch(theta, mean, lam), "multi_donor", "mean(others)", scope, lam, fp=lam == 1.0)
             for d in others:  # the control: no λ is chosen for it, so test split only
                 g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{bits}/{d}/{receiver}/{scope}".encode()))
                 for draw in range(c.random_draws):
-                    ev(P.patch(theta, random_like(vecs[d], g), 1.0), "random", d, scope, 1.0, draw, splits=("test",))
+                    test_jobs.append(job(P.patch(theta, random_like(vecs[scope][d], g), 1.0), "random", donor=d,
+                                         scope=scope, lam=1.0, draw=draw))
+        run(test_jobs, "test")
         return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
     # -- geometry --------------------------------------------------------------------------
 
     def geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         return self._table(self.dir / f"seed{seed}/geometry{bits}/{receiver}.csv",
-                           lambda: self._geometry(seed, bits, receiver))
+                           lambda: self._geometry(seed, bits, receiver), stage="geometry")
 
     def _geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         from qgeom.curvature import CurvatureOperator
@@ -406,35 +447,43 @@ class TransferRun:
                     rows.append(dict(donor=a, receiver=b, dissimilarity=1 - cos))
             return pd.DataFrame(rows)
 
-        return self._table(self.dir / "dissimilarity.csv", compute)
+        return self._table(self.dir / "dissimilarity.csv", compute, stage="dissimilarity")
 
     # -- the whole run -----------------------------------------------------------------------
 
-    def run(self, geometry: bool = True) -> dict[str, pd.DataFrame]:
+    def run(self, geometry: bool = True, workers: int = 1) -> dict[str, pd.DataFrame]:
         """Every stage in order (each skipped when its artifact exists); the combined tables.
 
-        ``geometry=False`` computes no geometry stage; when every geometry artifact of the run
-        already exists (a finished run) they are read, so the tables are those of the full run
-        and no table loses columns. ``geometry.csv`` is written only when it is complete."""
+        workers > 1: after θ_0, the independent jobs — per (seed, task): fine-tune then QAT and ρ
+        for every bit width; per (seed, bits, receiver): evaluation then geometry — run in that
+        many spawned processes with one torch thread each (the artifacts are the hand-off, as for
+        jobs on other machines). On 2 cores this avoids the intra-op thread synchronisation that
+        makes 2-thread torch slow on a loaded machine (measured: a micro-ViT training step 0.10 s
+        with 1 thread, 0.20 s with 2, at load 3.3). Each artifact is computed by one single-thread
+        process, so its values do not depend on ``workers``. Stage seconds are then summed over
+        the processes; ``phase_seconds`` holds each phase's wall time."""
         c, names = self.cfg, self.names
+        self.phase_seconds: dict[str, float] = {}
+        jobs = [(s, b) for s in c.seeds for b in c.bits]
         self.tasks  # resolve every task (files found, classes read) before any work
         self.theta0()
-        jobs = [(s, b) for s in c.seeds for b in c.bits]
-        steps = [("finetune", s, None, t) for s in c.seeds for t in names]
-        steps += [("qat", s, b, t) for s, b in jobs for t in names]
-        steps += [("evaluate", s, b, t) for s, b in jobs for t in names]
-        if geometry:
-            steps += [("geometry", s, b, t) for s, b in jobs for t in names]
-        for stage, s, b, t in tqdm(steps, desc=c.name, disable=not self.progress, dynamic_ncols=True):
-            self.log(f"{stage} seed={s} bits={b} task={t}")
-            if stage == "finetune":
-                self.finetuned(s, t)
-            elif stage == "qat":
-                self.rho(s, b, t)
-            elif stage == "evaluate":
-                self.evaluate(s, b, t)
-            else:
-                self.geometry(s, b, t)
+        train = [("train", s, None, t) for s in c.seeds for t in self.names]
+        receive = [("receive", s, b, t) for s, b in jobs for t in self.names]
+        pool = None
+        try:
+            for phase, steps in (("training", train), ("evaluation + geometry", receive)):
+                t0 = time.perf_counter()
+                todo = [st for st in steps if not self._step_done(st, geometry)]
+                if workers > 1 and todo:
+                    pool = pool or self._pool(workers)  # one pool for both phases: workers start once
+                    self._run_parallel(pool, todo, geometry, workers, phase)
+                else:
+                    for step in tqdm(todo, desc=f"{c.name}: {phase}", disable=not self.progress, dynamic_ncols=True):
+                        self._run_step(step, geometry)
+                self.phase_seconds[phase] = time.perf_counter() - t0
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         tables = {
             "accuracy": pd.concat([self.evaluate(s, b, t) for s, b in jobs for t in names], ignore_index=True),
             "dissimilarity": self.dissimilarity(),
@@ -447,3 +496,58 @@ class TransferRun:
             if name != "dissimilarity":
                 write_table(self.dir / f"{name}.csv", df)
         return tables
+
+    def _run_step(self, step: tuple, geometry: bool) -> None:
+        kind, s, b, t = step
+        self.log(f"{kind} seed={s} bits={b} task={t}")
+        if kind == "train":
+            self.finetuned(s, t)
+            for bits in self.cfg.bits:
+                self.rho(s, bits, t)
+        else:
+            self.evaluate(s, b, t)
+            if geometry:
+                self.geometry(s, b, t)
+
+    def _pool(self, workers: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(self.cfg, str(self.dir)))
+
+    def _run_parallel(self, pool, todo: list[tuple], geometry: bool, workers: int, phase: str) -> None:
+        from concurrent.futures import as_completed
+
+        futures = [pool.submit(_worker_step, st, geometry) for st in todo]
+        bar = tqdm(total=len(futures), desc=f"{self.cfg.name}: {phase} ({workers} workers)",
+                   disable=not self.progress, dynamic_ncols=True)
+        for f in as_completed(futures):
+            self.timer.merge(f.result())  # re-raises a worker's exception here
+            bar.update()
+        bar.close()
+
+    def _step_done(self, step: tuple, geometry: bool) -> bool:
+        kind, s, b, t = step
+        if kind == "train":
+            return all((self.dir / f"seed{s}/qat{bits}/rho_{t}.safetensors").exists() for bits in self.cfg.bits)
+        return (self.dir / f"seed{s}/eval{b}/{t}.csv").exists() and (
+            not geometry or (self.dir / f"seed{s}/geometry{b}/{t}.csv").exists())
+
+
+_WORKER_RUN: TransferRun | None = None
+
+
+def _worker_init(cfg: RunConfig, run_dir: str) -> None:
+    """A worker process: one torch thread, its own TransferRun over the shared run directory."""
+    global _WORKER_RUN
+    torch.set_num_threads(1)
+    _WORKER_RUN = TransferRun(cfg, run_dir, progress=False)
+
+
+def _worker_step(step: tuple, geometry: bool) -> dict:
+    """Run one job in a worker; return the seconds and counts its stages took."""
+    run = _WORKER_RUN
+    run.timer = StageTimer()
+    run._run_step(step, geometry)
+    return run.timer.state()

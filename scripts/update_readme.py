@@ -1,6 +1,6 @@
 """Paste the printed summaries of finished runs into README.md between marker comments.
 
-    python scripts/update_readme.py                # runs/demo -> the `demo` block
+    .venv/bin/python scripts/update_readme.py      # runs/demo -> the `demo` block
     python scripts/update_readme.py runs/demo-2-3 demo-bits-2-3
 
 The block between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` is replaced by what
@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(run_dir: str = "runs/demo", block: str = "demo") -> None:
-    qgeom = ROOT / ".venv" / "bin" / "qgeom"
-    out = subprocess.run([str(qgeom), "summary", run_dir], check=True, capture_output=True, text=True,
-                         env={"COLUMNS": "150", "PATH": "/usr/bin:/bin", "TERM": "dumb"}).stdout
+    # this checkout's qgeom, run by the interpreter running this script (a venv's, or .venv's)
+    python = sys.executable or str(ROOT / ".venv" / "bin" / "python")
+    out = subprocess.run([python, "-c", "from qgeom.cli import app; app()", "summary", run_dir], check=True,
+                         capture_output=True, text=True, cwd=ROOT,
+                         env={"COLUMNS": "150", "PATH": "/usr/bin:/bin", "TERM": "dumb", "PYTHONPATH": str(ROOT)}).stdout
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"

@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(int(os.environ.get("QGEOM_TEST_THREADS", "1")))
+os.environ.setdefault("QGEOM_WORKERS", "1")  # runs in-process (tests monkeypatch stages); one test asks for 2
 settings.register_profile("qgeom", deadline=None, max_examples=30,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile("qgeom")

@@ -31,10 +31,20 @@ def test_tables_exist_and_are_tidy(tiny_run: Path) -> None:
     assert set(acc.method) == {"baseline", "qat", "pretrained_backbone", "patch", "multi_donor", "random"}
     assert acc.value.between(0, 1).all()
     cfg = preset("tiny")
-    # every donor × receiver × λ × scope is there, for both splits
+    # every donor × receiver × λ × scope is there on val (where λ is chosen) ...
     patch = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")]
     lams = sorted(set(cfg.lambdas) | {1.0})
-    assert len(patch) == len(cfg.tasks) ** 2 * len(lams) * len(cfg.scopes) * 2
+    n_grid = len(cfg.tasks) ** 2 * len(cfg.scopes)
+    assert len(patch[patch.split == "val"]) == n_grid * len(lams)
+    # ... and test only where the analysis reads it: λ = 1 and the λ chosen on val
+    test = patch[patch.split == "test"]
+    chosen = analysis.lambda_on_val(acc)
+    chosen = chosen[chosen.method == "patch"]
+    assert len(test) == n_grid + int((chosen.lam_val != 1.0).sum())
+    got = test[test.lam != 1.0].set_index(["receiver", "donor", "scope"]).lam.sort_index()
+    want = chosen[chosen.lam_val != 1.0].set_index(["receiver", "donor", "scope"]).lam_val.sort_index()
+    assert (got.values == want.values).all() and (got.index == want.index).all()
+    assert len(test[test.lam == 1.0]) == n_grid
 
 
 def test_self_patch_reproduces_qat_backbone_exactly(tiny_run: Path) -> None:
@@ -139,3 +149,53 @@ def test_gram_matrices_are_symmetric_up_to_float32_roundoff(tiny_run: Path) -> N
     assert len(asym) == 3 * 2 * 3  # 3 receivers × 2 scopes × (euclidean, ggn_fp, ggn_ste)
     assert (asym[asym.metric == "euclidean"].value == 0).all()
     assert (asym.value < 1e-5).all()
+
+
+def test_batched_evaluation_equals_one_set_at_a_time(tiny_run: Path) -> None:
+    """top1_many over many patched, quantized receivers gives exactly train.accuracy per set,
+    and the experiment's accuracy rows are those numbers (spot-checked at λ = 1 and on val)."""
+    from qgeom.data import batches
+    from qgeom.evaluation import top1_many
+    from qgeom.quant import QuantSpec, ptq
+    from qgeom.train import accuracy
+
+    cfg = preset("tiny")
+    run = TransferRun(cfg, tiny_run, progress=False)
+    r, spec = "hue", QuantSpec(2)
+    model, theta, task = run.model(r), run.finetuned(0, r), run.tasks[r]
+    sets = [P.patch(theta, P.select(run.rho(0, 2, d), "backbone"), lam) for d in cfg.tasks for lam in (0.5, 1.0)]
+    quantized = [ptq(s, spec) for s in sets]
+    for split in ("val", "test"):
+        data = getattr(task, split)
+        for bs in (cfg.eval_batch, 17):  # one batch, and several uneven ones
+            many = top1_many(model, quantized, list(batches(data, bs)), chunk=4)
+            one = [accuracy(model, s, data, spec, bs) for s in sets]
+            assert list(many) == one
+    # a one-shot iterator and a callable (a streamed split) give the same
+    assert list(top1_many(model, quantized, lambda: batches(task.val, 20), chunk=3)) == \
+        list(top1_many(model, quantized, batches(task.val, 20), chunk=3))
+    acc = pd.read_csv(tiny_run / "accuracy.csv", keep_default_na=False, na_values=[""])
+    row = acc[(acc.receiver == r) & (acc.method == "patch") & (acc.donor == "shape") & (acc.scope == "backbone")
+              & (acc.lam == 1.0) & (acc.metric == "ptq_top1")]
+    for split in ("val", "test"):
+        want = accuracy(model, P.patch(theta, P.select(run.rho(0, 2, "shape"), "backbone"), 1.0), getattr(task, split),
+                        spec, cfg.eval_batch)
+        assert row[row.split == split].value.item() == pytest.approx(want, abs=1e-12)
+
+
+def test_worker_processes_give_the_same_tables(tiny_run: Path, tmp_path: Path) -> None:
+    """Two spawned single-thread workers (the default on 2 CPU cores) reproduce the in-process run
+    (one thread in the tests) exactly, and the run records its stage times."""
+    import json
+
+    run_dir = tmp_path / "two_workers"
+    run_dir.mkdir()
+    shutil.copy(tiny_run / "theta0.safetensors", run_dir)  # θ_0 is computed in the parent either way
+    shutil.copy(tiny_run / "config.json", run_dir)
+    run_experiment("tiny", run_dir, [], progress=False, workers=2)
+    for name in ("accuracy.csv", "geometry.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tiny_run / name), pd.read_csv(run_dir / name), obj=name)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stages = {r["stage"]: r for r in summary["stage_seconds"]}
+    assert stages["finetune"]["n"] == 3 and stages["evaluate"]["n"] == 3 and stages["geometry"]["n"] == 3
+    assert "statistics" in stages and summary["machine"]["workers"] == 2

@@ -24,12 +24,42 @@ def _console() -> Console:
 console = _console()
 
 
+def machine_info() -> dict:
+    """Where the run's time was measured: CPU model, cores, torch threads, 1-minute load average."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+            "load_average_at_end": [round(x, 2) for x in load]}
+
+
+def default_workers() -> int:
+    """Worker processes for a run: ``QGEOM_WORKERS`` when set, else 1 on a GPU, else min(2, cores)."""
+    if os.environ.get("QGEOM_WORKERS"):
+        return max(1, int(os.environ["QGEOM_WORKERS"]))
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+
+
 def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geometry: bool = True,
-                   progress: bool = True, jobs: dict | None = None) -> dict:
+                   progress: bool = True, workers: int | None = None, jobs: dict | None = None) -> dict:
     """Run (or resume) a configured experiment and write its tables and summary; returns the summary.
 
-    ``jobs``: keyword arguments of :func:`qgeom.jobs.run_jobs` (``executor`` local or slurm, …):
-    the stages then run as jobs, and this process only reads their artifacts."""
+    workers: processes for the per-task and per-receiver jobs (default :func:`default_workers`).
+    jobs: keyword arguments of :func:`qgeom.jobs.run_jobs` (``executor`` local or slurm, …): the
+    stages then run as cluster jobs, and this process only reads their artifacts."""
 
     from qgeom import analysis
     from qgeom.config import load_config, with_overrides
@@ -46,6 +76,7 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
         check_executor(executor)  # before anything is written or trained
     start = time.time()
     run = TransferRun(cfg, run_dir, progress=progress)
+    workers = workers or default_workers()
     if executor != "none":
         import torch
 
@@ -53,14 +84,23 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
 
         run_jobs(cfg, run_dir, geometry=geometry, threads=torch.get_num_threads(),
                  log=(lambda msg: console.print(msg)) if progress else (lambda msg: None), **jobs)
-    tables = run.run(geometry=geometry)
-    pairs = analysis.pair_table(tables["accuracy"], tables.get("geometry"), tables["dissimilarity"])
-    receivers = analysis.receiver_table(tables["accuracy"])
-    corr = analysis.correlations(pairs, cfg.permutations)
-    for name, df in (("pairs", pairs), ("receivers", receivers), ("correlations", corr)):
-        atomic_write(run_dir / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
-    summary = {"config": cfg.to_dict(), "run_dir": str(run_dir), "seconds": round(time.time() - start, 1),
-               "results": analysis.summarize(pairs, receivers, corr),
+    tables = run.run(geometry=geometry, workers=workers)
+    with run.timer.stage("statistics"):
+        pairs = analysis.pair_table(tables["accuracy"], tables.get("geometry"), tables["dissimilarity"])
+        receivers = analysis.receiver_table(tables["accuracy"])
+        corr = analysis.correlations(pairs, cfg.permutations)
+        for name, df in (("pairs", pairs), ("receivers", receivers), ("correlations", corr)):
+            atomic_write(run_dir / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
+        results = analysis.summarize(pairs, receivers, corr)
+    seconds = time.time() - start
+    stages = run.timer.table()
+    phases = [dict(stage=f"wall: {k}", n=1, seconds=round(v, 2), per_call=None) for k, v in run.phase_seconds.items()]
+    serial = sum(r["seconds"] for r in stages if r["stage"] in ("pretrain", "dissimilarity", "statistics"))
+    phases.append(dict(stage="wall: other (loading, tables)", n=1,
+                       seconds=round(seconds - serial - sum(r["seconds"] for r in phases), 2), per_call=None))
+    summary = {"config": cfg.to_dict(), "run_dir": str(run_dir), "seconds": round(seconds, 1),
+               "machine": machine_info() | {"workers": workers}, "stage_seconds": stages + phases,
+               "results": results,
                "correlations": corr[(corr.target == "gain_unit") & (corr.method == "spearman")].to_dict("records")}
     atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
     return summary
@@ -70,7 +110,8 @@ def print_summary(summary: dict, console: Console = console) -> None:
     """The summary as two rich tables (outcomes; alignment) plus the plain-language verdicts."""
     cfg = summary["config"]
     table = Table(title=f"qgeom transfer: {cfg['name']} ({len(cfg['tasks'])} tasks, seeds {cfg['seeds']})",
-                  caption="Top-1 % on test; gains in points over off-diagonal donor→receiver pairs, 95% intervals")
+                  caption="Top-1 % on test, mean over seeds; gains in points over off-diagonal donor→receiver pairs; 95% "
+                          "intervals over tasks and seeds (task bootstrap ⊕ t over seeds)")
     for col in ("bits", "scope", "pairs", "FP", "PTQ", "QAT→PTQ", "gain λ=1", "vs random", "gain λ_val",
                 "multi λ=1", "FP cost λ=1"):
         table.add_column(col, justify="right")
@@ -87,18 +128,37 @@ def print_summary(summary: dict, console: Console = console) -> None:
     corr = summary.get("correlations", [])
     if corr:
         t2 = Table(title="Does alignment predict the λ = 1 gain? Spearman over off-diagonal pairs",
-                   caption="p: quadratic-assignment permutation test over task labels; LOO: leave-one-task-out range")
-        for col in ("bits", "scope", "alignment", "Spearman", "p (QAP)", "LOO range"):
+                   caption="Spearman and p (quadratic-assignment permutation test over task labels) on the seed-averaged "
+                           "matrices; per-seed range: the same Spearman seed by seed; LOO: leave-one-task-out range")
+        def rng(lo, hi) -> str:
+            return f"[{lo:+.2f}, {hi:+.2f}]" if lo == lo and hi == hi else "n/a (too few tasks)"
+
+        for col in ("bits", "scope", "alignment", "Spearman", "p (QAP)", "per-seed range", "LOO range"):
             t2.add_column(col, justify="right")
         for c in corr:
             t2.add_row(str(c["bits"]), c["scope"], c["alignment"], f"{c['r']:+.2f}", f"{c['p_value']:.3f}",
-                       f"[{c['loo_min']:+.2f}, {c['loo_max']:+.2f}]")
+                       rng(c.get("seed_r_min", float("nan")), c.get("seed_r_max", float("nan"))),
+                       rng(c["loo_min"], c["loo_max"]))
         console.print(t2)
     for r in summary["results"]:
         console.print(f"[bold]{r['bits']} bits, {r['scope']} scope[/]")
-        for key in ("verdict_patch", "verdict_random", "verdict_alignment"):
-            console.print(f"  - {r[key]}")
-    console.print(f"finished in {summary['seconds']} s")
+        for key in ("verdict_patch", "verdict_random", "verdict_tuned", "verdict_alignment"):
+            if key in r:
+                console.print(f"  - {r[key]}")
+    stages = summary.get("stage_seconds")
+    if stages:
+        t3 = Table(title="Where the time went: seconds per computed stage (summed over worker processes), "
+                         "and the wall time of each parallel phase")
+        for col in ("stage", "n", "seconds", "per call"):
+            t3.add_column(col, justify="right")
+        for r in stages:
+            t3.add_row(r["stage"], str(r["n"]), f"{r['seconds']:.1f}",
+                       f"{r['per_call']:.1f}" if r.get("per_call") is not None else "")
+        console.print(t3)
+    m = summary.get("machine")
+    where = (f" on {m['cpu']} ({m['cores']} cores, {m.get('workers', 1)} workers, {m['device']}; load average "
+             f"at the end {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])})") if m else ""
+    console.print(f"finished in {summary['seconds']} s{where}")
 
 
 def register(app: typer.Typer) -> None:
@@ -110,8 +170,10 @@ def register(app: typer.Typer) -> None:
         run_dir: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME); resumes if it exists"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (same as bits=...)"),
         geometry: bool = typer.Option(True, help="compute the curvature geometry stage"),
-        executor: str = typer.Option("none", help="none: every stage in this process; local: each stage a "
-                                                  "subprocess job; slurm: each stage a Slurm job (submitit)"),
+        workers: Optional[int] = typer.Option(None, help="worker processes (default: QGEOM_WORKERS, else 1 on a GPU, "
+                                                         "else min(2, cores)); each uses one torch thread"),
+        executor: str = typer.Option("none", help="none: every stage on this machine (with --workers); local: each "
+                                                  "stage a subprocess job; slurm: each stage a Slurm job (submitit)"),
         slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition of the jobs"),
         gpus_per_job: int = typer.Option(0, min=0, help="GPUs per job (Slurm)"),
         timeout_min: int = typer.Option(60, min=1, help="time limit of one job, minutes"),
@@ -120,12 +182,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run or resume the transfer experiment: pretrain → fine-tune → QAT → ρ → evaluate → geometry → statistics."""
         ov = list(overrides or []) + ([f"bits={bits}"] if bits else [])
+        if executor not in ("none", "local", "slurm"):
+            raise typer.BadParameter(f"{executor!r} is not one of none, local, slurm", param_hint="--executor")
         jobs = None if executor == "none" else dict(executor=executor, partition=slurm_partition,
                                                       gpus_per_job=gpus_per_job, timeout_min=timeout_min,
                                                       max_parallel=max_parallel, retries=retries)
-        if executor not in ("none", "local", "slurm"):
-            raise typer.BadParameter(f"{executor!r} is not one of none, local, slurm", param_hint="--executor")
-        print_summary(run_experiment(config, run_dir, ov, geometry, jobs=jobs))
+        print_summary(run_experiment(config, run_dir, ov, geometry, workers=workers, jobs=jobs))
 
     @app.command("demo")
     @clean_errors
@@ -133,7 +195,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(Path("runs/demo"), help="run directory; an existing one is resumed"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (default: the preset's 2)"),
     ) -> None:
-        """The embedded default: the `demo` preset (micro ViT, 6 offline tasks, 2 bits) on CPU."""
+        """The embedded default: the `demo` preset (micro ViT, 6 offline tasks, 2 bits, 3 seeds) on CPU."""
         print_summary(run_experiment("demo", run_dir, [f"bits={bits}"] if bits else []))
 
     @app.command("summary")

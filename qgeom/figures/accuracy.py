@@ -171,13 +171,24 @@ def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: st
     return fig
 
 
+def lambda_split(acc: pd.DataFrame) -> str:
+    """The split the λ curves are drawn from: ``test`` when it holds the whole λ grid (runs made
+    before issue 16), else ``val`` (the experiment evaluates test only at λ = 1 and the λ chosen
+    on val; the curve λ is chosen from is the validation one)."""
+    p = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")]
+    lams = {s: set(p[p.split == s].lam.dropna()) for s in ("val", "test")}
+    return "test" if lams["test"] and lams["test"] >= lams["val"] else "val"
+
+
 def lambda_table(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,
-                 scope: str | None = None) -> pd.DataFrame:
-    """Post-PTQ test Top-1 (%) of θ_R + λρ_D per receiver, donor and λ (λ = 0: FT+PTQ), with the
-    receiver's QAT+PTQ and the donor's λ* (GGN-ste, from ``pairs``; NaN without it)."""
+                 scope: str | None = None, split: str | None = None) -> pd.DataFrame:
+    """Post-PTQ Top-1 (%) of θ_R + λρ_D per receiver, donor and λ (λ = 0: FT+PTQ) on ``split``
+    (default :func:`lambda_split`), with the receiver's QAT+PTQ and the donor's λ* (GGN-ste, from
+    ``pairs``; NaN without it). The table's ``split`` column says which split was drawn."""
     bits = choose_bits(acc, bits)
     scope = choose_scope(acc[acc.method == "patch"], scope)
-    t = acc[(acc.bits == bits) & (acc.split == "test") & (acc.metric == "ptq_top1")]
+    split = split or lambda_split(acc[acc.bits == bits])
+    t = acc[(acc.bits == bits) & (acc.split == split) & (acc.metric == "ptq_top1")]
     patch = t[(t.method == "patch") & (t.scope == scope)]
     patch = patch.groupby(["receiver", "donor", "lam"], as_index=False).value.mean()
     base = t[t.method == "baseline"].groupby("receiver").value.mean()
@@ -192,12 +203,12 @@ def lambda_table(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int
         p = pairs[(pairs.bits == bits) & (pairs.scope == scope)]
         ls = p.groupby(["receiver", "donor"]).lam_star_ggn_ste.mean()
         out["lam_star"] = [ls.get((r, d), np.nan) for r, d in zip(out.receiver, out.donor)]
-    return out.assign(bits=bits, scope=scope).reset_index(drop=True)
+    return out.assign(bits=bits, scope=scope, split=split).reset_index(drop=True)
 
 
 def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,
                   scope: str | None = None) -> Figure:
-    """One panel per receiver: post-PTQ test Top-1 vs λ for each donor (own ρ_R dashed), the
+    """One panel per receiver: post-PTQ Top-1 (split of :func:`lambda_split`) vs λ for each donor (own ρ_R dashed), the
     receiver's QAT+PTQ (black, dotted), and each donor's λ* (GGN-ste) as a triangle on its curve
     (hollow, at the panel's edge, when λ* lies outside the λ range)."""
     tab = lambda_table(acc, pairs, bits, scope)
@@ -224,7 +235,7 @@ def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: in
             ax.axhline(d.qat_ptq.iloc[0], color="0.15", ls=":", lw=1.5)
             ax.set_title(f"receiver {r}")
             ax.set_xlabel("λ (patch θ_R + λρ_D)" if ax.get_subplotspec().is_last_row() else "")
-            ax.set_ylabel("post-PTQ Top-1, test (%)")
+            ax.set_ylabel(f"post-PTQ Top-1, {tab.split.iloc[0]} (%)")
         for ax in axes[len(recs):]:
             ax.set_visible(False)
         handles, labels = [], []

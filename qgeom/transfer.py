@@ -397,7 +397,7 @@ class TransferRun:
         steps += [("evaluate", s, b, t) for s, b in jobs for t in names]
         if geometry:
             steps += [("geometry", s, b, t) for s, b in jobs for t in names]
-        for stage, s, b, t in tqdm(steps, desc=c.name, disable=not self.progress, dynamic_ncols=True):
+        for stage, s, b, t in tqdm(steps, desc=c.name, disable=None if self.progress else True, dynamic_ncols=True):
             self.log(f"{stage} seed={s} bits={b} task={t}")
             if stage == "finetune":
                 self.finetuned(s, t)

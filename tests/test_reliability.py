@@ -235,7 +235,7 @@ def test_evaluate_and_geometry_read_every_artifact_of_a_run(tiny_run: Path, tmp_
     fp = acc[(acc.method == "baseline") & (acc.metric == "fp_top1") & (acc.receiver == "hue")].value.item()
     rows = [[c.strip() for c in x.split("│")] for x in res.output.splitlines() if x.startswith("│")]
     assert len(rows) == 7 and rows[1][2] == "hue"  # theta0, then finetune/hue
-    assert rows[1][3] == f"{fp:.3f}"
+    assert rows[1][3] == f"{100 * fp:.1f}"  # printed Top-1 in %, like every command
     for receiver, extra in ((tiny_run / "seed0/finetune/hue.safetensors", []),
                             (tiny_run / "seed0/qat2/hue.safetensors", ["--objective", "ste"])):
         res = invoke("geometry", receiver, *vectors, "--n-probe", "16", "--probe-batch", "16", *extra)

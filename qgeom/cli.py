@@ -338,8 +338,8 @@ def evaluate(
 @clean_errors
 def align_demo(
     run_dir: Path = typer.Argument(..., help="a transfer run directory (e.g. runs/demo)"),
-    donor: str = typer.Option("shape", help="donor task"),
-    receiver: str = typer.Option("count", help="receiver task"),
+    donor: str = typer.Option("shape", "--donor-task", help="donor task (its ρ is transferred)"),
+    receiver: str = typer.Option("count", "--receiver-task", help="receiver task (hidden behind the permutation)"),
     bits: Optional[str] = O.bits(BITS_HELP + "; one width of the run (default 2)"),
     seed: int = O.seed("run seed (and seed of the hidden permutation)"),
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),

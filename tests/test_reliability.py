@@ -121,10 +121,10 @@ def test_validation_accepts_every_preset_and_the_api_refuses_too(tmp_path: Path)
 
 def test_align_demo_never_trains_a_missing_stage(run_copy: Path) -> None:
     before = snapshot(run_copy)
-    res = invoke("align-demo", run_copy, "--donor", "shape", "--receiver", "hue", "--bits", "3")
+    res = invoke("align-demo", run_copy, "--donor-task", "shape", "--receiver-task", "hue", "--bits", "3")
     assert res.exit_code == 1, res.output
     assert "has no 3-bit stage" in res.output and "bits=2,3" in res.output and "Traceback" not in res.output
-    res = invoke("align-demo", run_copy, "--donor", "shape", "--receiver", "count")
+    res = invoke("align-demo", run_copy, "--donor-task", "shape", "--receiver-task", "count")
     assert res.exit_code == 1 and "has no task count" in res.output
     assert snapshot(run_copy) == before
 

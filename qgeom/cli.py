@@ -21,7 +21,7 @@ from rich.table import Table
 
 from qgeom.commands import check_finite_option, check_writable, clean_errors
 from qgeom.commands import options as O
-from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
+from qgeom.commands.inputs import build_model, load_data, read_checkpoint, task_spec
 from qgeom.commands.output import Output
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",

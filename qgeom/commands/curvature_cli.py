@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from qgeom.commands import check_finite_option, clean_errors
 from qgeom.commands import options as O
-from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, read_checkpoint, task_spec
+from qgeom.commands.inputs import build_model, read_checkpoint, task_spec
 
 import csv
 import json

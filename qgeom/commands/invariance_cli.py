@@ -9,7 +9,6 @@ when an expected invariance (or covariance) fails.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional

@@ -22,7 +22,7 @@ test-all: $(STAMP)  ## also the slow checks
 	$(VENV)/bin/python -m pytest -q -m ''
 
 figures: $(STAMP)  ## regenerate paper_figures/ from the demo run
-	$(VENV)/bin/qgeom figures runs/demo --out paper_figures
+	$(VENV)/bin/qgeom figures runs/demo --out-dir paper_figures
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/curvature.py

@@ -49,6 +49,34 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
+
+
+def _load_jvp_decompositions() -> None:
+    """Import torch's forward-AD decompositions once, without their FutureWarning.
+
+    The first forward-mode product (``torch.func.jvp``, used by the GGN) makes torch import
+    ``torch._decomp.decompositions_for_jvp``, which registers its decompositions with
+    ``torch.jit.script`` — deprecated in torch ≥ 2.9, so every command that computed a GGN printed
+    "`torch.jit.script` is deprecated". The call is inside torch (qgeom never scripts anything),
+    so it cannot be silenced at its source here; it is filtered where qgeom triggers it: that one
+    import, under a filter scoped to this message, so a user's own ``torch.jit.script`` still warns.
+    Same condition as torch's own loader (``torch.autograd.forward_ad._maybe_load_decompositions``).
+    """
+    import os
+    import warnings
+
+    if os.environ.get("PYTORCH_JIT", "1") != "1" or not __debug__:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|interface)` is deprecated",
+                                category=FutureWarning)
+        try:
+            from torch._decomp import decompositions_for_jvp  # noqa: F401
+        except ImportError:  # a torch without the module: nothing to register, nothing to warn
+            pass
+
+
+_load_jvp_decompositions()
 from torch.utils._pytree import tree_map
 
 from qgeom.models import supports_forward_ad

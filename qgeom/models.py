@@ -234,7 +234,7 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
 
 
 def default_device() -> torch.device:
-    """CUDA when present (or the device named by ``QGEOM_DEVICE``), else the CPU."""
+    """The device named by ``--device`` (which sets ``QGEOM_DEVICE``), else CUDA when present, else the CPU."""
     name = os.environ.get("QGEOM_DEVICE")
     if name:
         return torch.device(name)

@@ -131,7 +131,7 @@ def fit(
         prepare_qat(net, qat_spec)
     net.train()
     opt = make_optimizer(optimizer, [p for p in net.parameters() if p.requires_grad], lr, weight_decay)
-    bar = tqdm(_stream(batches, steps), total=steps, desc=desc, disable=not progress, leave=False,
+    bar = tqdm(_stream(batches, steps), total=steps, desc=desc, disable=None if progress else True, leave=False,
                dynamic_ncols=True)
     for step, (x, y) in enumerate(bar):
         for group in opt.param_groups:

@@ -173,7 +173,7 @@ def test_evaluate_reports_fp_and_ptq_accuracy(run):
     model = create_model("micro", t.num_classes, **json.loads(TINY))
     acc, acc_q = accuracy(model, theta, t.test), accuracy(model, theta, t.test, QuantSpec(2))
     row = next(line for line in out.splitlines() if "ft_hue" in line)
-    assert f"{acc:.3f}" in row and f"{acc_q:.3f}" in row
+    assert f"{100 * acc:.1f}" in row and f"{100 * acc_q:.1f}" in row  # Top-1 in %, like every command
 
 
 # --------------------------------------------------------------------------------------------

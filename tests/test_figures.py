@@ -432,7 +432,7 @@ def test_figures_command(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "figs"
     threads = torch.get_num_threads()
     try:
-        res = CliRunner().invoke(app, ["figures", str(tiny_run), "--out", str(out)])
+        res = CliRunner().invoke(app, ["figures", str(tiny_run), "--out-dir", str(out)])
     finally:
         torch.set_num_threads(threads)  # the command sets its own; keep the suite's
     assert res.exit_code == 0, res.output

@@ -264,7 +264,7 @@ def test_geometry_command(cli_run):
     out = d / "geo"
     res = CliRunner().invoke(_app(), ["geometry", str(d / "receiver.safetensors"), str(d / "rho_a.safetensors"),
                                       str(d / "rho_b.safetensors"), str(d / "rho_own.safetensors"),
-                                      "--n-probe", "16", "--batch-size", "8", "--out", str(out)])
+                                      "--n-probe", "16", "--probe-batch", "8", "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "geometry.json").read_text())
     assert summary["info"]["metric"] == "ggn" and summary["info"]["task"] == "shape"
@@ -278,8 +278,8 @@ def test_spectrum_command(cli_run):
     d = cli_run
     out = d / "spec"
     res = CliRunner().invoke(_app(), ["spectrum", str(d / "receiver.safetensors"), "--k", "3", "--n-probe", "16",
-                                      "--batch-size", "8", "--hutchinson-probes", "4", "--slq-probes", "2",
-                                      "--slq-iter", "8", "--lanczos-iter", "30", "--out", str(out)])
+                                      "--probe-batch", "8", "--hutchinson-probes", "4", "--slq-probes", "2",
+                                      "--slq-iter", "8", "--lanczos-iter", "30", "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "spectrum.json").read_text())
     ev = summary["eigen"]["eigenvalues"]

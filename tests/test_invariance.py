@@ -106,10 +106,10 @@ def test_cli_check_invariance(tmp_path):
     app.command("noop")(lambda: None)  # keep typer in multi-command mode
     out = tmp_path / "inv"
     args = ["check-invariance", "--symmetry", "head_permutation,qk_scalar", "--levels", "function,quantizer",
-            "--samples", "4", "--bits", "3", "--out", str(out)]
+            "--n-probe", "4", "--bits", "3", "--out-dir", str(out)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    df = pd.read_csv(out.with_suffix(".csv"))
+    df = pd.read_csv(out / "invariance.csv")
     assert set(df.symmetry) == {"head_permutation", "qk_scalar"} and df.agrees.isin([True, False]).any()
     res = CliRunner().invoke(app, ["check-invariance", "--symmetry", "no_such_kind"])
     assert res.exit_code != 0 and "no_such_kind" in res.output

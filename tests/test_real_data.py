@@ -275,12 +275,12 @@ def test_geometry_and_invariance_on_a_timm_format_checkpoint_with_imagefolder_da
     torch.save(theta, receiver)  # a plain timm state dict: no qgeom metadata
     vectors = [real_run / "seed0" / "qat2" / f"rho_{t}.safetensors" for t in ("colours", "bars")]
     data = f"imagefolder:colours={folders['colours']}"
-    res = cli("geometry", receiver, *vectors, "--model", ARCH, "--data", data, "--n-probe", "8", "--batch-size", "8",
-              "--out", tmp_path / "geo")
+    res = cli("geometry", receiver, *vectors, "--model", ARCH, "--data", data, "--n-probe", "8", "--probe-batch", "8",
+              "--out-dir", tmp_path / "geo")
     assert res.exit_code == 0, res.output
     pairs = json.loads((tmp_path / "geo" / "geometry.json").read_text())["pairs"]
     assert len(pairs) == 2 and all(-1 <= p["euclidean_cosine"] <= 1 for p in pairs)
-    res = cli("check-invariance", "--checkpoint", receiver, "--model", ARCH, "--data", data, "--samples", "4",
+    res = cli("check-invariance", "--checkpoint", receiver, "--model", ARCH, "--data", data, "--n-probe", "4",
               "--symmetry", "head_permutation", "--levels", "function,covariance", "--metrics", "ggn")
     assert res.exit_code == 0, res.output
     assert "0 failed" in res.output

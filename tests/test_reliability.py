@@ -121,10 +121,10 @@ def test_validation_accepts_every_preset_and_the_api_refuses_too(tmp_path: Path)
 
 def test_align_demo_never_trains_a_missing_stage(run_copy: Path) -> None:
     before = snapshot(run_copy)
-    res = invoke("align-demo", run_copy, "--donor", "shape", "--receiver", "hue", "--bits", "3")
+    res = invoke("align-demo", run_copy, "--donor-task", "shape", "--receiver-task", "hue", "--bits", "3")
     assert res.exit_code == 1, res.output
     assert "has no 3-bit stage" in res.output and "bits=2,3" in res.output and "Traceback" not in res.output
-    res = invoke("align-demo", run_copy, "--donor", "shape", "--receiver", "count")
+    res = invoke("align-demo", run_copy, "--donor-task", "shape", "--receiver-task", "count")
     assert res.exit_code == 1 and "has no task count" in res.output
     assert snapshot(run_copy) == before
 
@@ -142,10 +142,10 @@ def _commands(run: Path, bad: Path) -> dict[str, list]:
         "extract": ["extract", "--qat", q, "--finetuned", ft, "--out", bad / "r.safetensors"],
         "patch": ["patch", "--receiver", ft, "--vector", rho, "--out", bad / "p.safetensors"],
         "ptq": ["ptq", "--weights", ft, "--out", bad / "p.safetensors"],
-        "geometry": ["geometry", ft, rho, "--out", bad / "geo"],
-        "spectrum": ["spectrum", ft, "--out", bad / "spec"],
-        "check-invariance": ["check-invariance", "--out", bad / "inv"],
-        "figures": ["figures", run, "--out", bad / "figs", "--cheap"],
+        "geometry": ["geometry", ft, rho, "--out-dir", bad / "geo"],
+        "spectrum": ["spectrum", ft, "--out-dir", bad / "spec"],
+        "check-invariance": ["check-invariance", "--out-dir", bad / "inv"],
+        "figures": ["figures", run, "--out-dir", bad / "figs", "--cheap"],
         "run": ["run", "tiny", "--run-dir", bad / "run"],
         "demo": ["demo", "--run-dir", bad / "run"],
     }
@@ -180,7 +180,7 @@ def test_check_invariance_refuses_a_pickle_in_one_line(tmp_path: Path) -> None:
 
     bad = tmp_path / "evil.safetensors"
     bad.write_bytes(pickle.dumps({"x": 1}))
-    res = invoke("check-invariance", "--checkpoint", bad, "--samples", "2")
+    res = invoke("check-invariance", "--checkpoint", bad, "--n-probe", "2")
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"Error: {bad} is a pickle" in res.output
     assert invoke("check-invariance", "--bits", "1").exit_code == 2
@@ -235,10 +235,10 @@ def test_evaluate_and_geometry_read_every_artifact_of_a_run(tiny_run: Path, tmp_
     fp = acc[(acc.method == "baseline") & (acc.metric == "fp_top1") & (acc.receiver == "hue")].value.item()
     rows = [[c.strip() for c in x.split("│")] for x in res.output.splitlines() if x.startswith("│")]
     assert len(rows) == 7 and rows[1][2] == "hue"  # theta0, then finetune/hue
-    assert rows[1][3] == f"{fp:.3f}"
+    assert rows[1][3] == f"{100 * fp:.1f}"  # printed Top-1 in %, like every command
     for receiver, extra in ((tiny_run / "seed0/finetune/hue.safetensors", []),
                             (tiny_run / "seed0/qat2/hue.safetensors", ["--objective", "ste"])):
-        res = invoke("geometry", receiver, *vectors, "--n-probe", "16", "--batch-size", "16", *extra)
+        res = invoke("geometry", receiver, *vectors, "--n-probe", "16", "--probe-batch", "16", *extra)
         assert res.exit_code == 0, res.output
     res = invoke("evaluate", vectors[0])
     assert res.exit_code == 1 and "is a quantization vector" in res.output
@@ -265,7 +265,7 @@ def test_evaluate_and_geometry_refuse_a_checkpoint_with_nan_naming_file_and_tens
     res = invoke("evaluate", bad)  # no --bits: used to print an FP Top-1 from NaN weights
     assert res.exit_code == 1 and f"Error: {bad}: NaN or Inf values in tensor blocks.0.attn.qkv.weight" in res.output
     rho = tiny_run / "seed0/qat2/rho_shape.safetensors"
-    res = invoke("geometry", bad, rho, rho, "--out", tmp_path / "geo")
+    res = invoke("geometry", bad, rho, rho, "--out-dir", tmp_path / "geo")
     assert res.exit_code == 1 and f"{bad}: NaN or Inf" in res.output and not (tmp_path / "geo").exists()
     bad_rho = _with_nan(rho, tmp_path / "nan_rho.safetensors")
     res = invoke("geometry", tiny_run / "seed0/finetune/hue.safetensors", bad_rho, rho)
@@ -294,7 +294,7 @@ def test_geometry_json_is_strict(tiny_run: Path, tmp_path: Path) -> None:
     rho, meta = P.load_params(vectors[0])
     P.save_params(tmp_path / "zero.safetensors", P.zeros_like(rho), meta)  # cos_M undefined: NaN in the tables
     res = invoke("geometry", tiny_run / "seed0/finetune/hue.safetensors", *vectors, tmp_path / "zero.safetensors",
-                 "--n-probe", "16", "--out", tmp_path / "geo")
+                 "--n-probe", "16", "--out-dir", tmp_path / "geo")
     assert res.exit_code == 0, res.output
     text = (tmp_path / "geo" / "geometry.json").read_text()
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in geometry.json"))
@@ -350,10 +350,10 @@ def test_geometry_flags_a_tiny_or_capped_probe_set(tiny_run: Path, tmp_path: Pat
     assert "exceeds the split's 64 images" in probe_warnings(100000, 64, 6)[0]
     receiver = tiny_run / "seed0/finetune/hue.safetensors"  # 6 classes
     vectors = sorted(tiny_run.glob("seed0/qat2/rho_*.safetensors"))
-    res = invoke("geometry", receiver, *vectors, "--n-probe", "1", "--out", tmp_path / "g1")
+    res = invoke("geometry", receiver, *vectors, "--n-probe", "1", "--out-dir", tmp_path / "g1")
     assert res.exit_code == 0 and "warning: probe set of 1 images is below 2 × 6 classes" in res.output
     assert pd.read_csv(tmp_path / "g1" / "geometry_pairs.csv").probe_warning.str.contains("degenerate").all()
-    res = invoke("geometry", receiver, *vectors, "--n-probe", "100000", "--split", "val", "--out", tmp_path / "g2")
+    res = invoke("geometry", receiver, *vectors, "--n-probe", "100000", "--probe-split", "val", "--out-dir", tmp_path / "g2")
     assert res.exit_code == 0 and "exceeds the split's 64 images: using 64" in " ".join(res.output.split())
     info = json.loads((tmp_path / "g2" / "geometry.json").read_text())["info"]
     assert info["n_probe_used"] == 64 and info["probe_warnings"]

@@ -134,7 +134,7 @@ def test_align_demo_on_a_trained_run(tiny_run: Path) -> None:
 
     from qgeom.cli import app
 
-    res = CliRunner().invoke(app, ["align-demo", str(tiny_run), "--donor", "shape", "--receiver", "hue"])
+    res = CliRunner().invoke(app, ["align-demo", str(tiny_run), "--donor-task", "shape", "--receiver-task", "hue"])
     assert res.exit_code == 0, res.output
     assert "recovered exactly: True" in res.output
     assert "= 0.00e+00" in res.output.replace("\n", "")

@@ -6,15 +6,17 @@ cosines, λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M and the recovered fractio
 Gram matrix K = Vᵀ M V (N products). spectrum: top-k eigenvalues (Lanczos), Hutchinson's trace
 and the SLQ spectral density of M at θ_R.
 
-The probe set is ``--n-probe`` images of the task's ``--split`` picked by ``--probe-seed``
+The probe set is ``--n-probe`` images of the task's ``--probe-split`` picked by ``--probe-seed``
 (:func:`qgeom.data.probe_batches`); its hash is in the JSON. For ``--objective ste`` pass the
-receiver's QAT checkpoint: Proposition 1 expands there.
+receiver's QAT checkpoint: Proposition 1 expands there (``--bits`` defaults to the bit width it
+records). Computed on ``--device`` (default: CUDA when present) in ``--dtype`` (default float64).
 """
 
 from __future__ import annotations
 
-from qgeom.commands import check_finite_option, check_writable, clean_errors
-from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, read_checkpoint, task_spec
+from qgeom.commands import check_finite_option, clean_errors
+from qgeom.commands import options as O
+from qgeom.commands.inputs import build_model, read_checkpoint, task_spec
 
 import csv
 import json
@@ -23,11 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-DTYPES = {"float32": "float32", "float64": "float64"}
+from qgeom.commands.output import Output
 
 
 def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, sizes: dict | None = None,
@@ -39,7 +39,7 @@ def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed:
     from qgeom.data import probe_batches
 
     if split not in ("train", "val", "test"):
-        raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--split")
+        raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--probe-split")
     return probe_batches(getattr(_task(task, data_seed, model, data_root, **(sizes or {})), split), n, batch_size, seed)
 
 
@@ -54,17 +54,24 @@ def _receiver(path: Path, task: Optional[str], model: Optional[str]):
 
 
 def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
-              data_seed, dtype, data_root=None):
+              data_seed, dtype, data_root=None, log: Output | None = None):
     import torch
 
     from qgeom.curvature import CurvatureOperator
+    from qgeom.models import default_device
     from qgeom.quant import QuantSpec
 
     from qgeom.curvature import init_data_parallel
 
+    log = log or Output()
     rank, _ = init_data_parallel()  # under torchrun: probe batches shared out, products all-reduced
-    console.quiet = rank != 0  # one rank prints and writes; every rank computes
+    if rank != 0:  # one rank prints and writes; every rank computes
+        log.silence()
     model, theta, task_name, meta = _receiver(receiver, task, preset)
+    bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="--objective ste")
+    device = default_device()  # --device (QGEOM_DEVICE), else CUDA when present
+    model = model.to(device)
+    theta = {k: v.to(device) for k, v in theta.items()}
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
     sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
     batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
@@ -76,12 +83,12 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
     warnings = probe_warnings(n_probe, available, int(theta["head.weight"].shape[0]))
     for w in warnings:
-        console.print(f"[yellow]warning: {w}[/]")
+        log.warn(w)
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
                     "n_probe_used": sum(len(y) for _, y in batches), "probe_seed": probe_seed, "data_seed": seed,
-                    "probe_warnings": warnings})
+                    "probe_warnings": warnings, "bits": bits if objective == "ste" else None})
     return op
 
 
@@ -143,21 +150,12 @@ def _fmt(x: float) -> str:
 def register(app: typer.Typer) -> None:
     """Add ``geometry`` and ``spectrum`` to ``app``."""
 
-    common = dict(
-        task=typer.Option(None, "--data", "--task", help=DATA_HELP),
-        preset=typer.Option(None, "--model", "--preset", help=MODEL_HELP),
-        data_root=typer.Option(None, help=DATA_ROOT_HELP),
+    common = dict(  # options of geometry and spectrum only; the shared ones come from qgeom.commands.options
         metric=typer.Option("ggn", help="ggn (PSD, the default), hessian or fisher"),
         objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
-        bits=typer.Option(2, min=2, max=8, help="bit width of Q_b for --objective ste"),
-        split=typer.Option("train", help="split the probe set is drawn from: train, val or test"),
-        n_probe=typer.Option(256, min=1, help="probe images"),
-        batch_size=typer.Option(64, min=1, help="probe batch size"),
-        probe_seed=typer.Option(0, help="seed picking the probe images"),
-        data_seed=typer.Option(None, help="seed of the task's generated images (default: the checkpoint's)"),
-        dtype=typer.Option("float32", help="float32 or float64"),
-        out=typer.Option(None, help="directory for the CSV and JSON tables"),
+        probe_split=typer.Option("train", "--probe-split", help="split the probe set is drawn from: train, val or test"),
     )
+    BITS = "bit width of Q_b for --objective ste, 2–8 (default: the checkpoint's, else 2)"
 
     @app.command("geometry")
     @clean_errors
@@ -165,31 +163,37 @@ def register(app: typer.Typer) -> None:
         receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
                                                   "with --model)"),
         vectors: list[Path] = typer.Argument(..., help="vectors ρ (.safetensors): donors' and the receiver's own"),
-        task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],
-        data_root: Optional[str] = common["data_root"],
-        metric: str = common["metric"], objective: str = common["objective"], bits: int = common["bits"],
-        split: str = common["split"], n_probe: int = common["n_probe"], batch_size: int = common["batch_size"],
-        probe_seed: int = common["probe_seed"], data_seed: Optional[int] = common["data_seed"],
-        dtype: str = common["dtype"], out: Optional[Path] = common["out"],
+        task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
+        data_root: Optional[str] = O.data_root(),
+        metric: str = common["metric"], objective: str = common["objective"], bits: Optional[str] = O.bits(BITS),
+        scope: Optional[str] = O.scope("compare the vectors on this scope (backbone, quantized or all); "
+                                       "default: every tensor they hold"),
+        split: str = common["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
+        probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
+        dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
+        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """Norms, cosines (Euclidean and metric), λ*, recovered fractions and directional gradients
         of quantization vectors under the receiver's curvature."""
+        out = O.table_dir(out)
+        O.apply_runtime(device, threads)
         from qgeom.geometry import directional_gradients, gram
-        from qgeom.params import check_compatible, load_params, norm
+        from qgeom.params import check_compatible, load_params, norm, select
 
-        if dtype not in DTYPES:
-            raise typer.BadParameter("float32 or float64", param_hint="--dtype")
-        if out is not None:
-            check_writable(out, directory=True)
+        log = Output(format, quiet)
         names, vs = [], []
         for p in vectors:
             v, _ = load_params(p)
+            if scope is not None:
+                v = select(v, scope)
+                if not v:
+                    raise typer.BadParameter(f"{p} holds no tensor of scope {scope}", param_hint="--scope")
             if vs:
                 check_compatible(vs[0], v, check_dtype=False, names=(str(vectors[0]), str(p)))
             names.append(p.stem if p.stem not in names else f"{p.stem}#{len(names)}")
             vs.append(v)
         op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
-                       probe_seed, data_seed, dtype, data_root)
+                       probe_seed, data_seed, dtype, data_root, log)
         K = gram(op, dict(zip(names, vs)))
         dg = directional_gradients(op, dict(zip(names, vs)))
         Ks, cos, lam = K.terms["K_sym"], K.terms["cosines"], K.terms["scales"]
@@ -210,63 +214,65 @@ def register(app: typer.Typer) -> None:
                                   "euclidean_scale": ip / ni**2 if ni > 0 else float("nan"),
                                   "indefinite": bool(math.isnan(cos[i, j])),
                                   "probe_warning": "; ".join(op.info["probe_warnings"])})
+        log.expect_tables(2)
         t = Table("vector", "‖ρ‖", "ρᵀMρ", "ρᵀ∇L", title=f"{op!r}")
         for row in vec_rows:
             t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),
                       _fmt(row["directional_gradient"]))
-        console.print(t)
+        log.table("vectors", t)
         t = Table("donor", "onto", "cos", "cos_M", "λ*", "cos²_M")
         for row in pair_rows:
             t.add_row(row["donor"], row["receiver_vector"], _fmt(row["euclidean_cosine"]),
                       _fmt(row["metric_cosine"]), _fmt(row["optimal_scale"]), _fmt(row["recovered_fraction"]))
-        console.print(t)
+        log.table("pairs", t)
         if K.indefinite:
-            console.print(f"[yellow]{K.message}[/]")
+            log.warn(K.message)
         if out is not None:
             _write(out, "geometry_vectors.csv", vec_rows)
             _write(out, "geometry_pairs.csv", pair_rows)
             _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows,
                                                "pairs": pair_rows, "gram": K.to_dict(), "message": K.message})
-            console.print(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
+            log.info(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
+        log.close()
 
     @app.command("spectrum")
     @clean_errors
     def spectrum_cmd(
         receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
                                                   "with --model)"),
-        task: Optional[str] = common["task"], preset: Optional[str] = common["preset"],
-        data_root: Optional[str] = common["data_root"],
-        metric: str = common["metric"], objective: str = common["objective"], bits: int = common["bits"],
-        scope: str = typer.Option("backbone", help="backbone (the paper's), quantized or all"),
+        task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
+        data_root: Optional[str] = O.data_root(),
+        metric: str = common["metric"], objective: str = common["objective"], bits: Optional[str] = O.bits(BITS),
+        scope: Optional[str] = O.scope("backbone (the paper's, the default), quantized or all"),
         k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
         lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
         tol: float = typer.Option(1e-6, help="relative Ritz-residual tolerance"),
         hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
         slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
         slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),
-        seed: int = typer.Option(0, help="seed of the Lanczos start vector and the probes"),
-        split: str = common["split"], n_probe: int = common["n_probe"], batch_size: int = common["batch_size"],
-        probe_seed: int = common["probe_seed"], data_seed: Optional[int] = common["data_seed"],
-        dtype: str = common["dtype"], out: Optional[Path] = common["out"],
+        seed: int = O.seed("seed of the Lanczos start vector and the probes"),
+        split: str = common["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
+        probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
+        dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
+        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """Top-k eigenvalues, Hutchinson trace and SLQ spectral density of the receiver's curvature."""
+        out = O.table_dir(out)
+        check_finite_option(tol, "--tol", positive=True)
+        O.apply_runtime(device, threads)
         from qgeom.lanczos import eigsh, hutchinson_trace, spectral_density
 
-        if dtype not in DTYPES:
-            raise typer.BadParameter("float32 or float64", param_hint="--dtype")
-        if out is not None:
-            check_writable(out, directory=True)
-        check_finite_option(tol, "--tol", positive=True)
-        op = _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size,
-                       probe_seed, data_seed, dtype, data_root)
+        log = Output(format, quiet)
+        op = _operator(receiver, task, preset, metric, objective, bits, scope or "backbone", split, n_probe,
+                       batch_size, probe_seed, data_seed, dtype, data_root, log)
         eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
         tr = hutchinson_trace(op, n_probes=hutchinson_probes, seed=seed)
         sd = spectral_density(op, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
         t = Table("rank", "eigenvalue", "residual", title=f"{op!r}")
         for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1):
             t.add_row(str(i), f"{lam:.6g}", f"{res:.2e}")
-        console.print(t)
-        console.print(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
+        log.table("eigenvalues", t)
+        log.result(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
                       f"(Hutchinson, {hutchinson_probes} probes); SLQ trace ≈ {sd.trace_estimate[0]:.6g}")
         if out is not None:
             _write(out, "spectrum_eigenvalues.csv", [{"rank": i + 1, "eigenvalue": float(lam), "residual": float(r)}
@@ -275,4 +281,5 @@ def register(app: typer.Typer) -> None:
             summary = {"info": op.info, "eigen": eig.to_dict(), "trace": tr.to_dict(),
                        "slq": {k_: v for k_, v in sd.to_dict().items() if k_ not in ("grid", "density")}}
             _write_json(out, "spectrum.json", summary)
-            console.print(f"wrote {out}/spectrum_eigenvalues.csv, spectrum_density.csv, spectrum.json")
+            log.info(f"wrote {out}/spectrum_eigenvalues.csv, spectrum_density.csv, spectrum.json")
+        log.close()

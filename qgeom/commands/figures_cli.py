@@ -1,4 +1,4 @@
-"""``qgeom figures RUN_DIR [--out paper_figures]``: every figure of a finished run, regenerated.
+"""``qgeom figures RUN_DIR [--out-dir DIR]`` (default ``RUN_DIR/figures``): every figure of a finished run, regenerated.
 
 Each figure is written as ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table it was
 drawn from) by :func:`qgeom.figures.save_figure`; ``manifest.json`` lists them with the run they
@@ -8,7 +8,7 @@ came from and the seconds each took. The four figures that compute on the run's 
 unchanged; ``--recompute`` ignores the cache, ``--cheap`` skips them.
 
 Threads: the checkpoint tables are many small products (probe sets of 32–300 images), so the
-command runs torch on one thread unless ``--threads`` says otherwise. Measured on the demo's
+command runs torch on one thread unless ``--threads`` says otherwise (the shared option's default). Measured on the demo's
 micro ViT with the 2 cores shared by other jobs: 37 s wall with 1 thread, 388 s with torch's
 default 2 (OpenMP threads spinning against each other); on idle cores 2 threads gain little.
 """
@@ -25,6 +25,7 @@ from typing import Optional
 import typer
 
 from qgeom.commands import check_writable, clean_errors
+from qgeom.commands import options as O
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def render_all(run_dir: str | Path, out: str | Path = "paper_figures", *, bits: 
 
 def _manifest(made: list[Made], run_dir: Path, out: Path) -> list[Made]:
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"run_dir": str(run_dir), "command": f"qgeom figures {run_dir} --out {out}",
+    doc = {"run_dir": str(run_dir), "command": f"qgeom figures {run_dir} --out-dir {out}",
            "figures": [{"name": m.name, "files": [f"{m.name}.{e}" for e in ("pdf", "png", "csv")],
                         "about": m.about, "seconds": m.seconds} for m in made],
            "seconds": round(sum(m.seconds for m in made), 1)}
@@ -133,36 +134,34 @@ def register(app: typer.Typer) -> None:
     @clean_errors
     def figures_cmd(
         run_dir: Path = typer.Argument(..., help="a finished run directory (qgeom run / qgeom demo)"),
-        out: Path = typer.Option(Path("paper_figures"), help="output directory (PDF, PNG and CSV per figure)"),
-        bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (default: all of the run's)"),
-        scope: Optional[str] = typer.Option(None, help="patch scope (default: backbone, the paper's)"),
+        out: Optional[Path] = O.out_dir("output directory: PDF, PNG and CSV per figure (default: RUN_DIR/figures)"),
+        bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (default: all of the run's)"),
+        scope: Optional[str] = O.scope("patch scope (default: backbone, the paper's)"),
         recompute: bool = typer.Option(False, help="recompute the cached checkpoint tables"),
         cheap: bool = typer.Option(False, help="only the figures drawn from the run's tables (no curvature)"),
-        threads: int = typer.Option(1, min=1, help="torch threads for the checkpoint tables (see the module notes)"),
+        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """Regenerate every figure of a finished run: PDF + PNG + the CSV each was drawn from."""
-        from rich.console import Console
         from rich.table import Table
 
-        console = Console()
+        from qgeom.commands.output import Output
+
         if not (run_dir / "accuracy.csv").exists():
             raise typer.BadParameter(f"{run_dir} has no accuracy.csv: run `qgeom run` first")
+        out = out if out is not None else run_dir / "figures"
         check_writable(out, directory=True)
-        try:
-            bit_list = [int(b) for b in bits.split(",") if b.strip()] if bits else None
-        except ValueError:
-            raise typer.BadParameter(f"{bits!r} is not a comma-separated list of integers", param_hint="--bits") from None
+        bit_list = list(bits) if bits else None
+        log = Output(format, quiet)
         if not cheap:
-            import torch
-
-            torch.set_num_threads(threads)
+            O.apply_runtime(device, threads)
         t0 = time.perf_counter()
         made = render_all(run_dir, out, bits=bit_list, scope=scope,
-                          recompute=recompute, cheap=cheap, log=lambda m: console.log(m))
+                          recompute=recompute, cheap=cheap, log=log.info)
         table = Table(title=f"figures of {run_dir} → {out}")
         for col in ("figure", "seconds", "shows"):
             table.add_column(col, justify="right" if col == "seconds" else "left")
         for m in made:
             table.add_row(m.name, f"{m.seconds:.1f}", m.about)
-        console.print(table)
-        console.print(f"{len(made)} figures in {time.perf_counter() - t0:.1f} s (manifest: {out / 'manifest.json'})")
+        log.table("figures", table)
+        log.info(f"{len(made)} figures in {time.perf_counter() - t0:.1f} s (manifest: {out / 'manifest.json'})")
+        log.close()

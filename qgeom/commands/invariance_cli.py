@@ -2,24 +2,23 @@
 
 Builds a model (a preset with seeded random weights, or a qgeom checkpoint), a probe set from an
 offline task, random elements of the chosen symmetry kinds, and runs
-:func:`qgeom.invariance.check_invariance`. Prints a table, writes CSV/JSON with ``--out``, and
-exits with status 1 when an expected invariance (or covariance) fails.
+:func:`qgeom.invariance.check_invariance`. Prints a table (``--format csv|json`` for programs),
+writes ``invariance.csv`` and ``invariance.json`` into ``--out-dir``, and exits with status 1
+when an expected invariance (or covariance) fails.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from qgeom.commands import check_finite_option, check_writable, clean_errors
-
-console = Console()
+from qgeom.commands import check_finite_option, clean_errors
+from qgeom.commands import options as O
+from qgeom.commands.output import Output
 
 
 def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], num_classes: int, seed: int,
@@ -105,27 +104,28 @@ def register(app: typer.Typer) -> None:
     def check_invariance_cmd(
         symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
         strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),
-        dtype: str = typer.Option("float64", help="float64 (tolerance 1e-10 on the function) or float32"),
-        preset: Optional[str] = typer.Option(None, "--model", "--preset",
-                                             help="architecture: a preset (random weights when no --checkpoint; "
+        dtype: str = O.dtype("float64 (the default: tolerance 1e-10 on the function) or float32"),
+        preset: Optional[str] = O.model("architecture: a preset (random weights when no --checkpoint; "
                                                   "default micro) or timm:NAME; with --checkpoint, default: its metadata"),
         checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint instead of random weights: qgeom's, or "
                                                              "timm-format (.safetensors/.pth) with --model"),
-        bits: int = typer.Option(2, min=2, max=8, help="weight bit width of Q_b, 2–8 (per-row symmetric RTN)"),
-        task: str = typer.Option("shape", "--data", "--task",
-                                 help="task whose validation images form the probe set: an offline name, "
-                                      "imagefolder:NAME=DIR, or a real dataset name under --data-root"),
-        data_root: Optional[str] = typer.Option(None, help="folder of the torchvision datasets"),
-        samples: int = typer.Option(16, min=1, help="probe images"),
+        bits: Optional[str] = O.bits("weight bit width of Q_b, 2–8, per-row symmetric RTN; one width (default: "
+                                     "the checkpoint's, else 2)"),
+        task: Optional[str] = O.data("task whose validation images form the probe set: an offline name, "
+                                                "imagefolder:NAME=DIR, or a real dataset name under --data-root "
+                                                "(default: the checkpoint's, else shape)"),
+        data_root: Optional[str] = O.data_root(),
+        n_probe: int = O.n_probe("probe images (validation split): every check's probe set"),
         levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
         metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
         pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
         rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
         rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
         init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
-        seed: int = typer.Option(0, help="seeds the weights, the elements and the random vectors"),
-        out: Optional[Path] = typer.Option(None, help="write <out>.csv and <out>.json"),
+        seed: int = O.seed("seeds the weights, the elements and the random vectors"),
+        out: Optional[Path] = O.out_dir("directory for invariance.csv and invariance.json; default: print only"),
         full: bool = typer.Option(False, "--full", help="print every check, not the per-level summary"),
+        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
         import torch
@@ -138,32 +138,42 @@ def register(app: typer.Typer) -> None:
         from qgeom.symmetry import CATALOGUE, applicable_kinds, random_symmetry
 
         t0 = time.time()
-        if out is not None:
-            stem = out.with_suffix("") if out.suffix in (".csv", ".json") else out
-            check_writable(stem.with_suffix(".csv")), check_writable(stem.with_suffix(".json"))
+        out = O.table_dir(out)
         check_finite_option(strength, "--strength")
+        O.apply_runtime(device, threads)
+        from qgeom.models import default_device
+
+        log = Output(format, quiet)
         kinds = _kinds(symmetry)
         lv = list(LEVELS) if levels == "all" else [x.strip() for x in levels.split(",") if x.strip()]
         if set(lv) - set(LEVELS):
             raise typer.BadParameter(f"unknown levels {sorted(set(lv) - set(LEVELS))}", param_hint="--levels")
-        if dtype not in ("float32", "float64"):
-            raise typer.BadParameter("dtype must be float32 or float64", param_hint="--dtype")
+        meta = {}
+        if checkpoint is not None:
+            from qgeom.commands.inputs import read_checkpoint
+
+            meta = read_checkpoint(checkpoint)[1]
+        task = task or meta.get("task") or "shape"
+        bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="check-invariance")
         streamed = parse_task(task).streamed
-        sizes = {} if streamed else dict(n_train=1, n_val=max(samples, 1), n_test=1)
+        sizes = {} if streamed else dict(n_train=1, n_val=max(n_probe, 1), n_test=1)
         data = load_data(task, seed, None, data_root, **sizes)  # class count first; images below
         model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
         if streamed:  # through the model's own timm transform
             data = load_data(task, seed, model, data_root)
         classes = model.num_classes
-        batches = [(x, y % classes) for x, y in probe_batches(data.val, samples, batch_size=samples, seed=seed)]
+        dev = default_device()  # --device (QGEOM_DEVICE), else CUDA when present
+        model = model.to(dev)
+        params = {k: v.to(dev) for k, v in params.items()}
+        batches = [(x, y % classes) for x, y in probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)]
         vectors = None
         if rho_d is not None or rho_r is not None:
             if rho_d is None or rho_r is None:
                 raise typer.BadParameter("give both --rho-d and --rho-r")
-            vectors = (load_params(rho_d)[0], load_params(rho_r)[0])
+            vectors = tuple({k: v.to(dev) for k, v in load_params(p)[0].items()} for p in (rho_d, rho_r))
         why = applicable_kinds(model)
         for k in [k for k in kinds if why[k]]:
-            console.print(f"[yellow]skipping {k}[/]: {why[k]}")
+            log.info(f"[yellow]skipping {k}[/]: {why[k]}")
         syms = [random_symmetry(model, k, strength=strength, seed=seed + i) for i, k in enumerate(kinds) if not why[k]]
         if not syms:
             raise typer.BadParameter("no applicable symmetry for this model", param_hint="--symmetry")
@@ -176,14 +186,15 @@ def register(app: typer.Typer) -> None:
                                   dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],
                                   pipeline_steps=pipeline_steps, pipeline_for=pipe, seed=seed)
         report.meta.update(source=source, task=task, strength=strength, kinds=[g.kind for g in syms])
-        console.print(_full(report.rows) if full else _summary(report.rows))
+        log.table("checks" if full else "summary", _full(report.rows) if full else _summary(report.rows))
         fails, surprises = report.failures(), report.surprises()
         agree = sum(1 for r in report.rows if r["agrees"])
-        console.print(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "
+        log.result(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "
                       f"{len(report.rows)} checks: {agree} agree, [red]{len(fails)} failed[/], "
                       f"[yellow]{len(surprises)} expected violations not measured[/] ({time.time() - t0:.1f} s)")
         if out is not None:
-            csv, js = report.write(out)
-            console.print(f"wrote [bold]{csv}[/] and [bold]{js}[/]")
+            csv, js = report.write(out / "invariance")
+            log.info(f"wrote [bold]{csv}[/] and [bold]{js}[/]")
+        log.close()
         if fails:
             raise typer.Exit(code=1)

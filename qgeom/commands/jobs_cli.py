@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from qgeom.commands import clean_errors
-
-console = Console()
+from qgeom.commands import options as O
 
 
 def register(app: typer.Typer) -> None:
@@ -20,17 +18,21 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Argument(..., help="a run directory"),
         geometry: bool = typer.Option(True, help="count the geometry stages"),
         all_stages: bool = typer.Option(False, "--all", help="list every stage, not only those not done"),
+        quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """List the stages of a run: done, running (job id), failed or missing."""
         from collections import Counter
 
+        from qgeom.commands.output import Output
         from qgeom.jobs import status
         from qgeom.stages import load_run_config
 
+        log = Output(format, quiet)
         rows = status(load_run_config(run_dir), run_dir, geometry)
         counts = Counter(r["status"] for r in rows)
         table = Table("stage", "status", "job id", title=f"{run_dir}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
         for r in rows:
             if all_stages or r["status"] != "done":
                 table.add_row(r["stage"], r["status"], r["job_id"])
-        console.print(table)
+        log.table("stages", table)
+        log.close()

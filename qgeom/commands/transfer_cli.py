@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from qgeom.commands import check_writable, clean_errors
+from qgeom.commands import options as O
+from qgeom.commands.output import make_console
 
 def _console() -> Console:
     """A terminal's own width; COLUMNS when set; else 120 (files and pipes)."""
@@ -161,6 +164,28 @@ def print_summary(summary: dict, console: Console = console) -> None:
     console.print(f"finished in {summary['seconds']} s{where}")
 
 
+def emit_summary(summary: dict, fmt: str, quiet: bool = False) -> None:
+    """The summary in the format asked for: rich tables (``print_summary``; in a pipe wide enough
+    that nothing is cut), or for programs the outcome rows as CSV (then, under ``# table:``
+    lines, the correlations) or the whole summary as JSON (stdout holds only the data)."""
+    if fmt == "table":
+        print_summary(summary, console=make_console())
+        return
+    if fmt == "json":
+        sys.stdout.write(json.dumps(summary, indent=1, default=float) + "\n")
+        return
+    import csv
+
+    tables = [("results", summary.get("results", [])), ("correlations", summary.get("correlations", []))]
+    for i, (name, rows) in enumerate(tables):
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        sys.stdout.write(("\n" if i else "") + f"# table: {name}\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    sys.stdout.flush()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     @clean_errors
@@ -168,7 +193,8 @@ def register(app: typer.Typer) -> None:
         config: str = typer.Argument("demo", help="a preset (demo, tiny, gpu) or a .json/.yaml config file"),
         overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. bits=2,3 finetune.steps=300"),
         run_dir: Optional[Path] = typer.Option(None, help="run directory (default runs/NAME); resumes if it exists"),
-        bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (same as bits=...)"),
+        bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (same as bits=...; default: the "
+                                     "preset's)"),
         geometry: bool = typer.Option(True, help="compute the curvature geometry stage"),
         workers: Optional[int] = typer.Option(None, help="worker processes (default: QGEOM_WORKERS, else 1 on a GPU, "
                                                          "else min(2, cores)); each uses one torch thread"),
@@ -179,30 +205,37 @@ def register(app: typer.Typer) -> None:
         timeout_min: int = typer.Option(60, min=1, help="time limit of one job, minutes"),
         max_parallel: int = typer.Option(4, min=1, help="jobs running at once"),
         retries: int = typer.Option(1, min=0, help="re-submissions of a failed or pre-empted job"),
+        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """Run or resume the transfer experiment: pretrain → fine-tune → QAT → ρ → evaluate → geometry → statistics."""
-        ov = list(overrides or []) + ([f"bits={bits}"] if bits else [])
+        O.apply_runtime(device, threads)
         if executor not in ("none", "local", "slurm"):
             raise typer.BadParameter(f"{executor!r} is not one of none, local, slurm", param_hint="--executor")
+        ov = list(overrides or []) + ([f"bits={','.join(map(str, bits))}"] if bits else [])
         jobs = None if executor == "none" else dict(executor=executor, partition=slurm_partition,
                                                       gpus_per_job=gpus_per_job, timeout_min=timeout_min,
                                                       max_parallel=max_parallel, retries=retries)
-        print_summary(run_experiment(config, run_dir, ov, geometry, workers=workers, jobs=jobs))
+        emit_summary(run_experiment(config, run_dir, ov, geometry, progress=not quiet, workers=workers, jobs=jobs),
+                     format, quiet)
 
     @app.command("demo")
     @clean_errors
     def demo_cmd(
-        run_dir: Path = typer.Option(Path("runs/demo"), help="run directory; an existing one is resumed"),
-        bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (default: the preset's 2)"),
+        run_dir: Optional[Path] = typer.Option(None, help="run directory (default runs/demo); resumes if it exists"),
+        bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (default: the preset's 2)"),
+        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
         """The embedded default: the `demo` preset (micro ViT, 6 offline tasks, 2 bits, 3 seeds) on CPU."""
-        print_summary(run_experiment("demo", run_dir, [f"bits={bits}"] if bits else []))
+        O.apply_runtime(device, threads)
+        ov = [f"bits={','.join(map(str, bits))}"] if bits else []
+        emit_summary(run_experiment("demo", run_dir, ov, progress=not quiet), format, quiet)
 
     @app.command("summary")
     @clean_errors
-    def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
+    def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+                    format: str = O.format()) -> None:
         """Print the summary table of a finished run."""
         path = run_dir / "summary.json"
         if not path.exists():
             raise typer.BadParameter(f"{path} does not exist: run `qgeom run` first")
-        print_summary(json.loads(path.read_text()))
+        emit_summary(json.loads(path.read_text()), format)

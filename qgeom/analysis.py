@@ -32,7 +32,12 @@ def read_table(path) -> pd.DataFrame:
 
 
 ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
-TARGETS = ("gain_unit", "gain_tuned", "recovery_unit")
+TARGETS = ("gain_unit", "gain_tuned", "recovery_unit", "gain_over_controls")
+#: Controls beyond the per-tensor random direction (config ``controls``; qgeom.controls) and the
+#: grid/values hybrids (config ``decomposition``; qgeom.decomposition), as accuracy-table methods.
+CONTROL_METHODS = ("random_rows", "row_permuted", "negated", "other_basin")
+DECOMPOSITION_METHODS = ("grid_only", "values_only")
+GRID_STATISTICS = ("absmax_moved", "dlog_scale", "codes_changed")
 CORRELATION_COLUMNS = ("bits", "scope", "alignment", "target", "method", "r", "p_value", "n_cells", "n_permutations",
                        "exact", "loo_min", "loo_max", "diff_vs_euclidean", "diff_low", "diff_high")
 
@@ -92,11 +97,26 @@ def pair_table(acc: pd.DataFrame, geo: pd.DataFrame | None = None, dis: pd.DataF
     tuned = tuned[tuned.method == "patch"][pk + ["lam_val", "tuned_ptq"]]
     df = unit.merge(unit_fp, on=pk).merge(base, on=rk).merge(qat, on=rk).merge(tuned, on=pk)
     df = df.merge(rnd, on=pk, how="left")
-    for col in ["patch_ptq", "patch_fp", "base_ptq", "base_fp", "qat_ptq", "tuned_ptq", "random_ptq"]:
+    extra = [m for m in CONTROL_METHODS + DECOMPOSITION_METHODS if m in set(t.method)]
+    for m in extra:  # the other controls and the decomposition hybrids: mean over draws, at λ = 1
+        col = t[t.method == m].groupby(pk, as_index=False).value.mean().rename(columns={"value": f"{m}_ptq"})
+        df = df.merge(col, on=pk, how="left")
+    stats = acc[(acc.method == "patch") & acc.metric.isin(GRID_STATISTICS)]
+    if len(stats):
+        df = df.merge(stats.pivot_table(index=pk, columns="metric", values="value").reset_index(), on=pk, how="left")
+    for col in ["patch_ptq", "patch_fp", "base_ptq", "base_fp", "qat_ptq", "tuned_ptq", "random_ptq"] + \
+            [f"{m}_ptq" for m in extra]:
         df[col] = 100 * df[col]
     df["gain_unit"] = df.patch_ptq - df.base_ptq
     df["gain_tuned"] = df.tuned_ptq - df.base_ptq
     df["gain_vs_random"] = df.patch_ptq - df.random_ptq
+    for m in ["random"] + extra:  # each control's own gain, and the donor's gain over it
+        df[f"gain_{m}"] = df[f"{m}_ptq"] - df.base_ptq
+        if m in CONTROL_METHODS:
+            df[f"gain_vs_{m}"] = df.patch_ptq - df[f"{m}_ptq"]
+    controls = [f"gain_{m}" for m in ["random"] + [m for m in extra if m in CONTROL_METHODS]]
+    # the gain over the best control: what the donor adds beyond "any perturbation of this kind helps"
+    df["gain_over_controls"] = df.gain_unit - df[controls].max(axis=1)
     df["fp_cost"] = df.patch_fp - df.base_fp
     df["diagonal"] = df.donor == df.receiver
     if geo is not None and len(geo):
@@ -229,7 +249,40 @@ def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) 
             verdict_tuned=_verdict(tuned, "the donor patch at the λ chosen on val", "the unpatched receiver"),
             diff_vs_euclidean=diff,
             verdict_alignment=_alignment_verdict(e, m, best_metric, diff),
+            **_controls_summary(g),
         ))
+    return out
+
+
+CONTROL_NAMES = {"random_rows": "a random direction with ρ_D's per-row norms",
+                 "row_permuted": "ρ_D with its entries permuted within each row",
+                 "negated": "−ρ_D", "other_basin": "the donor's ρ from a θ_0 pretrained with another seed"}
+
+
+def _controls_summary(g: pd.DataFrame) -> dict:
+    """Intervals and verdicts of the stronger controls and of the grid/values decomposition
+    (present when the run has them): the donor's gain over each control; the gain of the
+    grid-only and values-only hybrids, and the share of the donor's mean gain each carries."""
+    out: dict = {"controls": {}, "verdict_controls": []}
+    for m, what in CONTROL_NAMES.items():
+        if f"gain_vs_{m}" in g.columns and g[f"gain_vs_{m}"].notna().any():
+            iv = interval(g, f"gain_vs_{m}")
+            out["controls"][m] = iv.to_dict()
+            out["verdict_controls"].append(_verdict(iv, "the donor patch at λ = 1", what))
+    if "gain_grid_only" in g.columns and g.gain_grid_only.notna().any():
+        off = g[~g.diagonal]
+        grid, values, full = interval(g, "gain_grid_only"), interval(g, "gain_values_only"), interval(g, "gain_unit")
+        share = float(off.gain_grid_only.mean() / off.gain_unit.mean()) if abs(off.gain_unit.mean()) > 0.5 else math.nan
+        out["decomposition"] = dict(grid_only=grid.to_dict(), values_only=values.to_dict(), patch=full.to_dict(),
+                                    grid_share=share, absmax_moved=float(off.get("absmax_moved", pd.Series([math.nan])).mean()),
+                                    codes_changed=float(off.get("codes_changed", pd.Series([math.nan])).mean()))
+        if math.isfinite(share):
+            how = f"carries {100 * share:.0f}% of the donor patch's mean gain ({full} points)"
+        else:
+            how = f"cannot be given as a share: the donor patch's mean gain is {full} points, about 0"
+        out["verdict_controls"].append(
+            f"the grid alone (θ_R's values on the patched per-row grid) changes post-PTQ Top-1 by {grid} points, "
+            f"the values alone (on θ_R's grid) by {values}; the grid alone {how}")
     return out
 
 

@@ -65,6 +65,9 @@ class RunConfig:
     seeds: tuple[int, ...] = (0,)
     lambdas: tuple[float, ...] = PAPER_LAMBDAS
     random_draws: int = 3
+    # stronger controls (qgeom.controls; test split, λ = 1): random_rows, row_permuted, negated, other_basin
+    controls: tuple[str, ...] = ()
+    decomposition: bool = False  # grid-only / values-only hybrids of every patch at λ = 1 (qgeom.decomposition)
     scopes: tuple[str, ...] = ("backbone", "quantized")
     metrics: tuple[str, ...] = ("ggn",)
     probe_size: int = 256
@@ -195,6 +198,8 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+#: The controls a run can add (qgeom.controls, plus donors fine-tuned from another θ_0).
+RUN_CONTROLS = ("random_rows", "row_permuted", "negated", "other_basin")
 PAPER_TASKS = REAL_TASKS  # the paper's 22 tasks, in its order
 
 #: One preset per ViT scale of the paper's code: run name → timm model.
@@ -336,6 +341,12 @@ def validate(cfg: RunConfig) -> None:
     offline = any(not parse_task(t).streamed for t in cfg.tasks)
     for key in ("n_train", "n_val", "n_test"):  # for real tasks a cap; 0 = every image
         _check_int(key, getattr(cfg, key), 1 if offline else 0)
+    _check(isinstance(cfg.controls, tuple) and all(c in RUN_CONTROLS for c in cfg.controls)
+           and len(set(cfg.controls)) == len(cfg.controls),
+           f"controls: {list(cfg.controls)} must be distinct values of {', '.join(RUN_CONTROLS)}")
+    _check("other_basin" not in cfg.controls or cfg.theta0 == "pretrain",
+           "controls: other_basin pretrains a second θ_0 with another seed, so it needs theta0=pretrain")
+    _check(isinstance(cfg.decomposition, bool), f"decomposition: {cfg.decomposition!r} must be true or false")
     for key in ("n_pretext_per_task", "random_draws", "probe_size", "probe_batch", "permutations", "eval_batch"):
         _check_int(key, getattr(cfg, key), 1)
     for key in ("pretrain", "finetune", "qat"):
@@ -357,9 +368,14 @@ def preset(name: str) -> RunConfig:
         # 3 seeds (every verdict is over seeds); one random draw per seed and cell: the random
         # control of a cell is still the mean of 3 draws once averaged over the 3 seeds
         return RunConfig(seeds=(0, 1, 2), random_draws=1)
+    if name == "demo-controls":
+        # the demo plus every control and the grid/values decomposition (issue 15): the other-basin
+        # donors double the training, so it does not fit the demo's 10-minute budget
+        return RunConfig(name="demo-controls", seeds=(0, 1, 2), random_draws=1, controls=RUN_CONTROLS,
+                         decomposition=True)
     if name == "tiny":
         return RunConfig(
-            name="tiny", model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
+            name="tiny", controls=RUN_CONTROLS, decomposition=True, model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
             pretext_tasks=("shape", "hue", "position"), tasks=("shape", "hue", "position"),
             n_pretext_per_task=200, n_train=256, n_val=64, n_test=64,
             pretrain=TrainConfig(steps=20, batch_size=64, lr=2e-3, warmup_steps=2),
@@ -377,7 +393,7 @@ def preset(name: str) -> RunConfig:
             qat=TrainConfig(steps=200, batch_size=256, lr=2.5e-4, warmup_steps=20),
             bits=(2,), seeds=(0, 1, 2), probe_size=1024, probe_batch=256,
         )
-    raise ConfigError(f"unknown run preset {name!r} (and not a .json/.yaml file); known: demo, tiny, gpu, paper, "
+    raise ConfigError(f"unknown run preset {name!r} (and not a .json/.yaml file); known: demo, demo-controls, tiny, gpu, paper, "
                       f"{', '.join(PAPER_SCALES)}")
 
 

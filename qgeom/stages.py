@@ -37,39 +37,51 @@ class Stage:
     seed: int = -1
     bits: int = -1
     task: str = ""
+    basin: str = ""  # "" (the run's θ_0) or "other" (the other-basin control's θ_0, under RUN/other/)
 
     @property
     def key(self) -> str:
-        """A readable unique name: ``qat/seed0/2bit/shape``."""
-        parts = [self.kind] + ([f"seed{self.seed}"] if self.seed >= 0 else []) + \
+        """A readable unique name: ``qat/seed0/2bit/shape`` (``other/qat/…`` in the other basin)."""
+        parts = ([self.basin] if self.basin else []) + [self.kind] + \
+                ([f"seed{self.seed}"] if self.seed >= 0 else []) + \
                 ([f"{self.bits}bit"] if self.bits >= 0 else []) + ([self.task] if self.task else [])
         return "/".join(parts)
 
     def outputs(self) -> list[str]:
         """The files this stage writes, relative to the run directory."""
         s, b, t = self.seed, self.bits, self.task
-        return {
+        files = {
             "theta0": ["theta0.safetensors"],
             "finetune": [f"seed{s}/finetune/{t}.safetensors"],
             "qat": [f"seed{s}/qat{b}/{t}.safetensors", f"seed{s}/qat{b}/rho_{t}.safetensors"],
             "evaluate": [f"seed{s}/eval{b}/{t}.csv"],
             "geometry": [f"seed{s}/geometry{b}/{t}.csv"],
         }[self.kind]
+        return [f"{self.basin}/{f}" for f in files] if self.basin else files
 
-    def inputs(self, tasks: list[str]) -> list["Stage"]:
-        """The stages whose outputs this one reads (``tasks``: every task name of the run)."""
+    def inputs(self, tasks: list[str], basins: tuple[str, ...] = ("",)) -> list["Stage"]:
+        """The stages whose outputs this one reads (``tasks``: every task name of the run;
+        ``basins``: the run's basins — an evaluation also reads the other basin's vectors)."""
         if self.kind == "theta0":
             return []
         if self.kind == "finetune":
-            return [Stage("theta0")]
+            return [Stage("theta0", basin=self.basin)]
         if self.kind == "qat":
-            return [Stage("finetune", self.seed, -1, self.task)]
+            return [Stage("finetune", self.seed, -1, self.task, self.basin)]
         donors = [Stage("qat", self.seed, self.bits, d) for d in tasks]
-        return donors + ([Stage("theta0")] if self.kind == "evaluate" else [])
+        if self.kind == "geometry":
+            return donors
+        others = [Stage("qat", self.seed, self.bits, d, b) for b in basins if b for d in tasks if d != self.task]
+        return donors + others + [Stage("theta0")]
 
     def done(self, run_dir: str | Path) -> bool:
         """All outputs exist (each written atomically, so each is whole)."""
         return all((Path(run_dir) / p).exists() for p in self.outputs())
+
+
+def basins(cfg) -> tuple[str, ...]:
+    """The run's basins: its own θ_0, and "other" when the other-basin control is on."""
+    return ("", "other") if "other_basin" in cfg.controls else ("",)
 
 
 def plan(cfg, geometry: bool = True) -> list[Stage]:
@@ -78,9 +90,9 @@ def plan(cfg, geometry: bool = True) -> list[Stage]:
 
     names = list(task_specs(cfg))
     jobs = [(s, b) for s in cfg.seeds for b in cfg.bits]
-    out = [Stage("theta0")]
-    out += [Stage("finetune", s, -1, t) for s in cfg.seeds for t in names]
-    out += [Stage("qat", s, b, t) for s, b in jobs for t in names]
+    out = [Stage("theta0", basin=b) for b in basins(cfg)]
+    out += [Stage("finetune", s, -1, t, b) for b in basins(cfg) for s in cfg.seeds for t in names]
+    out += [Stage("qat", s, bits, t, b) for b in basins(cfg) for s, bits in jobs for t in names]
     out += [Stage("evaluate", s, b, t) for s, b in jobs for t in names]
     if geometry:
         out += [Stage("geometry", s, b, t) for s, b in jobs for t in names]
@@ -90,9 +102,10 @@ def plan(cfg, geometry: bool = True) -> list[Stage]:
 def waves(stages: list[Stage], tasks: list[str]) -> list[list[Stage]]:
     """``stages`` grouped so that each stage's inputs are all in earlier groups (or not planned)."""
     planned, placed, out = set(stages), {}, []
+    bs = tuple(sorted({s.basin for s in stages}))
     remaining = list(stages)
     while remaining:
-        wave = [s for s in remaining if all(i in placed or i not in planned for i in s.inputs(tasks))]
+        wave = [s for s in remaining if all(i in placed or i not in planned for i in s.inputs(tasks, bs))]
         if not wave:
             raise ValueError(f"stages with circular inputs: {[s.key for s in remaining]}")
         for s in wave:
@@ -129,13 +142,13 @@ def run_stage(run_dir: str | Path, stage: Stage, threads: int | None = None) -> 
         torch.set_num_threads(threads)
     run = TransferRun(load_run_config(run_dir), run_dir, progress=False)
     if stage.kind == "theta0":
-        run.theta0()
+        run.theta0(stage.basin)
     elif stage.kind == "finetune":
-        run.finetuned(stage.seed, stage.task)
+        run.finetuned(stage.seed, stage.task, stage.basin)
     elif stage.kind == "qat":
-        run.qat(stage.seed, stage.bits, stage.task)
+        run.qat(stage.seed, stage.bits, stage.task, stage.basin)
         _maybe_kill(run_dir, stage)
-        run.rho(stage.seed, stage.bits, stage.task)
+        run.rho(stage.seed, stage.bits, stage.task, stage.basin)
     elif stage.kind == "evaluate":
         run.evaluate(stage.seed, stage.bits, stage.task)
     elif stage.kind == "geometry":

@@ -44,6 +44,7 @@ from qgeom import params as P
 from qgeom.analysis import read_table
 from qgeom.config import RunConfig, validate
 from qgeom.controls import random_like
+from qgeom.decomposition import grid_only, grid_statistics, values_only
 from qgeom.data import TASKS, Task, batches, load_task, model_transform, parse_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device, load_pretrained
 from qgeom.tracking import CurveLog
@@ -182,56 +183,71 @@ class TransferRun:
 
     # -- training stages ---------------------------------------------------------------------
 
-    def theta0(self) -> P.Params:
+    # A *basin* is a θ_0 and everything trained from it: "" (the run's own) or "other" (a θ_0
+    # pretrained with another seed, for the other-basin control), filed under RUN/other/.
+
+    def _in(self, basin: str, rel: str) -> Path:
+        return self.dir / basin / rel if basin else self.dir / rel
+
+    def theta0(self, basin: str = "") -> P.Params:
         """θ_0 per ``cfg.theta0``: pretrained here, timm's weights, or a local checkpoint (backbone only
-        for the latter two; every task gets a fresh head)."""
-        path = self.dir / "theta0.safetensors"
+        for the latter two; every task gets a fresh head). ``basin="other"``: pretrained with seed 1."""
+        path = self._in(basin, "theta0.safetensors")
+        seed = 1 if basin else 0
 
         def compute():
             if self.cfg.theta0 != "pretrain":
                 self.log(f"loading θ_0 from {self.cfg.theta0}")
                 return load_pretrained(self.cfg.theta0, self.model(self.names[0]))
-            self.log("pretraining θ_0")
+            self.log(f"pretraining θ_0{' (other basin)' if basin else ''}")
             task = pretext_task(self.cfg.pretext_tasks, seed=0, n_per_task=self.cfg.n_pretext_per_task)
-            m = create_model(self.cfg.preset, task.num_classes, seed=0, **self.cfg.model_overrides)
+            m = create_model(self.cfg.preset, task.num_classes, seed=seed, **self.cfg.model_overrides)
             with self._curves(path, "pretrain") as curves:
-                return pretrain(m, task, self.cfg.pretrain, **self._train_kwargs(curves))
+                return pretrain(m, task, self.cfg.pretrain.with_(seed=seed), **self._train_kwargs(curves))
 
         if self.cfg.theta0 == "pretrain":
-            origin = dict(task="pretext:" + "+".join(self.cfg.pretext_tasks), config=self.cfg.pretrain.to_dict())
+            origin = dict(task="pretext:" + "+".join(self.cfg.pretext_tasks),
+                          config=self.cfg.pretrain.with_(seed=seed).to_dict())
         else:
             origin = dict(task="")
-        return self._params(path, compute, stage="pretrain", source=self.cfg.theta0, **origin)
+        return self._params(path, compute, stage="pretrain", source=self.cfg.theta0, basin=basin, **origin)
 
-    def finetuned(self, seed: int, task: str) -> P.Params:
-        path = self.dir / f"seed{seed}/finetune/{task}.safetensors"
+    def finetuned(self, seed: int, task: str, basin: str = "") -> P.Params:
+        path = self._in(basin, f"seed{seed}/finetune/{task}.safetensors")
 
         def compute():
             cfg = self.cfg.finetune.with_(seed=seed)
             with self._curves(path, "finetune", task=task, seed=seed) as curves:
-                return finetune(self.model(task), self.theta0(), self.tasks[task], cfg, **self._train_kwargs(curves))
+                return finetune(self.model(task), self.theta0(basin), self.tasks[task], cfg,
+                                **self._train_kwargs(curves))
 
-        return self._params(path, compute, stage="finetune", task=task, seed=seed,
+        return self._params(path, compute, stage="finetune", task=task, seed=seed, basin=basin,
                             config=self.cfg.finetune.with_(seed=seed).to_dict())
 
-    def qat(self, seed: int, bits: int, task: str) -> P.Params:
-        path = self.dir / f"seed{seed}/qat{bits}/{task}.safetensors"
+    def qat(self, seed: int, bits: int, task: str, basin: str = "") -> P.Params:
+        path = self._in(basin, f"seed{seed}/qat{bits}/{task}.safetensors")
 
         def compute():
             cfg = self.cfg.qat.with_(seed=seed)
             with self._curves(path, "qat", task=task, seed=seed, bits=bits) as curves:
-                return qat(self.model(task), self.finetuned(seed, task), self.tasks[task], QuantSpec(bits), cfg,
+                return qat(self.model(task), self.finetuned(seed, task, basin), self.tasks[task], QuantSpec(bits), cfg,
                            **self._train_kwargs(curves))
 
-        return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits,
+        return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits, basin=basin,
                             config=self.cfg.qat.with_(seed=seed).to_dict())
 
-    def rho(self, seed: int, bits: int, task: str) -> P.Params:
+    def rho(self, seed: int, bits: int, task: str, basin: str = "") -> P.Params:
         """ρ_t = θ_t,QAT − θ_t on the backbone (the quantized scope is a subset of its keys)."""
-        return self._params(self.dir / f"seed{seed}/qat{bits}/rho_{task}.safetensors",
-                            lambda: P.quantization_vector(self.qat(seed, bits, task), self.finetuned(seed, task),
-                                                          "backbone"),
-                            stage="quantization_vector", task=task, seed=seed, bits=bits, scope="backbone")
+        return self._params(self._in(basin, f"seed{seed}/qat{bits}/rho_{task}.safetensors"),
+                            lambda: P.quantization_vector(self.qat(seed, bits, task, basin),
+                                                          self.finetuned(seed, task, basin), "backbone"),
+                            stage="quantization_vector", task=task, seed=seed, bits=bits, scope="backbone",
+                            basin=basin)
+
+    @property
+    def basins(self) -> list[str]:
+        """The basins a run trains: its own, and "other" when the other-basin control is on."""
+        return [""] + (["other"] if "other_basin" in self.cfg.controls else [])
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -262,13 +278,16 @@ class TransferRun:
         rows: list[dict] = []
 
         def run(jobs: list[tuple[dict, P.Params]], split: str) -> None:
-            """Evaluate jobs (row fields incl. metric, params) on ``split``; PTQ'd per metric."""
-            sets = [ptq(th, spec) if row["metric"] == "ptq_top1" else th for row, th in jobs]
+            """Evaluate jobs (row fields incl. metric, params) on ``split``; PTQ'd per metric
+            (a set already on a quantization grid, a decomposition hybrid, is used as it is)."""
+            sets = [ptq(th, spec) if row["metric"] == "ptq_top1" and not row.pop("quantized", False) else th
+                    for row, th in jobs]
             acc = top1_many(model, sets, data[split], device=device)
             rows.extend(key | row | dict(split=split, value=float(a)) for (row, _), a in zip(jobs, acc))
 
-        def job(th, method, metric="ptq_top1", donor="", scope="", lam=np.nan, draw=-1):
-            return dict(donor=donor, method=method, scope=scope, lam=lam, draw=draw, metric=metric), th
+        def job(th, method, metric="ptq_top1", donor="", scope="", lam=np.nan, draw=-1, quantized=False):
+            row = dict(donor=donor, method=method, scope=scope, lam=lam, draw=draw, metric=metric)
+            return (row | {"quantized": True} if quantized else row), th
 
         theta0 = self.theta0()
         pretrained = {k: (v if P.is_head(k) else theta0[k]) for k, v in theta.items()}
@@ -307,8 +326,37 @@ class TransferRun:
                 for draw in range(c.random_draws):
                     test_jobs.append(job(P.patch(theta, random_like(vecs[scope][d], g), 1.0), "random", donor=d,
                                          scope=scope, lam=1.0, draw=draw))
+                test_jobs += self._control_jobs(job, theta, vecs[scope][d], seed, bits, receiver, d, scope)
+                if c.decomposition:  # what the patch does through the grid, and through the values
+                    patched = P.patch(theta, vecs[scope][d], 1.0)
+                    test_jobs += [job(grid_only(theta, patched, spec), "grid_only", donor=d, scope=scope, lam=1.0,
+                                      quantized=True),
+                                  job(values_only(theta, patched, spec), "values_only", donor=d, scope=scope, lam=1.0,
+                                      quantized=True)]
+                    rows.extend(key | dict(donor=d, method="patch", scope=scope, lam=1.0, draw=-1, split="test",
+                                           metric=name, value=v)
+                                for name, v in grid_statistics(theta, patched, spec).items())
         run(test_jobs, "test")
         return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+
+    def _control_jobs(self, job, theta: P.Params, vec: P.Params, seed: int, bits: int, receiver: str, donor: str,
+                      scope: str) -> list:
+        """Patches at λ = 1 with the configured controls of ρ_D (test split; :mod:`qgeom.controls`):
+        ``random_rows`` and ``row_permuted`` (``random_draws`` draws each), ``negated``, and
+        ``other_basin`` — the donor's ρ from the θ_0 pretrained with another seed."""
+        from qgeom.controls import control
+
+        out = []
+        for name in self.cfg.controls:
+            if name == "other_basin":
+                other = P.select(self.rho(seed, bits, donor, "other"), scope)
+                out.append(job(P.patch(theta, other, 1.0), name, donor=donor, scope=scope, lam=1.0))
+                continue
+            g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{bits}/{donor}/{receiver}/{scope}/{name}".encode()))
+            for draw in range(1 if name == "negated" else self.cfg.random_draws):
+                out.append(job(P.patch(theta, control(name, vec, g), 1.0), name, donor=donor, scope=scope, lam=1.0,
+                               draw=draw))
+        return out
 
     # -- geometry --------------------------------------------------------------------------
 
@@ -466,7 +514,8 @@ class TransferRun:
         self.phase_seconds: dict[str, float] = {}
         jobs = [(s, b) for s in c.seeds for b in c.bits]
         self.tasks  # resolve every task (files found, classes read) before any work
-        self.theta0()
+        for basin in self.basins:
+            self.theta0(basin)
         train = [("train", s, None, t) for s in c.seeds for t in self.names]
         receive = [("receive", s, b, t) for s, b in jobs for t in self.names]
         pool = None
@@ -501,9 +550,10 @@ class TransferRun:
         kind, s, b, t = step
         self.log(f"{kind} seed={s} bits={b} task={t}")
         if kind == "train":
-            self.finetuned(s, t)
-            for bits in self.cfg.bits:
-                self.rho(s, bits, t)
+            for basin in self.basins:
+                self.finetuned(s, t, basin)
+                for bits in self.cfg.bits:
+                    self.rho(s, bits, t, basin)
         else:
             self.evaluate(s, b, t)
             if geometry:
@@ -530,7 +580,8 @@ class TransferRun:
     def _step_done(self, step: tuple, geometry: bool) -> bool:
         kind, s, b, t = step
         if kind == "train":
-            return all((self.dir / f"seed{s}/qat{bits}/rho_{t}.safetensors").exists() for bits in self.cfg.bits)
+            return all(self._in(basin, f"seed{s}/qat{bits}/rho_{t}.safetensors").exists()
+                       for bits in self.cfg.bits for basin in self.basins)
         return (self.dir / f"seed{s}/eval{b}/{t}.csv").exists() and (
             not geometry or (self.dir / f"seed{s}/geometry{b}/{t}.csv").exists())
 

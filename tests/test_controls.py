@@ -72,3 +72,54 @@ def test_grid_statistics_see_a_moved_absmax_and_changed_codes():
     assert grid_statistics(theta, theta, spec) == {"absmax_moved": 0.0, "dlog_scale": 0.0, "codes_changed": 0.0}
     with pytest.raises(ValueError, match="symmetric per-row grid"):
         grid_statistics(theta, bumped, QuantSpec(2, granularity="tensor"))
+
+
+# --------------------------------------------------------------------------------------------
+# in the transfer run (the tiny preset has every control and the decomposition)
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_run_evaluates_every_control_and_the_other_basin_comes_from_another_theta0(tiny_run):
+    import json
+
+    import pandas as pd
+
+    from qgeom.params import content_hash, load_params
+
+    acc = pd.read_csv(tiny_run / "accuracy.csv")
+    for m in ("random", "random_rows", "row_permuted", "negated", "other_basin", "grid_only", "values_only"):
+        rows = acc[(acc.method == m) & (acc.split == "test") & (acc.metric == "ptq_top1")]
+        assert len(rows) and (rows.donor != rows.receiver).all() and (rows.lam == 1.0).all(), m
+    stats = acc[acc.metric.isin(["absmax_moved", "dlog_scale", "codes_changed"])]
+    assert len(stats) and stats.value.between(0, 10).all()
+    own, _ = load_params(tiny_run / "theta0.safetensors")
+    other, meta = load_params(tiny_run / "other" / "theta0.safetensors")
+    assert content_hash(own) != content_hash(other) and meta["basin"] == "other"
+    pairs = pd.read_csv(tiny_run / "pairs.csv")
+    for col in ("gain_vs_row_permuted", "gain_vs_negated", "gain_vs_other_basin", "gain_grid_only", "gain_over_controls"):
+        assert pairs.loc[~pairs.diagonal, col].notna().all(), col
+    best = pairs[[c for c in pairs.columns if c.startswith("gain_") and c[5:] in
+                  ("random", "random_rows", "row_permuted", "negated", "other_basin")]].max(axis=1)
+    assert ((pairs.gain_unit - best) - pairs.gain_over_controls).abs().max() < 1e-9
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    lines = summary["results"][0]["verdict_controls"]
+    assert any("permuted within each row" in v for v in lines) and any("the grid alone" in v for v in lines)
+
+
+def test_a_hybrid_row_is_the_accuracy_of_the_hybrid_itself(tiny_run):
+    """The grid-only row is Top-1 of Q(θ_R; s(θ_R + ρ_D)) as it is — not re-quantized."""
+    import pandas as pd
+
+    from qgeom.figures.artifacts import RunArtifacts
+    from qgeom.params import patch, select
+    from qgeom.train import accuracy
+
+    run = RunArtifacts(tiny_run)
+    acc = pd.read_csv(tiny_run / "accuracy.csv")
+    row = acc[(acc.method == "grid_only") & (acc.seed == 0) & (acc.scope == "backbone")].iloc[0]
+    theta = run.finetuned(0, row.receiver)
+    patched = patch(theta, run.rho(0, int(row.bits), row.donor, "backbone"), 1.0)
+    hybrid = grid_only(theta, patched, QuantSpec(int(row.bits)))
+    model = run.model(theta)
+    assert accuracy(model, hybrid, run.task(row.receiver).test) == pytest.approx(row.value, abs=1e-12)
+    assert select(hybrid, "quantized").keys() == select(theta, "quantized").keys()

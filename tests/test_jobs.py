@@ -19,11 +19,11 @@ def test_waves_put_every_input_in_an_earlier_wave():
     stages = plan(cfg)
     names = list(cfg.tasks)
     ws = waves(stages, names)
-    assert sum(len(w) for w in ws) == len(stages) == 1 + 3 + 3 + 3 + 3
+    assert sum(len(w) for w in ws) == len(stages) == 2 + 6 + 6 + 3 + 3  # tiny has the other-basin control
     where = {s: i for i, w in enumerate(ws) for s in w}
     for s in stages:
         assert all(where[i] < where[s] for i in s.inputs(names)), s.key
-    assert [len(w) for w in ws] == [1, 3, 3, 6]  # θ_0; fine-tunes; QATs; evaluations and geometry
+    assert [len(w) for w in ws] == [2, 6, 6, 6]  # θ_0s; fine-tunes; QATs; evaluations and geometry
 
 
 def test_declared_outputs_are_what_an_in_process_run_writes(tiny_run):

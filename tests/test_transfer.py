@@ -28,8 +28,9 @@ def test_tables_exist_and_are_tidy(tiny_run: Path) -> None:
     for name in TABLES:
         assert (tiny_run / name).stat().st_size > 0, name
     acc = pd.read_csv(tiny_run / "accuracy.csv")
-    assert set(acc.method) == {"baseline", "qat", "pretrained_backbone", "patch", "multi_donor", "random"}
-    assert acc.value.between(0, 1).all()
+    assert set(acc.method) == {"baseline", "qat", "pretrained_backbone", "patch", "multi_donor", "random",
+                               "random_rows", "row_permuted", "negated", "other_basin", "grid_only", "values_only"}
+    assert acc[acc.metric.isin(["ptq_top1", "fp_top1"])].value.between(0, 1).all()
     cfg = preset("tiny")
     # every donor × receiver × λ × scope is there on val (where λ is chosen) ...
     patch = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")]
@@ -192,10 +193,13 @@ def test_worker_processes_give_the_same_tables(tiny_run: Path, tmp_path: Path) -
     run_dir.mkdir()
     shutil.copy(tiny_run / "theta0.safetensors", run_dir)  # θ_0 is computed in the parent either way
     shutil.copy(tiny_run / "config.json", run_dir)
+    (run_dir / "other").mkdir()  # the other-basin control's θ_0 too
+    shutil.copy(tiny_run / "other" / "theta0.safetensors", run_dir / "other")
     run_experiment("tiny", run_dir, [], progress=False, workers=2)
     for name in ("accuracy.csv", "geometry.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(tiny_run / name), pd.read_csv(run_dir / name), obj=name)
     summary = json.loads((run_dir / "summary.json").read_text())
     stages = {r["stage"]: r for r in summary["stage_seconds"]}
-    assert stages["finetune"]["n"] == 3 and stages["evaluate"]["n"] == 3 and stages["geometry"]["n"] == 3
+    # 3 tasks, each fine-tuned from both basins (the tiny preset has the other-basin control)
+    assert stages["finetune"]["n"] == 6 and stages["evaluate"]["n"] == 3 and stages["geometry"]["n"] == 3
     assert "statistics" in stages and summary["machine"]["workers"] == 2

@@ -148,6 +148,8 @@ def print_summary(summary: dict, console: Console = console) -> None:
         for key in ("verdict_patch", "verdict_random", "verdict_tuned", "verdict_alignment"):
             if key in r:
                 console.print(f"  - {r[key]}")
+        for line in r.get("verdict_controls", []):  # the stronger controls and the decomposition (issue 15)
+            console.print(f"  - {line}")
     stages = summary.get("stage_seconds")
     if stages:
         t3 = Table(title="Where the time went: seconds per computed stage (summed over worker processes), "

@@ -319,6 +319,60 @@ class CurvatureOperator:
             return {k: t.unsqueeze(0) for k, t in pullback(U[0])[0].items()}
         return vmap(lambda u: pullback(u)[0])(U)
 
+    # ---- Gram matrices from forward-mode products alone -------------------------------------
+
+    def jvp_gram(self, vs: Sequence[Params], chunk_size: int | None = None) -> np.ndarray:
+        """K = Vᵀ M V (N × N, float64) for M = G or F from N JVPs per batch and no backward pass.
+
+        With JV_i = J_i V ∈ R^{N_v × K} per sample (J_i the logits' Jacobian, one forward-mode
+        pass per vector, batched with vmap ``chunk_size`` vectors at a time; default all):
+
+        * ``ggn``:    K_ab = (1/N) Σ_i (J_i v_a)ᵀ (diag p_i − p_i p_iᵀ) (J_i v_b),
+        * ``fisher``: K_ab = (1/N) Σ_i (r_iᵀ J_i v_a)(r_iᵀ J_i v_b), r_i = p_i − e_{y_i}.
+
+        The same numbers as ``[[⟨v_a, M v_b⟩]]`` from :meth:`matmat` (which pays a JVP *and* a VJP
+        per vector), symmetric by construction. Memory: one forward-mode pass of ``chunk_size``
+        tangents plus the N_v × n_b × K tangent logits of a batch; the contraction is float64.
+        The Hessian has no such formula (its second-order term needs the backward pass).
+        """
+        if self.metric == "hessian":
+            raise ValueError("a Gram matrix from JVPs exists for the GGN and the Fisher only; "
+                             "use products (geometry.gram(..., route='products')) for the Hessian")
+        vs = [self._check(v) for v in vs]
+        if not vs:
+            return np.zeros((0, 0))
+        step = chunk_size or len(vs)
+        chunks = [{k: torch.stack([v[k] for v in vs[i : i + step]]) for k in self.keys}
+                  for i in range(0, len(vs), step)]
+        K = reduce_over_probe(lambda x, y: self._batch_jvp_gram(chunks, x, y), self.batches)
+        return (0.5 * (K + K.T)).cpu().numpy()  # symmetric by the formula; BLAS rounds ab and ba apart
+
+    def _tangent_logits(self, V: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(θ, x) (n, K), J V (k, n, K)) for stacked tangents V (k, *shape): forward mode only."""
+        f = lambda th: self.logits(th, x)  # noqa: E731
+        if next(iter(V.values())).shape[0] == 1:
+            z, JV = jvp(f, (self.theta,), ({k: t[0] for k, t in V.items()},))
+            return z, JV.unsqueeze(0)
+        z, JV = vmap(lambda t: jvp(f, (self.theta,), (t,)), out_dims=(None, 0))(V)
+        return z, JV
+
+    def _batch_jvp_gram(self, chunks: list[Params], x: Tensor, y: Tensor) -> Tensor:
+        """The batch's mean (1/n_b) Σ_i (J_i V)ᵀ C_i (J_i V) (float64, N_v × N_v)."""
+        z, parts = None, []
+        with torch.no_grad():
+            for V in chunks:
+                z, JV = self._tangent_logits(V, x)
+                parts.append(JV.detach().double())
+        JV = torch.cat(parts)  # (N_v, n, K)
+        p = torch.softmax(z.detach().double(), dim=-1)
+        n = y.shape[0]
+        if self.metric == "ggn":
+            s = (JV * p).sum(-1)  # (N_v, n): p_iᵀ J_i v_a
+            return (torch.einsum("ank,bnk->ab", JV * p, JV) - s @ s.T) / n
+        r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+        t = (JV * r).sum(-1)  # (N_v, n): r_iᵀ J_i v_a
+        return t @ t.T / n
+
     # ---- plumbing -------------------------------------------------------------------------------
 
     def _check(self, v: Params) -> Params:

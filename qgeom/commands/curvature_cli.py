@@ -192,7 +192,8 @@ def register(app: typer.Typer) -> None:
         scope: str = typer.Option("backbone", help="backbone (the paper's), quantized or all"),
         k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
         lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
-        tol: float = typer.Option(1e-6, help="relative Ritz-residual tolerance"),
+        tol: Optional[float] = typer.Option(None, help="relative Ritz-residual tolerance (default: by the operator's "
+                                                      "dtype, 1e-5 float32, 1e-10 float64)"),
         hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
         slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
         slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),

@@ -235,8 +235,7 @@ class CurvatureOperator:
 
     def gradient(self) -> Params:
         """∇L(θ) on the scope (for ``ste``: ∇L at Q_b(θ), the STE gradient)."""
-        g = reduce_over_probe(lambda x, y: grad(self.batch_loss)(self.theta, x, y), self.batches)
-        return self._cast(g)
+        return self._reduce(lambda x, y: grad(self.batch_loss)(self.theta, x, y))
 
     # ---- products -------------------------------------------------------------------------------
 
@@ -256,8 +255,9 @@ class CurvatureOperator:
         out: list[Params] = []
         for i in range(0, len(vs), step):
             chunk = vs[i : i + step]
-            stacked = {k: torch.stack([v[k] for v in chunk]) for k in self.keys}
-            prod = self._cast(reduce_over_probe(lambda x, y: self._batch_products(stacked, x, y), self.batches))
+            stacked = {k: torch.stack([v[k] for v in chunk]) if len(chunk) > 1 else chunk[0][k].unsqueeze(0)
+                       for k in self.keys}
+            prod = self._reduce(lambda x, y: self._batch_products(stacked, x, y))
             out += [{k: prod[k][j] for k in self.keys} for j in range(len(chunk))]
         return out
 
@@ -383,6 +383,14 @@ class CurvatureOperator:
     def _shifted(self, shift: Params) -> Params:
         s = self._check(shift)
         return {k: self.theta[k] + s[k] for k in self.keys}
+
+    def _reduce(self, fn: Callable[[Tensor, Tensor], Params]) -> Params:
+        """:func:`reduce_over_probe` cast to the operator's dtype; one batch: fn's own result (the
+        float64 round trip of a weight-1 sum is exact, so only its two copies are skipped)."""
+        if len(self.batches) == 1:
+            out = fn(*self.batches[0])
+            return {k: out[k].detach().to(self.dtype) for k in self.keys}
+        return self._cast(reduce_over_probe(fn, self.batches))
 
     def _cast(self, p: Params) -> Params:
         return {k: p[k].to(self.dtype) for k in self.keys}

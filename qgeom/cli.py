@@ -18,6 +18,7 @@ from rich.table import Table
 
 from qgeom import params as P
 from qgeom.commands import clean_errors
+from qgeom.commands.threads import with_threads
 from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
@@ -53,6 +54,7 @@ def _arch_meta(net, arch: str, meta: dict) -> dict:
 
 @app.command()
 @clean_errors
+@with_threads
 def pretrain(
     out: Path = typer.Option(..., help="where to write θ_0 (.safetensors)"),
     preset: str = typer.Option("micro", help="model preset: micro, tiny, small, base, large"),
@@ -89,6 +91,7 @@ def pretrain(
 
 @app.command()
 @clean_errors
+@with_threads
 def finetune(
     pretrained: Path = typer.Option(..., help="θ_0 checkpoint: qgeom's, or a timm-format file with --model"),
     task: str = typer.Option(..., "--task", "--data", help="task: an offline name (qgeom tasks), imagefolder:NAME=DIR, "
@@ -120,6 +123,7 @@ def finetune(
 
 @app.command()
 @clean_errors
+@with_threads
 def qat(
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
     out: Path = typer.Option(..., help="where to write θ_t,QAT"),
@@ -150,6 +154,7 @@ def qat(
 
 @app.command()
 @clean_errors
+@with_threads
 def extract(
     qat_checkpoint: Path = typer.Option(..., "--qat", help="θ_t,QAT checkpoint"),
     finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
@@ -166,6 +171,7 @@ def extract(
 
 @app.command()
 @clean_errors
+@with_threads
 def patch(
     receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
     vector: Path = typer.Option(..., help="vector ρ_D (.safetensors)"),
@@ -181,6 +187,7 @@ def patch(
 
 @app.command()
 @clean_errors
+@with_threads
 def ptq(
     weights: Path = typer.Option(..., help="checkpoint to quantize"),
     out: Path = typer.Option(..., help="where to write Q_b(θ)"),
@@ -201,6 +208,7 @@ def ptq(
 
 @app.command()
 @clean_errors
+@with_threads
 def evaluate(
     weights: list[Path] = typer.Argument(..., help="checkpoints to evaluate"),
     bits: Optional[list[int]] = typer.Option(None, help="also evaluate after PTQ at these bit widths (2–8)",
@@ -232,6 +240,7 @@ def evaluate(
 
 
 @app.command("align-demo")
+@with_threads
 def align_demo(
     run_dir: Path = typer.Argument(..., help="a transfer run directory (e.g. runs/demo)"),
     donor: str = typer.Option("shape", help="donor task"),

@@ -14,6 +14,7 @@ receiver's QAT checkpoint: Proposition 1 expands there.
 from __future__ import annotations
 
 from qgeom.commands import clean_errors
+from qgeom.commands.threads import with_threads
 from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP, build_model, load_data, read_checkpoint, task_spec
 
 import csv
@@ -116,6 +117,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("geometry")
     @clean_errors
+    @with_threads
     def geometry_cmd(
         receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
                                                   "with --model)"),
@@ -183,6 +185,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("spectrum")
     @clean_errors
+    @with_threads
     def spectrum_cmd(
         receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
                                                   "with --model)"),

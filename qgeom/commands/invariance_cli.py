@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qgeom.commands.threads import with_threads
+
 console = Console()
 
 
@@ -99,6 +101,7 @@ def register(app: typer.Typer) -> None:
     """Add ``check-invariance`` to ``app``."""
 
     @app.command("check-invariance")
+    @with_threads
     def check_invariance_cmd(
         symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
         strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),

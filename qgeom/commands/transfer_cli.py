@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qgeom.commands import clean_errors
+from qgeom.commands.threads import with_threads
 
 def _console() -> Console:
     """A terminal's own width; COLUMNS when set; else 120 (files and pipes)."""
@@ -88,6 +89,7 @@ def print_summary(summary: dict, console: Console = console) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("run")
     @clean_errors
+    @with_threads
     def run_cmd(
         config: str = typer.Argument("demo", help="a preset (demo, tiny, gpu) or a .json/.yaml config file"),
         overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. bits=2,3 finetune.steps=300"),
@@ -101,6 +103,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     @clean_errors
+    @with_threads
     def demo_cmd(
         run_dir: Path = typer.Option(Path("runs/demo"), help="run directory; an existing one is resumed"),
         bits: Optional[str] = typer.Option(None, help="bit widths, comma-separated (default: the preset's 2)"),
@@ -110,6 +113,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("summary")
     @clean_errors
+    @with_threads
     def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
         """Print the summary table of a finished run."""
         path = run_dir / "summary.json"

@@ -1,6 +1,6 @@
 """Benchmark of qgeom's curvature products (a measurement, not a test): JSON out.
 
-    python benchmarks/curvature.py                       # micro preset on CPU, batch 32
+    python benchmarks/curvature.py                       # micro preset on CPU, batch 32, 1 thread
     python benchmarks/curvature.py --preset base         # vit_base_patch16_224, on CUDA if present
 
 Measured, per call, on one batch of random images at a seeded random point (eval mode, manual
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qgeom.commands.threads import THREADS_HELP, set_threads  # noqa: E402
 from qgeom.curvature import CurvatureOperator  # noqa: E402
 from qgeom.lanczos import lanczos  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
@@ -138,7 +139,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--lanczos-iter", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/curvature_<device>.json)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU memory child
     return ap.parse_args(argv)
@@ -147,8 +148,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def setup(args: argparse.Namespace) -> tuple[dict, CurvatureOperator, torch.nn.Module, str]:
     """The measured callables, the default Hessian operator, the model and the preset."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     preset = args.preset or ("base" if device.type == "cuda" else "micro")
     model = create_model(preset, num_classes=10, seed=0).to(device, dtype)
     img = model.patch_embed.img_size

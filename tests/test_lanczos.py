@@ -98,6 +98,9 @@ def test_default_tolerance_follows_the_dtype():
     assert res.converged and res.info["tol"] == 1e-5 and res.n_iter < 100
     assert max(res.info["relative_residuals"]) <= 1e-4 and "max residual" in res.message
     assert np.abs(res.eigenvalues - ev[::-1][:2]).max() <= 1e-5 * abs(ev).max()
+    # a tolerance below float32's reach is reported as not converged, never as converged
+    strict = eigsh(hessian_operator(torch.float32), k=2, which="LA", tol=1e-12)
+    assert not strict.converged and "not converged" in strict.message
 
 
 @pytest.fixture

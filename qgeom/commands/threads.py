@@ -3,9 +3,10 @@
 Default: 1 torch thread. Measured on the project's 2-core machine shared with other jobs
 (README, Threads): the README's curvature example took 44 s with 1 thread against 493 s with
 torch's default (2), the figures command 37 s against 388 s — OpenMP threads spin-wait against
-the other jobs' threads. On idle cores 2 threads gain ≤ ~1.3× on these small models. So 1 is the
-default; ``--threads 0`` keeps torch's own default (all cores), which pays on a machine you have
-to yourself.
+the other jobs' threads; benchmarks/spectrum_cost.py measured one Hessian product at 1.6 s with 1
+thread against 16.6 s with 2, interleaved, at load average ~6. On idle cores 2 threads gain little
+on these small models (figures_cli's notes; no quiet machine to re-measure). So 1 is the
+default; ``--threads 0`` keeps torch's own default (all cores), for a machine you have to yourself.
 """
 
 from __future__ import annotations

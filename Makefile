@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.qgeom-installed
 
-.PHONY: demo test test-all figures benchmark clean-runs
+.PHONY: demo test test-all figures benchmark benchmark-memory clean-runs
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,19 @@ test-all: $(STAMP)  ## also the slow checks
 figures: $(STAMP)  ## regenerate paper_figures/ from the demo run
 	$(VENV)/bin/qgeom figures runs/demo --out-dir paper_figures
 
-benchmark: $(STAMP)
-	$(VENV)/bin/python benchmarks/curvature.py
+BENCH_STAMP := $(VENV)/.qgeom-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+benchmark: $(BENCH_STAMP)  ## curvature products, the peers side by side, the README spectrum's cost (1 thread)
+	$(VENV)/bin/python benchmarks/curvature.py --threads 1
+	$(VENV)/bin/python benchmarks/peers.py --threads 1
+	$(VENV)/bin/python benchmarks/spectrum_cost.py
+
+benchmark-memory: $(STAMP)  ## the ViT-B/16 memory plan (measured at batches 1 and 2, several minutes)
+	$(VENV)/bin/python benchmarks/memory_plan.py
 
 clean-runs:
 	rm -rf runs

@@ -1,6 +1,6 @@
 """Benchmark of qgeom's curvature products (a measurement, not a test): JSON out.
 
-    python benchmarks/curvature.py                       # micro preset on CPU, batch 32
+    python benchmarks/curvature.py                       # micro preset on CPU, batch 32, 1 thread
     python benchmarks/curvature.py --preset base         # vit_base_patch16_224, on CUDA if present
 
 Measured, per call, on one batch of random images at a seeded random point (eval mode, manual
@@ -8,7 +8,8 @@ attention, float32 unless --dtype):
 
 * forward (the loss), gradient;
 * HVP by forward-over-reverse (torch.func.jvp of grad) and by double backward, through
-  :class:`qgeom.curvature.CurvatureOperator`, and the *baseline* — double backward the
+  :class:`qgeom.curvature.CurvatureOperator` without the gradient-graph cache, the default
+  operator (one batch: the ∇L graph cached, a product is one backward pass), and the *baseline* — double backward the
   PyHessian way, written here on the nn.Module: ``autograd.grad(loss, params,
   create_graph=True)`` then ``autograd.grad(grads, params, grad_outputs=v)``;
 * GGN and empirical-Fisher products;
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qgeom.commands.threads import THREADS_HELP, set_threads  # noqa: E402
 from qgeom.curvature import CurvatureOperator  # noqa: E402
 from qgeom.lanczos import lanczos  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
@@ -137,7 +139,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--lanczos-iter", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/curvature_<device>.json)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU memory child
     return ap.parse_args(argv)
@@ -146,8 +148,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def setup(args: argparse.Namespace) -> tuple[dict, CurvatureOperator, torch.nn.Module, str]:
     """The measured callables, the default Hessian operator, the model and the preset."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     preset = args.preset or ("base" if device.type == "cuda" else "micro")
     model = create_model(preset, num_classes=10, seed=0).to(device, dtype)
     img = model.patch_embed.img_size
@@ -156,9 +157,9 @@ def setup(args: argparse.Namespace) -> tuple[dict, CurvatureOperator, torch.nn.M
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
     theta = from_model(model)
     batches = [(x, y)]
-    ops = {m: CurvatureOperator(model, theta, batches, metric="hessian", method=m)
+    ops = {m: CurvatureOperator(model, theta, batches, metric="hessian", method=m, cache_graph=False)
            for m in ("forward-over-reverse", "double-backward")}
-    default = CurvatureOperator(model, theta, batches, metric="hessian")
+    default = CurvatureOperator(model, theta, batches, metric="hessian")  # one batch: graph cached
     ggn = CurvatureOperator(model, theta, batches, metric="ggn")
     fisher = CurvatureOperator(model, theta, batches, metric="fisher")
     vs = [{k: torch.randn(t.shape, generator=g).to(device, dtype) for k, t in default.theta.items()} for _ in range(4)]
@@ -169,11 +170,13 @@ def setup(args: argparse.Namespace) -> tuple[dict, CurvatureOperator, torch.nn.M
         "hvp_forward_over_reverse": lambda: ops["forward-over-reverse"].matvec(v),
         "hvp_double_backward": lambda: ops["double-backward"].matvec(v),
         "hvp_baseline_pyhessian": lambda: pyhessian_hvp(model, x, y, v_list),
+        "hvp_default_cached_graph": lambda: default.matvec(v),
+        "hvp_default_first_call": lambda: (default.clear_cache(), default.matvec(v)),  # builds the graph
         "ggn_product": lambda: ggn.matvec(v),
         "fisher_product": lambda: fisher.matvec(v),
     }
     for name, op in (("forward_over_reverse", ops["forward-over-reverse"]), ("double_backward", ops["double-backward"]),
-                     ("ggn", ggn)):
+                     ("ggn", ggn), ("default_cached", default)):
         fns[f"{name}_4_singles"] = lambda op=op: [op.matvec(u) for u in vs]
         fns[f"{name}_matmat_4"] = lambda op=op: op.matmat(vs)
     fns["lanczos_10_iterations"] = lambda: lanczos(default, args.lanczos_iter, seed=0, keep_basis=False)
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     mem, mem_method = memory(args, fns)
 
     med = {k: s["median_ms"] for k, s in t.items()}
-    dflt = "hvp_" + default.method.replace("-", "_")
+    dflt = "hvp_" + default.method.replace("-", "_")  # the route, without the graph cache
     other = "hvp_forward_over_reverse" if dflt == "hvp_double_backward" else "hvp_double_backward"
     ratios = {
         "hvp_default_over_gradient": med[dflt] / med["gradient"],
@@ -223,11 +226,14 @@ def main(argv: list[str] | None = None) -> dict:
         "hvp_double_backward_over_gradient": med["hvp_double_backward"] / med["gradient"],
         "hvp_baseline_over_gradient": med["hvp_baseline_pyhessian"] / med["gradient"],
         "hvp_default_over_baseline": med[dflt] / med["hvp_baseline_pyhessian"],
+        "hvp_cached_over_baseline": med["hvp_default_cached_graph"] / med["hvp_baseline_pyhessian"],
+        "hvp_cached_over_uncached": med["hvp_default_cached_graph"] / med[dflt],
         "hvp_default_over_other_route": med[dflt] / med[other],
         "ggn_over_gradient": med["ggn_product"] / med["gradient"],
         "fisher_over_gradient": med["fisher_product"] / med["gradient"],
         **{f"matmat_4_speedup_{n}": med[f"{n}_4_singles"] / med[f"{n}_matmat_4"]
-           for n in ("forward_over_reverse", "double_backward", "ggn")},
+           for n in ("forward_over_reverse", "double_backward", "ggn", "default_cached")},
+        "matmat_4_cached_speedup_over_4_uncached_singles": med["double_backward_4_singles"] / med["default_cached_matmat_4"],
     }
     default_key = dflt.removeprefix("hvp_")
     result = {

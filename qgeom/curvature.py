@@ -26,9 +26,14 @@ point and batch the tangents with ``torch.func.vmap``.
 
 Default route (``method="auto"``) for the Hessian: double backward, on every device and dtype.
 Measured (benchmarks/results/curvature_cpu.json, micro preset, batch 32, 2 CPU cores): 53 ms
-against 71 ms for forward-over-reverse, 2.7× the gradient, within 10 % of a hand-written
-PyHessian-style double backward; FINDINGS.md shows the two routes equal in fp32 and double
-backward faster in bf16 on an H200.
+against 71 ms for forward-over-reverse; FINDINGS.md shows the two routes equal in fp32 and
+double backward faster in bf16 on an H200. Profiled against PyHessian-style double backward on
+the module's own parameters (issue 12): the backward passes are ≥ 95 % of the time;
+``functional_call`` adds ~0.3 ms per forward (≈ 1 % of a product), the per-tensor finiteness
+checks and the float64 round trip of a one-batch reduction ~1–2 % — now skipped — so the
+uncached route is within noise of that baseline. What made PyHessian's own products faster is
+that it keeps the ∇L graph: with ``cache_graph`` (default for a one-batch probe set) a product
+is one backward pass, ~1.4–1.6× faster (benchmarks/README.md).
 
 Known PyTorch defect this module steers around: ``torch.func.hessian`` (jacfwd∘jacrev) and any
 jvp∘vmap∘vjp composition give *wrong* second derivatives through ``F.layer_norm`` in torch
@@ -233,11 +238,18 @@ class CurvatureOperator:
     quantizer of the ``ste`` objective (default ``QuantSpec()``). dtype: compute dtype (default:
     the scoped parameters'). Vectors are Params keyed by the scope's keys; results come back in
     the operator's dtype and device.
+
+    cache_graph (Hessian, double backward): keep each batch's graph of ∇L_b(θ) (built with
+    ``create_graph=True``) between products, so a product is one backward pass through it instead
+    of forward + backward + backward — what PyHessian does; measured 1.6× faster per product on
+    the micro preset (benchmarks/README.md). It holds that graph's memory (about what one product
+    peaks at) for the operator's lifetime, per batch; default (None): on when the probe set is one
+    batch, so peak memory does not grow with caching. :meth:`clear_cache` frees it.
     """
 
     def __init__(self, model: nn.Module, params: Params, batches: Sequence[Batch], *, metric: str = "ggn",
                  objective: str = "fp", scope: Scope | Sequence[str] = "all", spec: QuantSpec | None = None,
-                 method: str = "auto", dtype: torch.dtype | None = None) -> None:
+                 method: str = "auto", dtype: torch.dtype | None = None, cache_graph: bool | None = None) -> None:
         for what, val, known in (("metric", metric, METRICS), ("objective", objective, OBJECTIVES),
                                  ("method", method, METHODS)):
             if val not in known:
@@ -266,6 +278,10 @@ class CurvatureOperator:
         if metric != "hessian":
             self.method = "jvp-vjp"
         check_forward_ad(model, self.method)
+        # the ∇L_b graph of each batch, kept between products (double backward only; see the class doc)
+        self.cache_graph = (len(self.batches) == 1 if cache_graph is None else bool(cache_graph)) \
+            and self.method == "double-backward"
+        self._graphs: dict[int, tuple[list[Tensor], list[Tensor], list[int]]] = {}
         self.n_params = sum(v.numel() for v in self.theta.values())
         self.info: dict[str, Any] = {
             "metric": metric, "objective": objective, "scope": scope_name, "method": self.method,
@@ -302,8 +318,7 @@ class CurvatureOperator:
 
     def gradient(self) -> Params:
         """∇L(θ) on the scope (for ``ste``: ∇L at Q_b(θ), the STE gradient)."""
-        g = reduce_over_probe(lambda x, y: grad(self.batch_loss)(self.theta, x, y), self.batches)
-        return self._cast(g)
+        return self._reduce(lambda x, y: grad(self.batch_loss)(self.theta, x, y))
 
     # ---- products -------------------------------------------------------------------------------
 
@@ -316,15 +331,19 @@ class CurvatureOperator:
 
         chunk_size bounds how many vectors travel together (memory); default all.
         """
-        vs = [self._check(v) for v in vs]
+        return self._products([self._check(v) for v in vs], chunk_size)
+
+    def _products(self, vs: list[Params], chunk_size: int | None = None) -> list[Params]:
+        """:meth:`matmat` of vectors already checked and on the operator's device and dtype."""
         if not vs:
             return []
         step = chunk_size or len(vs)
         out: list[Params] = []
         for i in range(0, len(vs), step):
             chunk = vs[i : i + step]
-            stacked = {k: torch.stack([v[k] for v in chunk]) for k in self.keys}
-            prod = self._cast(reduce_over_probe(lambda x, y: self._batch_products(stacked, x, y), self.batches))
+            stacked = {k: torch.stack([v[k] for v in chunk]) if len(chunk) > 1 else chunk[0][k].unsqueeze(0)
+                       for k in self.keys}
+            prod = self._reduce(lambda x, y: self._batch_products(stacked, x, y))
             out += [{k: prod[k][j] for k in self.keys} for j in range(len(chunk))]
         return out
 
@@ -347,6 +366,35 @@ class CurvatureOperator:
             return {k: v.unsqueeze(0) for k, v in hv({k: t[0] for k, t in V.items()}).items()}
         return vmap(hv)(V)
 
+    def clear_cache(self) -> None:
+        """Free the cached ∇L_b graphs (``cache_graph``); the next product rebuilds them."""
+        self._graphs.clear()
+
+    def _grad_graph(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor], list[int]]:
+        """(leaves, ∇L_b with its graph, indices of the gradients that depend on θ) of one batch."""
+        key = id(x)
+        if key in self._graphs:
+            return self._graphs[key]
+        leaves = [self.theta[k].detach().requires_grad_(True) for k in self.keys]
+        with torch.enable_grad():
+            loss = self.batch_loss(dict(zip(self.keys, leaves)), x, y)
+            gs = torch.autograd.grad(loss, leaves, create_graph=True)
+        live = [i for i, g in enumerate(gs) if g.requires_grad]
+        out = (leaves, [gs[i] for i in live], live)
+        if self.cache_graph:
+            self._graphs[key] = out
+        return out
+
+    def _hvp_cached(self, V: Params, x: Tensor, y: Tensor) -> Params:
+        """H_b V as backward passes through the cached ∇L_b graph (k > 1: batched, one call)."""
+        leaves, gs, live = self._grad_graph(x, y)
+        cols = []
+        for j in range(next(iter(V.values())).shape[0]):  # a loop: measured as fast as is_grads_batched
+            with torch.enable_grad():
+                cols.append(torch.autograd.grad(gs, leaves, [V[self.keys[i]][j] for i in live], retain_graph=True,
+                                                allow_unused=True, materialize_grads=True))
+        return {key: torch.stack([c[i] for c in cols]) for i, key in enumerate(self.keys)}
+
     def _hvp_double(self, V: Params, x: Tensor, y: Tensor) -> Params:
         """H_b V by reverse-over-reverse: one graph of ∇L_b, backpropagated once per tangent.
 
@@ -354,6 +402,8 @@ class CurvatureOperator:
         two passes through ``torch.func`` (vjp of grad), the second vmapped over the tangents —
         measured faster than a loop with ``retain_graph`` or ``is_grads_batched``.
         """
+        if self.cache_graph:
+            return self._hvp_cached(V, x, y)
         if next(iter(V.values())).shape[0] > 1:
             _, pullback = vjp(lambda th: grad(self.batch_loss)(th, x, y), self.theta)
             return vmap(lambda t: pullback(t)[0])(V)
@@ -386,6 +436,60 @@ class CurvatureOperator:
             return {k: t.unsqueeze(0) for k, t in pullback(U[0])[0].items()}
         return vmap(lambda u: pullback(u)[0])(U)
 
+    # ---- Gram matrices from forward-mode products alone -------------------------------------
+
+    def jvp_gram(self, vs: Sequence[Params], chunk_size: int | None = None) -> np.ndarray:
+        """K = Vᵀ M V (N × N, float64) for M = G or F from N JVPs per batch and no backward pass.
+
+        With JV_i = J_i V ∈ R^{N_v × K} per sample (J_i the logits' Jacobian, one forward-mode
+        pass per vector, batched with vmap ``chunk_size`` vectors at a time; default all):
+
+        * ``ggn``:    K_ab = (1/N) Σ_i (J_i v_a)ᵀ (diag p_i − p_i p_iᵀ) (J_i v_b),
+        * ``fisher``: K_ab = (1/N) Σ_i (r_iᵀ J_i v_a)(r_iᵀ J_i v_b), r_i = p_i − e_{y_i}.
+
+        The same numbers as ``[[⟨v_a, M v_b⟩]]`` from :meth:`matmat` (which pays a JVP *and* a VJP
+        per vector), symmetric by construction. Memory: one forward-mode pass of ``chunk_size``
+        tangents plus the N_v × n_b × K tangent logits of a batch; the contraction is float64.
+        The Hessian has no such formula (its second-order term needs the backward pass).
+        """
+        if self.metric == "hessian":
+            raise ValueError("a Gram matrix from JVPs exists for the GGN and the Fisher only; "
+                             "use products (geometry.gram(..., route='products')) for the Hessian")
+        vs = [self._check(v) for v in vs]
+        if not vs:
+            return np.zeros((0, 0))
+        step = chunk_size or len(vs)
+        chunks = [{k: torch.stack([v[k] for v in vs[i : i + step]]) for k in self.keys}
+                  for i in range(0, len(vs), step)]
+        K = reduce_over_probe(lambda x, y: self._batch_jvp_gram(chunks, x, y), self.batches)
+        return (0.5 * (K + K.T)).cpu().numpy()  # symmetric by the formula; BLAS rounds ab and ba apart
+
+    def _tangent_logits(self, V: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(θ, x) (n, K), J V (k, n, K)) for stacked tangents V (k, *shape): forward mode only."""
+        f = lambda th: self.logits(th, x)  # noqa: E731
+        if next(iter(V.values())).shape[0] == 1:
+            z, JV = jvp(f, (self.theta,), ({k: t[0] for k, t in V.items()},))
+            return z, JV.unsqueeze(0)
+        z, JV = vmap(lambda t: jvp(f, (self.theta,), (t,)), out_dims=(None, 0))(V)
+        return z, JV
+
+    def _batch_jvp_gram(self, chunks: list[Params], x: Tensor, y: Tensor) -> Tensor:
+        """The batch's mean (1/n_b) Σ_i (J_i V)ᵀ C_i (J_i V) (float64, N_v × N_v)."""
+        z, parts = None, []
+        with torch.no_grad():
+            for V in chunks:
+                z, JV = self._tangent_logits(V, x)
+                parts.append(JV.detach().double())
+        JV = torch.cat(parts)  # (N_v, n, K)
+        p = torch.softmax(z.detach().double(), dim=-1)
+        n = y.shape[0]
+        if self.metric == "ggn":
+            s = (JV * p).sum(-1)  # (N_v, n): p_iᵀ J_i v_a
+            return (torch.einsum("ank,bnk->ab", JV * p, JV) - s @ s.T) / n
+        r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+        t = (JV * r).sum(-1)  # (N_v, n): r_iᵀ J_i v_a
+        return t @ t.T / n
+
     # ---- plumbing -------------------------------------------------------------------------------
 
     def _check(self, v: Params) -> Params:
@@ -396,6 +500,14 @@ class CurvatureOperator:
     def _shifted(self, shift: Params) -> Params:
         s = self._check(shift)
         return {k: self.theta[k] + s[k] for k in self.keys}
+
+    def _reduce(self, fn: Callable[[Tensor, Tensor], Params]) -> Params:
+        """:func:`reduce_over_probe` cast to the operator's dtype; one batch: fn's own result (the
+        float64 round trip of a weight-1 sum is exact, so only its two copies are skipped)."""
+        if len(self.batches) == 1:
+            out = fn(*self.batches[0])
+            return {k: out[k].detach().to(self.dtype) for k in self.keys}
+        return self._cast(reduce_over_probe(fn, self.batches))
 
     def _cast(self, p: Params) -> Params:
         return {k: p[k].to(self.dtype) for k in self.keys}
@@ -408,13 +520,18 @@ class CurvatureOperator:
         """(P,) → Params shaped like θ on the scope (operator dtype and device)."""
         return unflatten(x.to(self.device, self.dtype), self.theta, self.keys)
 
+    def _check_flat(self, X: Tensor) -> Tensor:
+        check_finite({"flat vector": X}, "vector")  # one reduction instead of one per tensor
+        return X
+
     def flat_matvec(self, x: Tensor) -> Tensor:
-        """M x for x (P,) → (P,) in the operator's dtype."""
-        return self.flatten(self.matvec(self.unflatten(x)))
+        """M x for x (P,) → (P,) in the operator's dtype (one finiteness check on the flat vector)."""
+        return self.flatten(self._products([self.unflatten(self._check_flat(x))])[0])
 
     def flat_matmat(self, X: Tensor) -> Tensor:
         """M X for X (P, k) → (P, k), one :meth:`matmat`."""
-        cols = self.matmat([self.unflatten(X[:, j]) for j in range(X.shape[1])])
+        X = self._check_flat(X)
+        cols = self._products([self.unflatten(X[:, j]) for j in range(X.shape[1])])
         return torch.stack([self.flatten(c) for c in cols], dim=1)
 
     def to_scipy(self) -> LinearOperator:

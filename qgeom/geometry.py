@@ -14,7 +14,8 @@ at hand (:func:`metric_cosine`, :func:`gram`, :func:`geometry_of_pair`,
 :func:`eigenbasis_projection`), a form at roundoff level, ⟨w, w⟩_M ≤ 16·eps·s·‖w‖² with
 s = max_i ‖M v_i‖ / ‖v_i‖ (a lower bound of ‖M‖), counts as zero: w lies in a null direction of
 M (e.g. the key biases, which the function ignores) and a "positive" 1e-34 must not become a
-λ* of 1e17. All sums are float64; N vectors cost N products (one ``matmat``), never N².
+λ* of 1e17. All sums are float64; N vectors cost N products (one ``matmat``), never N² — and
+a GGN or Fisher Gram costs only N forward-mode passes (:func:`gram_matrix`, route ``jvp``).
 """
 
 from __future__ import annotations
@@ -154,19 +155,55 @@ def recovered_fraction(op: CurvatureOperator, rho_D: Params, rho_R: Params) -> G
 # --------------------------------------------------------------------------------------------
 
 
-def gram(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params]) -> GeometryResult:
-    """K = Vᵀ M V (N × N, float64) from one ``matmat`` of the N vectors.
+GRAM_ROUTES = ("auto", "jvp", "products")
 
-    terms: ``names``, ``K_sym`` = (K + Kᵀ)/2, its ``eigenvalues`` (ascending), ``asymmetry``
-    ‖K − Kᵀ‖_F / ‖K‖_F (a diagnostic: 0 in exact arithmetic), and from K_sym the ``cosines``
-    and ``scales`` (row D, column R: λ* of D onto R) with NaN where indefinite.
+
+def gram_matrix(op: CurvatureOperator, vectors: Sequence[Params], route: str = "auto",
+                chunk_size: int | None = None) -> tuple[np.ndarray, list[float], str]:
+    """(K, floors, route): K = Vᵀ M V (N × N, float64) and the roundoff floor of each ⟨v, v⟩_M.
+
+    route ``jvp`` (the default for the GGN and the Fisher: :meth:`CurvatureOperator.jvp_gram`,
+    N forward-mode passes per batch, no backward) or ``products`` (one ``matmat``: N products
+    M v, JVP + VJP each for G and F; the only route for the Hessian). ``chunk_size`` bounds how
+    many vectors travel together. Floors (:func:`null_thresholds`) need a lower bound s of ‖M‖:
+    from products, max ‖M v_i‖/‖v_i‖; from JVPs, the largest Rayleigh quotient at hand,
+    max(max_i K_ii/‖v_i‖², λ_max(K)/λ_max(VᵀV)) — for x the top eigenvector of K,
+    xᵀKx / ‖Vx‖² ≥ λ_max(K)/λ_max(VᵀV) is a Rayleigh quotient of M, so ≤ ‖M‖.
+    """
+    if route not in GRAM_ROUTES:
+        raise ValueError(f"unknown Gram route {route!r}; choose one of {', '.join(GRAM_ROUTES)}")
+    if route == "auto":
+        route = "products" if op.metric == "hessian" else "jvp"
+    if route == "jvp":
+        K = op.jvp_gram(vectors, chunk_size)
+        E = np.array([[inner(a, b) for b in vectors] for a in vectors])
+        sq = np.diag(E)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rq = [K[i, i] / sq[i] for i in range(len(sq)) if sq[i] > 0]
+        e_top = np.linalg.eigvalsh(E)[-1] if len(E) else 0.0
+        s = max(rq + ([np.linalg.eigvalsh(0.5 * (K + K.T))[-1] / e_top] if e_top > 0 else []), default=0.0)
+        eps = torch.finfo(op.dtype).eps
+        return K, [16 * eps * max(s, 0.0) * float(q) for q in sq], route
+    MV = [{k: t.to(v[k].device) for k, t in mv.items()} for mv, v in zip(op.matmat(vectors, chunk_size), vectors)]
+    K = np.array([[inner(a, Mb) for Mb in MV] for a in vectors])
+    return K, null_thresholds(op, vectors, MV), route
+
+
+def gram(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params], route: str = "auto",
+         chunk_size: int | None = None) -> GeometryResult:
+    """K = Vᵀ M V (N × N, float64) by :func:`gram_matrix`: N JVPs per batch for the GGN and
+    the Fisher (route ``jvp``, no backward pass), one ``matmat`` of N products otherwise.
+
+    terms: ``names``, ``route``, ``K_sym`` = (K + Kᵀ)/2, its ``eigenvalues`` (ascending),
+    ``asymmetry`` ‖K − Kᵀ‖_F / ‖K‖_F (a diagnostic: 0 in exact arithmetic, and by construction
+    on the JVP route), and from K_sym the ``cosines`` and ``scales`` (row D, column R: λ* of D
+    onto R) with NaN where indefinite.
     """
     names, vs = _named(vectors)
-    MV = op.matmat(vs)
-    K = np.array([[inner(a, Mb) for Mb in MV] for a in vs])
+    K, floors, route = gram_matrix(op, vs, route, chunk_size)
     Ks = 0.5 * (K + K.T)
     d = np.diag(Ks)
-    ok = d > np.array(null_thresholds(op, vs, MV))
+    ok = d > np.array(floors)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(np.outer(ok, ok), Ks / np.sqrt(np.outer(np.abs(d), np.abs(d))), NAN)
         scales = np.where(ok[:, None], Ks / d[:, None], NAN)
@@ -174,8 +211,8 @@ def gram(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params]
     msg = (f"indefinite: ⟨v,v⟩_M ≤ 0 or at roundoff level for {', '.join(bad)} — their cosines and scales are NaN"
            if bad else "")
     nk = np.linalg.norm(K)
-    terms = {"names": names, "K_sym": Ks, "eigenvalues": np.linalg.eigvalsh(Ks), "cosines": cos, "scales": scales,
-             "asymmetry": float(np.linalg.norm(K - K.T) / nk) if nk > 0 else 0.0}
+    terms = {"names": names, "route": route, "K_sym": Ks, "eigenvalues": np.linalg.eigvalsh(Ks), "cosines": cos,
+             "scales": scales, "asymmetry": float(np.linalg.norm(K - K.T) / nk) if nk > 0 else 0.0}
     return GeometryResult("gram", K, bool(bad), msg, terms, dict(op.info))
 
 
@@ -290,7 +327,7 @@ def pair_geometry(model: nn.Module, theta_R: Params, rho_D: Params, rho_R: Param
 
 
 __all__ = ["GeometryResult", "PairGeometry", "directional_gradients", "eigenbasis_projection", "geometry_of_pair",
-           "gram", "hessian_cosine", "metric_cosine", "metric_inner", "null_thresholds", "optimal_scale",
+           "gram", "gram_matrix", "hessian_cosine", "metric_cosine", "metric_inner", "null_thresholds", "optimal_scale",
            "pair_geometry", "quadratic_model", "recovered_fraction"]
 
 

@@ -1,4 +1,5 @@
-"""Lanczos with full reorthogonalization: extreme eigenpairs, spectral density (SLQ), trace.
+"""Lanczos (full reorthogonalization, or thick-restarted in O(k·n) memory): extreme
+eigenpairs, spectral density (SLQ, no stored basis), trace.
 
 Every algorithm here works on a :class:`FlatOperator` — a symmetric linear map A on R^n given
 by a flat torch matvec (n,) → (n,) — and :func:`as_flat_operator` turns the other shapes into
@@ -12,6 +13,26 @@ against all previous ones twice (classical Gram-Schmidt, "twice is enough"), so 
 is kept in ``basis_dtype`` (float64 by default; n × m floats). A β_j below
 ``breakdown_tol · ‖T‖`` means K_j is an invariant subspace: its Ritz values are exact
 eigenvalues of A, the run stops and reports it (repeated eigenvalues then appear once).
+
+Memory. Full reorthogonalization stores the basis: m × n in ``basis_dtype`` (ViT-B, n = 86 M,
+m = 100: 69 GB in float64, 34 GB in float32). :func:`eigsh` therefore also has a
+*thick-restart* Lanczos (Wu & Simon, SIAM J. Matrix Anal. Appl. 22, 2000) whose basis holds at
+most ``max_basis`` = max(2k + 1, 20) vectors (ARPACK's default ``ncv``): after ``max_basis``
+steps it keeps the ℓ = k + (max_basis − k)/2 wanted Ritz vectors and the residual direction, and
+continues Lanczos from there, so memory is O(k·n) whatever the iteration count. Chosen over
+scipy's ARPACK through ``to_scipy()`` (implicitly restarted, same O(ncv·n) memory) because ARPACK
+keeps its float64 basis in host numpy memory and moves every vector between device and host:
+the thick restart keeps a float32 or float64 basis on the operator's device, in torch.
+``method="auto"`` picks full reorthogonalization when its basis fits ``memory_budget`` (bytes,
+default 4 GiB) and the thick restart otherwise. SLQ needs no basis at all: each probe runs the
+plain three-term recurrence (three vectors in memory; Gauss quadrature is stable without
+reorthogonalization, Paige 1980, Golub & Meurant 2010), see :func:`spectral_density`.
+
+Tolerance. A float32 operator's products carry relative errors of ~1e-7 · (accumulation
+growth), so Ritz residuals stall near 1e-6 ‖A‖ and a 1e-10 target is never met: the default
+``tol`` follows the operator's dtype (:func:`default_tol`): 1e-10 for float64, 1e-5 for float32,
+1e-2 for bfloat16/float16 — about 100 × the dtype's machine epsilon, floored at 1e-10 (an
+eigenvalue's error is then ≲ tol²·‖A‖²/gap, far below the residual).
 
 Randomness comes only from ``seed`` (a CPU ``torch.Generator``): equal seeds, equal results.
 """
@@ -114,9 +135,15 @@ def _probe_vector(n: int, seed: int, kind: str = "gaussian", dtype=torch.float64
 
 def lanczos(op: Any, n_iter: int, *, v0: Tensor | None = None, seed: int = 0, basis_dtype=torch.float64,
             keep_basis: bool = True, breakdown_tol: float | None = None,
-            stop: Callable[[Tridiagonal], bool] | None = None, check_every: int = 10) -> Tridiagonal:
+            stop: Callable[[Tridiagonal], bool] | None = None, check_every: int = 10,
+            reorthogonalize: bool = True) -> Tridiagonal:
     """Run up to ``n_iter`` Lanczos steps from ``v0`` (default: seeded Gaussian) with full
     reorthogonalization; ``stop(T_j)`` is asked every ``check_every`` steps (early exit).
+
+    ``reorthogonalize=False``: the plain three-term recurrence
+    β_j q_{j+1} = A q_j − α_j q_j − β_{j−1} q_{j−1}, holding three n-vectors and no basis
+    (``keep_basis`` must be False) — what SLQ needs; the Ritz values may then carry spurious
+    copies of converged extremes, which leave Gauss quadrature intact.
     """
     A = as_flat_operator(op)
     n = A.n
@@ -124,6 +151,10 @@ def lanczos(op: Any, n_iter: int, *, v0: Tensor | None = None, seed: int = 0, ba
     tol = breakdown_tol if breakdown_tol is not None else n * torch.finfo(basis_dtype).eps
     q = (v0.to(basis_dtype) if v0 is not None else _probe_vector(n, seed, dtype=basis_dtype)).reshape(-1).to(A.device)
     q = q / q.norm()
+    if not reorthogonalize:
+        if keep_basis:
+            raise ValueError("the three-term recurrence keeps no basis: pass keep_basis=False")
+        return _lanczos_three_term(A, q, m_max, tol, stop, check_every)
     Q = torch.empty((m_max, n), dtype=basis_dtype, device=A.device)
     alpha, beta = [], []
     anorm, breakdown, b = 0.0, False, 0.0
@@ -148,6 +179,31 @@ def lanczos(op: Any, n_iter: int, *, v0: Tensor | None = None, seed: int = 0, ba
     m = len(alpha)
     return Tridiagonal(np.array(alpha), np.array(beta[: m - 1]), Q[:m] if keep_basis else None, breakdown,
                        0.0 if breakdown else b)
+
+
+def _lanczos_three_term(A: FlatOperator, q: Tensor, m_max: int, tol: float,
+                        stop: Callable[[Tridiagonal], bool] | None, check_every: int) -> Tridiagonal:
+    """Lanczos without reorthogonalization: memory q_{j−1}, q_j, w (3 n-vectors), no basis."""
+    q_prev = torch.zeros_like(q)
+    alpha, beta = [], []
+    anorm, breakdown, b = 0.0, False, 0.0
+    for j in range(m_max):
+        w = A.apply(q[:, None])[:, 0]
+        a = float(q @ w)
+        w = w - a * q - (beta[-1] if beta else 0.0) * q_prev
+        b = float(w.norm())
+        alpha.append(a)
+        anorm = max(anorm, abs(a) + b + (beta[-1] if beta else 0.0))
+        if b <= tol * max(anorm, 1e-300) or j + 1 == A.n:
+            breakdown, b = b <= tol * max(anorm, 1e-300), 0.0 if j + 1 == A.n else b
+            break
+        beta.append(b)
+        q_prev, q = q, w / b
+        if stop is not None and (j + 1) % check_every == 0 and stop(
+                Tridiagonal(np.array(alpha), np.array(beta[:-1]), None, False, b)):
+            break
+    m = len(alpha)
+    return Tridiagonal(np.array(alpha), np.array(beta[: m - 1]), None, breakdown, 0.0 if breakdown else b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,21 +236,57 @@ def _pick(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return order[:k]
 
 
+EIG_METHODS = ("auto", "full", "thick-restart")
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """The relative Ritz-residual tolerance a ``dtype`` operator can meet: max(1e-10, 100·eps),
+    rounded to 1e-10 (float64), 1e-5 (float32), 1e-2 (bfloat16, float16) — see the module notes."""
+    return {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, 1e-2)
+
+
+def _bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
 def eigsh(op: Any, k: int = 6, which: str = "LA", *, like: Params | None = None, max_iter: int | None = None,
-          tol: float = 1e-10, seed: int = 0, return_vectors: bool = True, basis_dtype=torch.float64) -> EigenResult:
+          tol: float | None = None, seed: int = 0, return_vectors: bool = True, basis_dtype=torch.float64,
+          method: str = "auto", max_basis: int | None = None, memory_budget: float = 4 * 2**30) -> EigenResult:
     """The k extreme eigenpairs of a symmetric operator (``which``: LA largest, SA smallest
     algebraic, LM largest magnitude), ordered as ``which`` asks.
 
-    Stops when every wanted Ritz pair's residual estimate β_m |s_{m,i}| ≤ tol · max|θ|, at an
-    invariant subspace, or after ``max_iter`` steps (default min(n, max(100, 20k))). Residual
-    norms are then measured with k more products (true ‖A u − θ u‖, not estimates).
+    Stops when every wanted Ritz pair's residual estimate β_m |s_{m,i}| ≤ tol · max|θ| (tol
+    default: :func:`default_tol` of the operator's dtype), at an invariant subspace, or after
+    ``max_iter`` products (default min(n, max(100, 20k)) for ``full``, 3× that for
+    ``thick-restart``). Residual norms are then measured with k more products (true
+    ‖A u − θ u‖, not estimates) and reported beside the tolerance in ``info``; ``converged``
+    also requires them ≤ 10 · tol · max|θ| (a float32 operator's estimates can fall below what
+    its products resolve).
+
+    method: ``full`` (one Krylov basis of up to ``max_iter`` vectors, full reorthogonalization),
+    ``thick-restart`` (a basis of at most ``max_basis`` vectors, default max(2k + 1, 20)),
+    ``auto`` (``full`` when max_iter · n · bytes(basis_dtype) ≤ ``memory_budget``, else
+    ``thick-restart``; refused when even k + 2 basis vectors exceed the budget). ``info`` records
+    the method, ``basis_vectors`` (rows of the largest basis ever stored) and ``basis_bytes``.
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if method not in EIG_METHODS:
+        raise ValueError(f"method must be one of {EIG_METHODS}, got {method!r}")
     A = as_flat_operator(op, like)
     if not 1 <= k <= A.n:
         raise ValueError(f"k must be between 1 and n = {A.n}, got {k}")
-    max_iter = min(A.n, max_iter or max(100, 20 * k))
+    tol = default_tol(A.dtype) if tol is None else float(tol)
+    nbytes = A.n * _bytes(basis_dtype)
+    full_iter = min(A.n, max_iter or max(100, 20 * k))
+    if method == "auto":
+        method = "full" if full_iter * nbytes <= memory_budget else "thick-restart"
+        if method == "thick-restart" and max_basis is None:
+            max_basis = min(max(2 * k + 1, 20), int(memory_budget // nbytes))
+            if max_basis < k + 2:
+                raise ValueError(f"memory_budget {memory_budget / 2**30:.3g} GiB holds {int(memory_budget // nbytes)} "
+                                 f"basis vectors of {A.n:,} {str(basis_dtype).removeprefix('torch.')} values; "
+                                 f"top-{k} needs at least {k + 2} (use basis_dtype=torch.float32 or a larger budget)")
 
     def converged(T: Tridiagonal) -> bool:
         theta, S = T.ritz()
@@ -204,22 +296,100 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, like: Params | None = None,
         est = abs(T.beta_last) * np.abs(S[-1, idx])
         return bool(np.all(est <= tol * max(np.abs(theta).max(), 1e-300)))
 
-    T = lanczos(A, max_iter, seed=seed, basis_dtype=basis_dtype, stop=converged, check_every=5)
-    theta, S = T.ritz()
-    idx = _pick(theta, min(k, len(theta)), which)
-    U = T.basis.T @ torch.from_numpy(S[:, idx]).to(T.basis)  # (n, k)
+    if method == "full":
+        T = lanczos(A, full_iter, seed=seed, basis_dtype=basis_dtype, stop=converged, check_every=5)
+        theta, S = T.ritz()
+        idx = _pick(theta, min(k, len(theta)), which)
+        U = T.basis.T @ torch.from_numpy(S[:, idx]).to(T.basis)  # (n, k)
+        ok = T.breakdown or len(T.alpha) == A.n or converged(T)
+        steps, breakdown, dim, rows = len(T.alpha), T.breakdown, len(T.alpha), T.basis.shape[0]
+    else:
+        mb = min(A.n, max_basis or max(2 * k + 1, 20))
+        if mb < min(k + 2, A.n):
+            raise ValueError(f"max_basis must be at least k + 2 = {k + 2}, got {mb}")
+        theta, U, idx, ok, breakdown, steps, dim = _thick_restart(
+            A, k, which, tol, mb, min(10**9, max_iter or 3 * max(100, 20 * k)), seed, basis_dtype)
+        rows = mb
     U = U / U.norm(dim=0, keepdim=True)
     R = A.apply(U) - U * torch.as_tensor(theta[idx], dtype=U.dtype, device=U.device)
     res = R.norm(dim=0).double().cpu().numpy()
-    ok = T.breakdown or len(T.alpha) == A.n or converged(T)
-    msg = (f"invariant subspace of dimension {len(T.alpha)} found: the Ritz values are exact "
-           "eigenvalues (multiplicities are not resolved)" if T.breakdown else
-           "converged" if ok else f"not converged after {len(T.alpha)} steps (raise max_iter)")
+    scale = max(float(np.abs(theta).max()), 1e-300)
+    # the stopping test uses residual *estimates*; a low-precision operator can drive those below
+    # what its products resolve, so convergence also asks the measured residuals (10× margin
+    # for the rounding of the products themselves)
+    floor = not (breakdown or len(res) == 0 or bool(res.max() <= 10 * tol * scale))
+    stalled, ok = ok and floor, ok and not floor
+    msg = (f"invariant subspace of dimension {dim} found: the Ritz values are exact "
+           "eigenvalues (multiplicities are not resolved)" if breakdown else
+           "converged" if ok else
+           f"not converged: the estimates met tol but the measured residuals did not — the operator's "
+           f"precision ({str(A.dtype).removeprefix('torch.')}) cannot resolve tol {tol:.0e}" if stalled else
+           f"not converged after {steps} products (raise max_iter, or loosen tol)")
+    msg += f"; max residual ‖Au − θu‖ = {res.max():.2e} = {res.max() / scale:.1e}·max|θ| (tol {tol:.0e})"
     if len(idx) < k:
         msg += f"; only {len(idx)} of the {k} requested eigenpairs exist in it"
     vecs = [A.unflatten(U[:, i]) if (return_vectors and A.unflatten) else U[:, i] for i in range(len(idx))]
-    return EigenResult(theta[idx], vecs if return_vectors else [], res, len(T.alpha), bool(ok), T.breakdown,
-                       msg, {**A.info, "which": which, "k": k, "tol": tol, "seed": seed})
+    return EigenResult(theta[idx], vecs if return_vectors else [], res, steps, bool(ok), breakdown, msg,
+                       {**A.info, "which": which, "k": k, "tol": tol, "seed": seed, "method": method,
+                        "relative_residuals": (res / scale).tolist(), "basis_vectors": int(rows),
+                        "basis_bytes": int(rows) * nbytes, "basis_dtype": str(basis_dtype).removeprefix("torch.")})
+
+
+def _thick_restart(A: FlatOperator, k: int, which: str, tol: float, m: int, max_products: int, seed: int,
+                   basis_dtype: torch.dtype) -> tuple[np.ndarray, Tensor, np.ndarray, bool, bool, int, int]:
+    """Thick-restart Lanczos (Wu & Simon 2000) with a basis of at most m vectors.
+
+    Invariant: A Q_j = Q_j T_j + r e_jᵀ with Q_j orthonormal (reorthogonalized twice against
+    the whole basis) and T_j = Q_jᵀ A Q_j kept as a dense symmetric j × j matrix. At j = m:
+    T = S Θ Sᵀ; keep the ℓ = min(m − 1, k + (m − k)//2) wanted Ritz vectors Q S_ℓ (in place,
+    by column blocks), append q = r/‖r‖, and T becomes diag(Θ_ℓ) bordered by the couplings
+    ‖r‖ S_{m,ℓ} (an arrowhead); Lanczos continues from q. Returns (θ, U (n, k'), the wanted
+    indices into θ, converged, breakdown, products, Krylov dimension).
+    """
+    n, dev = A.n, A.device
+    Q = torch.empty((m, n), dtype=basis_dtype, device=dev)
+    T = np.zeros((m, m))
+    q = _probe_vector(n, seed, dtype=basis_dtype).to(dev)
+    Q[0] = q / q.norm()
+    start, products, anorm, breakdown = 0, 0, 0.0, False
+    brk_tol = n * torch.finfo(basis_dtype).eps
+    while True:
+        for j in range(start, m):
+            w = A.apply(Q[j][:, None])[:, 0]
+            products += 1
+            h = np.zeros(j + 1)
+            for _ in range(2):  # full reorthogonalization, twice
+                c = Q[: j + 1] @ w
+                w = w - Q[: j + 1].T @ c
+                h += c.double().cpu().numpy()
+            T[: j + 1, j] = T[j, : j + 1] = h
+            b = float(w.norm())
+            anorm = max(anorm, float(np.abs(T[: j + 1, : j + 1]).sum(0).max()) + b)
+            if b <= brk_tol * max(anorm, 1e-300) or j + 1 == n:
+                breakdown, b = b <= brk_tol * max(anorm, 1e-300), 0.0
+                break
+            if j + 1 < m:
+                Q[j + 1] = w / b
+                T[j + 1, j] = T[j, j + 1] = b
+        jj = j + 1
+        theta, S = np.linalg.eigh(T[:jj, :jj])
+        idx = _pick(theta, min(k, jj), which)
+        est = abs(b) * np.abs(S[jj - 1, idx])
+        ok = breakdown or jj == n or bool(np.all(est <= tol * max(np.abs(theta).max(), 1e-300)))
+        if ok or products >= max_products:
+            Y = torch.from_numpy(S[:, idx]).to(dev, basis_dtype)
+            return theta, Q[:jj].T @ Y, idx, ok, breakdown, products, jj
+        ell = min(m - 1, k + (m - k) // 2)
+        keep = _pick(theta, ell, which)
+        Y = torch.from_numpy(S[:, keep]).to(dev, basis_dtype)  # (m, ℓ)
+        block = max(1, 2**26 // (m * _bytes(basis_dtype)))  # ~64 MiB of temporaries per block
+        for c0 in range(0, n, block):
+            Q[:ell, c0 : c0 + block] = Y.T @ Q[:jj, c0 : c0 + block]
+        Q[ell] = w / b
+        T[:] = 0.0
+        T[np.arange(ell), np.arange(ell)] = theta[keep]
+        T[:ell, ell] = T[ell, :ell] = b * S[jj - 1, keep]
+        start = ell
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,14 +466,14 @@ class SpectralDensity:
 def spectral_density(op: Any, *, n_probes: int = 4, n_iter: int = 40, probe: str = "rademacher", seed: int = 0,
                      sigma: float | None = None, n_grid: int = 1000, like: Params | None = None) -> SpectralDensity:
     """Stochastic Lanczos quadrature: for each probe v̂ (seed + i, unit norm) run ``n_iter``
-    Lanczos steps; T = S Θ Sᵀ gives nodes θ_j and weights τ_j = S_{1j}², and
+    Lanczos steps of the three-term recurrence (no stored basis: memory 3 n-vectors); T = S Θ Sᵀ gives nodes θ_j and weights τ_j = S_{1j}², and
     φ(t) = (1/n_probes) Σ Σ_j τ_j N(t; θ_j, σ²). σ defaults to 1 % of the node range; the grid
     spans the nodes ± 6σ and φ is renormalised to integrate to 1 on it.
     """
     A = as_flat_operator(op, like)
     nodes, weights = [], []
     for i in range(n_probes):
-        T = lanczos(A, n_iter, v0=_probe_vector(A.n, seed + i, probe), keep_basis=False)
+        T = lanczos(A, n_iter, v0=_probe_vector(A.n, seed + i, probe), keep_basis=False, reorthogonalize=False)
         theta, S = T.ritz()
         nodes.append(theta)
         weights.append(S[0] ** 2)
@@ -319,4 +489,4 @@ def spectral_density(op: Any, *, n_probes: int = 4, n_iter: int = 40, probe: str
 
 
 __all__ = ["EigenResult", "FlatOperator", "SpectralDensity", "TraceEstimate", "Tridiagonal", "as_flat_operator",
-           "eigsh", "hutchinson_trace", "lanczos", "spectral_density"]
+           "default_tol", "eigsh", "hutchinson_trace", "lanczos", "spectral_density"]

@@ -366,7 +366,7 @@ class TransferRun:
 
     def _geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
         from qgeom.curvature import CurvatureOperator
-        from qgeom.geometry import null_thresholds
+        from qgeom.geometry import gram_matrix
 
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
         model, device = self.model(receiver), default_device()
@@ -402,9 +402,8 @@ class TransferRun:
                     on_device = {k: v.to(device) for k, v in point.items()}
                     op = CurvatureOperator(model, on_device, probe, metric=metric, objective=objective,
                                            scope=scope, spec=spec if objective == "ste" else None)
-                    MV = [{k: v.cpu() for k, v in mv.items()} for mv in op.matmat(V)]
-                    gram[f"{metric}_{objective}"] = np.array([[P.inner(a, mb) for mb in MV] for a in V])
-                    floors[f"{metric}_{objective}"] = np.array(null_thresholds(op, V, MV))
+                    K, floor, _ = gram_matrix(op, V)  # GGN/Fisher: from JVPs alone (geometry.py)
+                    gram[f"{metric}_{objective}"], floors[f"{metric}_{objective}"] = K, np.array(floor)
                     if objective not in grads:  # the gradient does not depend on the metric
                         grads[objective] = {k: v.cpu() for k, v in op.gradient().items()}
             for key, K in gram.items():

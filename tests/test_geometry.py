@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
-from _cases_curvature import dense_ggn, dense_hessian, random_vector, tiny_case
+from _cases_curvature import dense_fisher, dense_ggn, dense_hessian, random_vector, tiny_case
 from qgeom.curvature import CurvatureOperator
 from qgeom.geometry import (directional_gradients, eigenbasis_projection, geometry_of_pair, gram, hessian_cosine,
                             metric_cosine, metric_inner, optimal_scale, pair_geometry, quadratic_model,
@@ -82,8 +82,9 @@ def test_optimal_scale_minimizes_the_quadratic_model():
     assert recovered_fraction(op, d, r).value == pytest.approx(1 - best.fun / model(0.0), abs=1e-9)
 
 
-def test_gram_is_one_matmat_and_matches_dense():
-    op, G = op_for("ggn"), dense("ggn")
+@pytest.mark.parametrize("metric", ["ggn", "hessian"])
+def test_gram_by_products_is_one_matmat_and_matches_dense(metric):
+    op, G = op_for(metric), dense(metric)
     vs = {f"v{i}": random_vector(op.theta, 10 + i) for i in range(4)}
     calls = {"matmat": 0, "vectors": 0, "matvec": 0}
     orig_mm = op.matmat
@@ -94,16 +95,65 @@ def test_gram_is_one_matmat_and_matches_dense():
         return orig_mm(vectors, *a, **k)
 
     op.matmat, op.matvec = counting_matmat, lambda v: calls.__setitem__("matvec", calls["matvec"] + 1)
-    K = gram(op, vs)
+    K = gram(op, vs, route="products" if metric == "ggn" else "auto")
     assert calls == {"matmat": 1, "vectors": 4, "matvec": 0}  # N products, not N²
+    assert K.terms["route"] == "products"
     V = torch.stack([op.flatten(v) for v in vs.values()], 1)
     ref = (V.T @ G @ V).numpy()
     assert np.abs(K.value - ref).max() <= TOL * np.abs(ref).max()
-    assert K.terms["asymmetry"] < 1e-12 and not K.indefinite
+    assert K.terms["asymmetry"] < 1e-12
+    if metric == "hessian":
+        return
+    assert not K.indefinite
     C = K.terms["cosines"]
     assert np.allclose(np.diag(C), 1.0) and np.abs(C).max() <= 1 + 1e-12
     assert K.terms["scales"][0, 1] == pytest.approx(ref[0, 1] / ref[0, 0], rel=TOL)
     json.dumps(K.to_dict())
+
+
+@pytest.mark.parametrize("metric", ["ggn", "fisher"])
+@pytest.mark.parametrize("scope", ["quantized", "all"])
+def test_gram_from_jvps_equals_product_gram(metric, scope):
+    """The JVP Gram (no backward pass) equals the product Gram to 1e-12 relative in float64, and
+    the dense VᵀMV to 1e-10 (see the module tolerances). Both sides sum O(10³) float64 terms of
+    size O(1) — expected gap ~1e-15 — so 1e-12 leaves three orders of margin and still catches
+    any wrong term (a missing C, 1/N or n_b/N weight is O(1)). Chunking over vectors changes
+    nothing but the memory; no product (matmat, matvec) is called."""
+    op = op_for(metric, scope)
+    vs = {f"v{i}": random_vector(op.theta, 20 + i) for i in range(6)}
+    ref = gram(op, vs, route="products").value
+    calls = []
+    op.matmat = op.matvec = lambda *a, **k: calls.append(1)
+    K = gram(op, vs)
+    assert K.terms["route"] == "jvp" and not calls
+    scale = np.abs(ref).max()
+    assert np.abs(K.value - ref).max() <= 1e-12 * scale
+    assert np.array_equal(K.value, K.value.T) and K.terms["asymmetry"] == 0.0
+    assert np.abs(gram(op, vs, chunk_size=4).value - K.value).max() <= 1e-14 * scale
+    M = dense_ggn(scope) if metric == "ggn" else dense_fisher(scope)
+    V = torch.stack([op.flatten(v) for v in vs.values()], 1)
+    assert np.abs(K.value - (V.T @ M @ V).numpy()).max() <= TOL * scale
+    assert not K.indefinite and np.allclose(np.diag(K.terms["cosines"]), 1.0)
+
+
+def test_gram_from_jvps_flags_null_directions():
+    """A vector along the key biases (the function ignores them) has ⟨v,v⟩_G = 0 in exact
+    arithmetic: the JVP route's floor (a Rayleigh-quotient bound of ‖G‖) flags it, as the
+    product route's does; the Hessian has no JVP Gram."""
+    op = op_for("ggn", "all")
+    v = random_vector(op.theta, 3)
+    null = {k: torch.zeros_like(t) for k, t in op.theta.items()}
+    for k, t in op.theta.items():
+        if k.endswith("qkv.bias"):
+            d = t.shape[0] // 3
+            null[k][d : 2 * d] = 1.0
+    for route in ("jvp", "products"):
+        K = gram(op, {"key_bias": null, "v": v}, route=route)
+        assert K.indefinite and "key_bias" in K.message and not math.isnan(K.terms["cosines"][1, 1])
+    with pytest.raises(ValueError, match="GGN and the Fisher"):
+        op_for("hessian").jvp_gram([v])
+    with pytest.raises(ValueError, match="route"):
+        gram(op, [v], route="dense")
 
 
 @settings(max_examples=6, deadline=None)

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from _cases_curvature import dense_hessian, random_vector, tiny_case
 from qgeom.curvature import CurvatureOperator
-from qgeom.lanczos import FlatOperator, as_flat_operator, eigsh, hutchinson_trace, lanczos, spectral_density
+from qgeom.lanczos import (FlatOperator, as_flat_operator, default_tol, eigsh, hutchinson_trace, lanczos,
+                           spectral_density)
 from qgeom.params import flatten
 
 EIG_TOL = 1e-8
@@ -86,6 +87,75 @@ def test_float32_operator():
     ev = np.linalg.eigvalsh(dense_hessian("all").numpy())
     res = eigsh(hessian_operator(torch.float32), k=1, which="LA", tol=1e-6)
     assert abs(res.eigenvalues[0] - ev[-1]) <= 1e-5 * abs(ev[-1])
+
+
+def test_default_tolerance_follows_the_dtype():
+    """Without ``tol`` a float32 operator stops at 1e-5 (it cannot reach 1e-10: its products
+    carry ~1e-7 relative error) and reports the residuals it reached; float64 keeps 1e-10."""
+    assert (default_tol(torch.float64), default_tol(torch.float32), default_tol(torch.bfloat16)) == (1e-10, 1e-5, 1e-2)
+    ev = np.linalg.eigvalsh(dense_hessian("all").numpy())
+    res = eigsh(hessian_operator(torch.float32), k=2, which="LA")
+    assert res.converged and res.info["tol"] == 1e-5 and res.n_iter < 100
+    assert max(res.info["relative_residuals"]) <= 1e-4 and "max residual" in res.message
+    assert np.abs(res.eigenvalues - ev[::-1][:2]).max() <= 1e-5 * abs(ev).max()
+    # a tolerance below float32's reach is reported as not converged, never as converged
+    strict = eigsh(hessian_operator(torch.float32), k=2, which="LA", tol=1e-12)
+    assert not strict.converged and "not converged" in strict.message
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """Shapes of every torch.empty call (how the Lanczos bases are allocated)."""
+    shapes, orig = [], torch.empty
+
+    def spy(*size, **kw):
+        shapes.append(tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
+        return orig(*size, **kw)
+
+    monkeypatch.setattr(torch, "empty", spy)
+    return shapes
+
+
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_thick_restart_matches_full_reorthogonalization(which, hessian_spectrum, allocations):
+    """Thick restart with a 12-vector basis (several restarts for k = 5) finds the same top-k as
+    full reorthogonalization to 1e-8·‖H‖ (both stop at residuals ≤ 1e-10‖H‖; an eigenvalue's
+    error is below its residual), and never stores more than 12 basis vectors: O(k·n)."""
+    op, scale = hessian_operator(), np.abs(hessian_spectrum).max()
+    full = eigsh(op, k=5, which=which, method="full")
+    allocations.clear()
+    tr = eigsh(op, k=5, which=which, method="thick-restart", max_basis=12)
+    assert tr.converged and tr.info["method"] == "thick-restart" and tr.n_iter > 12  # it did restart
+    assert np.abs(tr.eigenvalues - full.eigenvalues).max() <= EIG_TOL * scale
+    assert tr.residuals.max() <= EIG_TOL * scale
+    n = op.n_params
+    assert tr.info["basis_vectors"] == 12 and tr.info["basis_bytes"] == 12 * n * 8
+    assert max(s[0] for s in allocations if len(s) == 2 and n in s) == 12  # the only basis stored
+    # auto: the full basis (100 × n) does not fit a 15-vector budget → thick restart in 15
+    auto = eigsh(op, k=5, which=which, memory_budget=15 * n * 8)
+    assert auto.info["method"] == "thick-restart" and auto.info["basis_vectors"] == 15
+    assert np.abs(auto.eigenvalues - full.eigenvalues).max() <= EIG_TOL * scale
+    with pytest.raises(ValueError, match="basis vectors"):
+        eigsh(op, k=5, memory_budget=3 * n * 8)
+
+
+def test_float32_basis(hessian_spectrum):
+    """A float32 basis halves the memory; orthogonality holds to ~1e-7, so the eigenvalues of
+    a float64 operator come out within 1e-5·‖H‖ (at tol 1e-5)."""
+    scale = np.abs(hessian_spectrum).max()
+    res = eigsh(hessian_operator(), k=3, which="LA", method="thick-restart", basis_dtype=torch.float32, tol=1e-5)
+    assert res.info["basis_bytes"] == 20 * hessian_operator().n_params * 4
+    assert np.abs(res.eigenvalues - hessian_spectrum[::-1][:3]).max() <= 1e-5 * scale
+
+
+def test_slq_stores_no_basis(allocations):
+    """SLQ runs the three-term recurrence: no (m, n) basis is ever allocated."""
+    op = hessian_operator()
+    allocations.clear()
+    spectral_density(op, n_probes=2, n_iter=30, seed=0)
+    assert not [s for s in allocations if len(s) == 2 and op.n_params in s]
+    with pytest.raises(ValueError, match="keeps no basis"):
+        lanczos(op, 5, reorthogonalize=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_every_block_is_run_or_marked_illustrative():
         if b["why"]:
             assert b["lang"] == "bash" and len(b["why"]) > 20, f"README.md:{b['line']}: say why it cannot run"
     runnable = [b for b in found if b["lang"] != "text" and not b["why"]]
-    assert sum(b["lang"] == "python" for b in runnable) == 4 and sum(b["lang"] == "bash" for b in runnable) == 1
+    assert sum(b["lang"] == "python" for b in runnable) == 5 and sum(b["lang"] == "bash" for b in runnable) == 1
 
 
 def test_illustrative_blocks_parse_with_qgeoms_own_parser():

@@ -246,7 +246,8 @@ def register(app: typer.Typer) -> None:
         scope: Optional[str] = O.scope("backbone (the paper's, the default), quantized or all"),
         k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
         lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
-        tol: float = typer.Option(1e-6, help="relative Ritz-residual tolerance"),
+        tol: Optional[float] = typer.Option(None, help="relative Ritz-residual tolerance (default: by the operator's "
+                                                      "dtype, 1e-5 float32, 1e-10 float64)"),
         hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
         slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
         slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),
@@ -258,7 +259,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Top-k eigenvalues, Hutchinson trace and SLQ spectral density of the receiver's curvature."""
         out = O.table_dir(out)
-        check_finite_option(tol, "--tol", positive=True)
+        if tol is not None:
+            check_finite_option(tol, "--tol", positive=True)
         O.apply_runtime(device, threads)
         from qgeom.lanczos import eigsh, hutchinson_trace, spectral_density
 

@@ -25,10 +25,26 @@ def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{name}.{ext}" for ext in ("pdf", "png", "csv")}
-    fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None, "Creator": "qgeom"})
-    fig.savefig(paths["png"], bbox_inches="tight", dpi=dpi, metadata={"Software": "qgeom"})
+    place_captions(fig)
+    fig.savefig(paths["pdf"], bbox_inches="tight", pad_inches=0.02, metadata={"CreationDate": None, "Creator": "qgeom"})
+    fig.savefig(paths["png"], bbox_inches="tight", pad_inches=0.02, dpi=dpi, metadata={"Software": "qgeom"})
     table.to_csv(paths["csv"], index=False)
     return paths
+
+
+def place_captions(fig: Figure) -> None:
+    """Move the figure's captions (:func:`~qgeom.figures.theme.caption`) just under everything
+    else it draws (legends below the axes included), so that nothing overlaps them."""
+    caps = [t for t in fig.texts if t.get_gid() == "caption"]
+    if not caps:
+        return
+    for c in caps:
+        c.set_visible(False)
+    fig.draw_without_rendering()  # runs the layout
+    bottom = fig.get_tightbbox().y0 / fig.get_figheight()
+    for c in caps:
+        c.set_visible(True)
+        c.set_position((0.0, bottom - 0.01))
 
 
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:

@@ -148,7 +148,7 @@ def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = 
     styles = {"FT+PTQ": ("-", SETTING_COLORS["FT+PTQ"]), "patch+PTQ, λ = 1": (":", SETTING_COLORS["patch+PTQ"]),
               "patch+PTQ": ("-", SETTING_COLORS["patch+PTQ"]), "QAT+PTQ": ("--", SETTING_COLORS["QAT+PTQ"])}
     with style():
-        ax = fig.add_axes((0.2, 0.3, 0.6, 0.56), projection="polar")
+        ax = fig.add_axes((0.26, 0.3, 0.48, 0.54), projection="polar")
         for setting in [s for s in RADAR_SETTINGS if s in set(mean.setting)]:
             ls, c = styles[setting]
             v = mean[mean.setting == setting].set_index("task").top1.reindex(tasks).to_numpy()
@@ -171,7 +171,7 @@ def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = 
         ax.set_rlabel_position(360 / len(tasks) / 2)  # between two spokes
         ax.set_yticks([25, 50, 75, 100], ["25", "50", "75", "100 %"])
         fig.suptitle(f"Post-PTQ Top-1 on test ({mean.bits.iloc[0]} bits, {mean.scope.iloc[0]} scope)", y=0.99)
-        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=2)
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=1)
         if per_seed.seed.nunique() > 1:
             caption(fig, f"Webs: mean over {per_seed.seed.nunique()} seeds; dots: each seed.")
     return fig
@@ -218,8 +218,10 @@ def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: st
         ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 else 0)
         ax.set_xlabel("receiver task")
         ax.set_ylabel("(patch+PTQ − FT+PTQ) / QAT+PTQ")
-        ax.set_title(f"Normalized improvement ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope, test)")
-        fig.legend(*ax.get_legend_handles_labels(), ncols=3 if len(tasks) > 3 else 2, loc="outside lower center")
+        sc = tab.scope.iloc[0]
+        ax.set_title(f"Normalized improvement, test ({tab.bits.iloc[0]} bits" + ("" if sc == "backbone" else f", {sc}")
+                     + ")")
+        fig.legend(*ax.get_legend_handles_labels(), ncols=3 if len(tasks) > 3 else 1, loc="outside lower center")
         if seeds > 1:
             caption(fig, f"Bars: ratio of the means over {seeds} seeds; whiskers ± 1 s.d. of the seeds' ratios.")
     return fig

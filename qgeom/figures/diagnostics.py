@@ -100,7 +100,7 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
                             gid="expansion_point", label=r"expansion point $\theta_R + \rho_R$")
             ax.set_xlabel(r"$\lambda$ in $\theta_R + \lambda\rho_D$")
             ax.set_ylabel("post-PTQ loss on probe set (nats)")
-            ax.set_title("(c) measured (—), quadratic (--)")
+            ax.set_title("(c) measured —, model --")
             ax.legend(title=f"receiver {r}")
             caption(fig, r"(c) The quadratic model is expanded at $\theta_R + \rho_R$ (the receiver's own QAT "
                          r"backbone, ★), which the path $\theta_R + \lambda\rho_D$ passes only for the own $\rho_R$ "
@@ -155,9 +155,9 @@ def spectrum(table: pd.DataFrame) -> Figure:
         axes[1].set_ylabel(r"$(u_j^\top\rho)^2 \,/\, \|\rho\|^2$")
         axes[1].set_title("(b) norm share, top eigenvectors")
         axes[1].legend(fontsize=7, loc="lower right")
-        axes[2].set_xlabel("number $j$ of top eigendirections")
+        axes[2].set_xlabel("top eigendirections $j$")
         axes[2].set_ylabel(r"$\sum_{i\leq j}\, \lambda_i (u_i^\top\rho)^2 \,/\, \rho^\top M \rho$")
-        axes[2].set_title("(c) cumulative curvature share")
+        axes[2].set_title("(c) cumulative share")
         axes[2].set_ylim(bottom=0)
         if above_one:
             axes[2].axhline(1, color="0.4", lw=0.6, ls=":")

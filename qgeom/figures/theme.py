@@ -14,6 +14,8 @@ QAT, green = patched), ColorBrewer RdBu / PuOr for signed matrices, viridis for 
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -59,9 +61,12 @@ def _figure(width: float = DOUBLE, height: float = 2.6, **kw) -> Figure:
 def caption(fig: Figure, text: str) -> None:
     """A caption under the figure (``MIN_PT``, wrapped to its width): the reference points and
     notes a reader needs (what λ = 0 is, where an expansion is taken, what was left out)."""
+    parts = re.split(r"(\$[^$]*\$)", text)  # mathtext stays whole: its spaces do not break lines
+    protected = "".join(p.replace(" ", "\0") if p.startswith("$") else p for p in parts)
+    chars = int(fig.get_figwidth() * 72 / (0.52 * MIN_PT))  # a conservative count of 7 pt characters per line
+    wrapped = textwrap.fill(protected, chars).replace("\0", " ")
     with style():
-        fig.text(0.0, 0.0, text, ha="left", va="top", fontsize=MIN_PT, wrap=True, gid="caption",
-                 transform=fig.transFigure)
+        fig.text(0.0, 0.0, wrapped, ha="left", va="top", fontsize=MIN_PT, gid="caption", transform=fig.transFigure)
 
 
 def grid_label(v: float) -> str:

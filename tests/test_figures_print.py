@@ -85,6 +85,14 @@ def test_print_size_fonts_and_math(name, synth, tmp_path):  # noqa: F811
     full = [x for x in sizes if x >= F.MIN_PT - 1e-6]
     for x in sizes:  # a size under 7 pt is a mathtext script of a text ≥ 7 pt
         assert x >= F.MIN_PT - 1e-6 or any(abs(x - 0.7 * y) < 0.05 for y in full), f"{name}: {x} pt"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(r)
+    for cap in [t for t in fig.texts if t.get_gid() == "caption"]:  # under everything else, overlapping nothing
+        top = cap.get_window_extent(r).y1
+        assert all(top < lg.get_window_extent(r).y0 for lg in fig.legends), name
+        assert all(top < ax.get_tightbbox(r).y0 for ax in fig.axes if ax.get_visible()), name
     texts = [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
     for t in texts:
         plain = re.sub(r"\$[^$]*\$", "", t)

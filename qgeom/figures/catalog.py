@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 
 from qgeom.figures import accuracy as A
 from qgeom.figures import alignment as AL
-from qgeom.figures import checkpoint_tables as CT
 from qgeom.figures import comparison as C
 from qgeom.figures import diagnostics as D
 from qgeom.figures import sweeps as S
@@ -75,12 +74,20 @@ def _t(ctx: Context, name: str):
     return ctx.tables.get(name)
 
 
+def _table_fn(name: str) -> Callable:
+    """A checkpoint-table function looked up when called (``qgeom.figures.NAME``), so that one
+    replaced there — smaller grids in a test — is the one used."""
+    import qgeom.figures
+
+    return getattr(qgeom.figures, name)
+
+
 def _quadratic(ctx: Context) -> pd.DataFrame:
-    return ctx.cached(f"proposition1{ctx.suffix()}_quadratic", CT.quadratic_model_table)
+    return ctx.cached(f"proposition1{ctx.suffix()}_quadratic", _table_fn("quadratic_model_table"))
 
 
-def _cached(name: str, fn: Callable) -> Callable[[Context], pd.DataFrame]:
-    return lambda ctx: ctx.cached(name + ctx.suffix(), fn)
+def _cached(name: str, fn: str) -> Callable[[Context], pd.DataFrame]:
+    return lambda ctx: ctx.cached(name + ctx.suffix(), _table_fn(fn))
 
 
 _ACC, _PAIRS, _REC = "accuracy", "pairs", "receivers"
@@ -121,11 +128,11 @@ SPECS: list[Spec] = [
          ("geometry",), lambda c: D.proposition1_table(_t(c, "geometry"), _quadratic(c), c.bits, c.scope),
          lambda c, t: D.proposition1(_t(c, "geometry"), _quadratic(c), c.bits, c.scope), checkpoint=True),
     Spec("spectrum", "Hessian SLQ density at a receiver; ρ energy on top eigenvectors", (),
-         _cached("spectrum", CT.spectrum_table), lambda c, t: D.spectrum(t), checkpoint=True),
+         _cached("spectrum", "spectrum_table"), lambda c, t: D.spectrum(t), checkpoint=True),
     Spec("landscape", "post-PTQ Top-1 on the plane θ_R + aρ_D + bρ_R", (),
-         _cached("landscape", CT.landscape_table), lambda c, t: D.landscape(t), checkpoint=True),
+         _cached("landscape", "landscape_table"), lambda c, t: D.landscape(t), checkpoint=True),
     Spec("invariance", "Euclidean vs metric cosine and PTQ under growing random symmetries", (),
-         _cached("invariance", CT.invariance_table), lambda c, t: D.invariance(t), checkpoint=True),
+         _cached("invariance", "invariance_table"), lambda c, t: D.invariance(t), checkpoint=True),
 ]
 BY_NAME = {s.name: s for s in SPECS}
 

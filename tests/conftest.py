@@ -23,3 +23,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     run_experiment("tiny", run_dir, [], progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run_wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` preset at width 48 instead of 32, without the geometry stage: the second run
+    of the figures across runs (model scales)."""
+    from qgeom.commands.transfer_cli import run_experiment
+
+    run_dir = tmp_path_factory.mktemp("tiny_run_wide") / "wide"
+    run_experiment("tiny", run_dir, ['model_overrides={"embed_dim": 48, "depth": 2, "num_heads": 2}'], geometry=False,
+                   progress=False)
+    return run_dir

@@ -131,7 +131,7 @@ def test_delta_heatmaps_robust_range_and_diagonal(synth):
     assert len(axes) == 2
     for ax in axes:
         assert heat_cells(ax) == N * N
-        assert ax.get_xlabel() == "receiver R" and ax.get_ylabel() in ("donor D", "")
+        assert ax.get_xlabel() == "receiver $R$" and ax.get_ylabel() in ("donor $D$", "")
         frames = [p for p in ax.patches if not p.get_fill()]
         assert sorted((int(p.get_x()), int(p.get_y())) for p in frames) == [(i, i) for i in range(N)]
     mesh = axes[0].collections[0]
@@ -152,17 +152,25 @@ def test_robust_range():
 
 
 def test_radar(synth):
-    fig = F.radar(synth["receivers"])
+    fig = F.radar(synth["receivers"], pairs=synth["pairs"])
     (ax,) = fig.axes
     assert ax.name == "polar"
     lines = [ln for ln in ax.lines if not ln.get_label().startswith("_")]
-    assert [ln.get_label() for ln in lines] == ["FT + PTQ", "best donor patch + PTQ", "QAT + PTQ"]
+    assert [ln.get_label() for ln in lines] == ["FT + PTQ", "best donor, λ = 1, + PTQ", "best donor, λ on val, + PTQ",
+                                                "QAT + PTQ"]  # both webs: λ = 1 and tuned λ
     assert all(len(ln.get_xdata()) == N + 1 for ln in lines)  # closed polygons
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert all(lab.startswith(t) and "ρ from" in lab for lab, t in zip(labels, TASKS))
-    tab = F.radar_table(synth["receivers"])
-    qat = tab[tab.setting == "QAT+PTQ"].set_index("task").top1
-    assert list(lines[2].get_ydata()[:N]) == pytest.approx(list(qat[list(TASKS)]))
+    tab = F.radar_table(synth["receivers"], pairs=synth["pairs"])
+    mean = tab[tab.seed == "mean"]
+    qat = mean[mean.setting == "QAT+PTQ"].set_index("task").top1
+    assert list(lines[3].get_ydata()[:N]) == pytest.approx(list(qat[list(TASKS)]))
+    p = synth["pairs"].query("scope == 'backbone'").set_index(["seed", "receiver", "donor"]).patch_ptq
+    rec = synth["receivers"].query("scope == 'backbone' and receiver == 'beta'")
+    unit = np.mean([p[(s, "beta", d)] for s, d in zip(rec.seed, rec.best_donor)])
+    assert mean[(mean.setting == "patch+PTQ, λ = 1")].set_index("task").top1["beta"] == pytest.approx(unit)
+    seeds = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(seeds) == 4 and all(len(c.get_offsets()) == 2 * N for c in seeds)  # each seed's point, two seeds
 
 
 def test_improvement_bars(synth):
@@ -174,21 +182,24 @@ def test_improvement_bars(synth):
     fig = F.improvement_bars(rec)
     (ax,) = fig.axes
     assert len(ax.patches) == 2 * N
-    ceiling = [c for c in ax.collections if isinstance(c, LineCollection)]
-    assert len(ceiling) == 1 and len(ceiling[0].get_segments()) == N
+    ceiling = [c for c in ax.collections if isinstance(c, LineCollection) and len(c.get_segments()) == N
+               and all(len(s) == 2 and s[0][1] == s[1][1] for s in c.get_segments())]
+    assert len(ceiling) >= 1
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert all(b.errorbar is not None for b in bars)  # two seeds: ± s.d. of the seeds' ratios
     assert ax.get_ylabel() == "(patch+PTQ − FT+PTQ) / QAT+PTQ"
 
 
 def test_lambda_curves(synth):
     acc, pairs = synth["accuracy"], synth["pairs"]
     tab = F.lambda_table(acc, pairs)
-    assert sorted(tab.lam.unique()) == [0.0, *LAMS]
+    assert sorted(tab.lam.unique()) == [0.0, *LAMS] and set(tab.split) == {"test"}
     fig = F.lambda_curves(acc, pairs)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == N
     for ax, r in zip(axes, TASKS):
         assert ax.get_title() == f"receiver {r}"
-        assert ax.get_xlabel().startswith("λ") and "Top-1" in ax.get_ylabel()
+        assert ax.get_xlabel().startswith("$\\lambda$") and "Top-1" in axes[0].get_ylabel()
         curves = [ln for ln in ax.lines if ln.get_label().startswith("ρ from")]
         assert len(curves) == N
         assert sum(ln.get_linestyle() == "--" for ln in curves) == 1  # own ρ_R dashed
@@ -196,7 +207,8 @@ def test_lambda_curves(synth):
                          & (acc.receiver == r)].value.mean()
         assert all(ln.get_xdata()[0] == 0 and ln.get_ydata()[0] == pytest.approx(base) for ln in curves)
         stars = [ln for ln in ax.lines if ln.get_marker() == "v"]
-        assert len(stars) == N  # λ* of every donor
+        outside = [t for t in ax.texts if t.get_gid() == "lam_star_outside"]
+        assert len(stars) + len(outside) == N  # λ* of every donor
         qat = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
         assert len(qat) == 1
 
@@ -219,7 +231,7 @@ def test_alignment_scatter_reports_spearman_and_qap(synth):
         assert pts == N * (N - 1)  # off-diagonal pairs only
     row = corr[(corr.scope == "backbone") & (corr.alignment == "ggn_ste") & (corr.target == "gain_unit")
                & (corr.method == "spearman")].iloc[0]
-    text = axes[4].texts[0].get_text()  # row ggn_ste, column gain_unit
+    text = axes[4].get_title()  # row ggn_ste, column gain_unit: the statistics head the panel
     assert f"Spearman ρ = {row.r:+.2f}" in text and f"QAP p = {row.p_value:.3f}" in text
     assert axes[4].get_xlabel() == F.ALIGNMENT_LABELS["ggn_ste"] and "points" in axes[4].get_ylabel()
     # without correlations.csv the same numbers come from qgeom.stats
@@ -250,8 +262,8 @@ def test_proposition1(synth):
     fig = F.proposition1(geo, synthetic_quadratic())
     a, b, c = fig.axes
     assert sum(len(col.get_offsets()) for col in a.collections) == 2 * N * 3 * N  # every eigenvalue of every seed
-    assert "eigenvalue of K" in a.get_ylabel() and "∇L" in b.get_ylabel()
-    assert len(c.lines) == 2 * N  # measured and quadratic per donor
+    assert "eigenvalue of $K$" in a.get_ylabel() and "\\nabla L" in b.get_ylabel()
+    assert len([ln for ln in c.lines if ln.get_gid() != "expansion_point"]) == 2 * N  # measured, quadratic per donor
     assert c.get_ylabel().endswith("(nats)")
 
 
@@ -276,7 +288,8 @@ def test_spectrum():
     assert len(a.lines) == 1 + 4  # density + a tick per top eigenvalue
     assert len(b.lines) == 3 and len(c.lines) == 3
     assert list(c.lines[0].get_ydata()) == pytest.approx([0.1, 0.2, 0.3, 0.4])  # cumulative
-    assert [t.get_text() for t in c.get_legend().get_texts()] == ["ρ_R (alpha)", "ρ_D (beta)", "ρ_D (gamma)"]
+    assert [t.get_text() for t in b.get_legend().get_texts()] == [
+        "$\\rho_{R}$ (alpha)", "$\\rho_{D}$ (beta)", "$\\rho_{D}$ (gamma)"]
 
 
 def test_landscape():
@@ -287,7 +300,7 @@ def test_landscape():
     ax = fig.axes[0]
     markers = [ln for ln in ax.lines if ln.get_marker() in ("o", "*", "s")]
     assert [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in markers] == [(0, 0), (1, 0), (0, 1)]
-    assert "ρ_D" in ax.get_xlabel() and "beta" in ax.get_xlabel() and "ρ_R" in ax.get_ylabel()
+    assert "\\rho_D" in ax.get_xlabel() and "beta" in ax.get_xlabel() and "\\rho_R" in ax.get_ylabel()
     assert "Top-1" in fig.axes[1].get_ylabel()  # colorbar
     assert ax.get_xlim() == (-0.5, 1.5) and ax.get_ylim() == (0.0, 2.0)
 
@@ -303,14 +316,14 @@ def test_invariance():
     fig = F.invariance(pd.DataFrame(rows))
     a, b = fig.axes
     curves = [ln for ln in a.lines if len(ln.get_xdata()) == 3]
-    assert len(curves) == 4 and len(b.lines) == 4  # 2 kinds × (metric, Euclidean) / (receiver, patched)
+    assert len(curves) == 4 and len([ln for ln in b.lines if len(ln.get_xdata()) == 3]) == 4  # 2 kinds × 2
     metric = [ln for ln in curves if ln.get_linestyle() == "-"]
     eucl = [ln for ln in curves if ln.get_linestyle() == "--"]
     assert all(np.allclose(ln.get_ydata(), 0) for ln in metric)  # change from s = 0
     assert all(np.allclose(ln.get_ydata(), [0, 0.1, 0.2]) for ln in eucl)
     assert "cos" in a.get_ylabel() and "Top-1" in b.get_ylabel() and "strength" in a.get_xlabel()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[0] == "qk_diagonal (cos at s = 0: GGN 0.80, Eucl. 0.20)"
+    assert legend[0] == "qk diagonal (cos at s = 0: GGN 0.80, Eucl. 0.20)"
 
 
 def test_save_figure_writes_pdf_png_csv(tmp_path, synth):
@@ -438,9 +451,10 @@ def test_figures_command(tiny_run, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     names = [f["name"] for f in manifest["figures"]]
-    assert names == ["baselines_2bit", "delta_heatmaps_2bit", "lambda_curves_2bit", "alignment_heatmaps_2bit",
-                     "alignment_scatter_2bit", "radar_2bit", "improvement_2bit", "proposition1_2bit", "spectrum_2bit",
-                     "landscape_2bit", "invariance_2bit"]
+    assert names == ["baselines_2bit", "delta_heatmaps_2bit", "lambda_curves_2bit", "lambda_sensitivity_2bit",
+                     "lambda_calibration_2bit", "proportions_2bit", "alignment_heatmaps_2bit", "alignment_scatter_2bit",
+                     "radar_2bit", "improvement_2bit", "proposition1_2bit", "spectrum_2bit", "landscape_2bit",
+                     "invariance_2bit"]
     for n in names:
         for ext in ("pdf", "png", "csv"):
             assert (out / f"{n}.{ext}").stat().st_size > 0

@@ -13,6 +13,7 @@ OMP_NUM_THREADS=1, inherited by the kernel; the working directory is notebooks/,
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -23,13 +24,25 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-EXPECTED = {
-    "01_baselines_and_heatmaps.ipynb": ["baselines", "delta_heatmaps", "radar", "improvement"],
-    "02_lambda_and_alignment.ipynb": ["lambda_curves", "alignment_heatmaps", "alignment_scatter"],
-    "03_proposition1_and_spectrum.ipynb": ["proposition1", "spectrum"],
-    "04_landscape.ipynb": ["landscape"],
-    "05_invariance.ipynb": ["invariance"],
+EXPECTED = {  # the file names `qgeom figures` writes (bit width in the name)
+    "01_baselines_and_heatmaps.ipynb": ["baselines_2bit", "delta_heatmaps_2bit", "radar_2bit", "improvement_2bit",
+                                        "proportions_2bit"],
+    "02_lambda_and_alignment.ipynb": ["lambda_curves_2bit", "alignment_heatmaps_2bit", "alignment_scatter_2bit",
+                                      "lambda_sensitivity_2bit", "lambda_calibration_2bit"],
+    "03_proposition1_and_spectrum.ipynb": ["proposition1_2bit", "spectrum_2bit"],
+    "04_landscape.ipynb": ["landscape_2bit"],
+    "05_invariance.ipynb": ["invariance_2bit"],
 }
+
+
+@pytest.fixture(scope="module")
+def cli_figures(tiny_run, tmp_path_factory):  # noqa: F811
+    """``qgeom figures RUN --cheap`` on the tiny run: what the notebooks must reproduce byte for byte."""
+    from qgeom.commands.figures_cli import render_all
+
+    out = tmp_path_factory.mktemp("cli_figures")
+    render_all(tiny_run, out, cheap=True)
+    return out
 
 
 class ThisPythonKernelSpecs(KernelSpecManager):
@@ -55,7 +68,7 @@ def test_committed_notebook_has_no_outputs(name):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs(name, tiny_run, tmp_path, monkeypatch):  # noqa: F811
+def test_notebook_runs(name, tiny_run, cli_figures, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "figures"
     monkeypatch.setenv("QGEOM_RUN_DIR", str(tiny_run))
     monkeypatch.setenv("QGEOM_FIGURES_DIR", str(out))
@@ -71,5 +84,10 @@ def test_notebook_runs(name, tiny_run, tmp_path, monkeypatch):  # noqa: F811
     for fig in EXPECTED[name]:
         for ext in ("pdf", "png", "csv"):
             assert (out / f"{fig}.{ext}").stat().st_size > 0, f"{name} did not write {fig}.{ext}"
+    for fig in EXPECTED[name]:  # the same CSV as `qgeom figures` (table figures; the others share its cache)
+        if (cli_figures / f"{fig}.csv").exists():
+            assert (out / f"{fig}.csv").read_bytes() == (cli_figures / f"{fig}.csv").read_bytes(), fig
+    cached = sorted(p.name for p in out.glob("*.params.json"))
+    assert all(re.fullmatch(r"[a-z0-9]+_2bit(_quadratic)?\.params\.json", c) for c in cached)  # the CLI's cache names
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(EXPECTED[name])  # each figure is shown inline too

@@ -246,7 +246,7 @@ def test_an_unreadable_image_stops_naming_the_file(tmp_path):
 def real_run(tmp_path_factory, mnist_root, folders, timm_checkpoint) -> Path:
     """``qgeom run`` end to end: timm θ_0 (torch file), MNIST through torchvision, two ImageFolders."""
     run_dir = tmp_path_factory.mktemp("real") / "run"
-    res = cli("run", "tiny", "--run-dir", run_dir, f"preset={ARCH}", "model_overrides={}", f"theta0={timm_checkpoint['pth']}",
+    res = cli("run", "tiny", "--run-dir", run_dir, f"preset={ARCH}", "model_overrides={}", "controls=", f"theta0={timm_checkpoint['pth']}",
               f"tasks=MNIST,imagefolder:colours={folders['colours']},imagefolder:bars={folders['bars']}",
               f"data_root={mnist_root}", "n_train=64", "n_val=16", "n_test=16", "scopes=backbone",
               "probe_size=16", "probe_batch=16", "eval_batch=64", "val_every=4")

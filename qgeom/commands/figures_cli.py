@@ -1,4 +1,6 @@
-"""``qgeom figures RUN_DIR [--out-dir DIR]`` (default ``RUN_DIR/figures``): every figure of a finished run, regenerated.
+"""``qgeom figures RUN_DIR [RUN_DIR ...] [--out-dir DIR]`` (default: the first run's ``figures/``):
+every figure of finished runs, regenerated; with several runs (or a run with several bit widths)
+also the figures across them.
 
 Each figure is written as ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table it was
 drawn from) by :func:`qgeom.figures.save_figure`; ``manifest.json`` lists them with the run they
@@ -39,89 +41,79 @@ class Made:
 
 def render_all(run_dir: str | Path, out: str | Path = "paper_figures", *, bits: list[int] | None = None,
                scope: str | None = None, recompute: bool = False, cheap: bool = False,
-               log: Callable[[str], None] = lambda msg: None) -> list[Made]:
-    """Draw and save every figure of ``run_dir`` into ``out``; returns what was made.
+               log: Callable[[str], None] = lambda msg: None, overrides: dict | None = None) -> list[Made]:
+    """Draw and save every figure of ``run_dir`` into ``out`` (:data:`qgeom.figures.SPECS`, the
+    list the notebooks draw from too); returns what was made.
 
     Table figures are drawn for every bit width of the run (or ``bits``); the checkpoint figures
     for the lowest one. ``scope`` defaults to ``backbone`` (the paper's); a non-default scope is
-    added to the file names.
+    added to the file names. ``overrides``: smaller parameters per checkpoint-table function.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    from qgeom import figures as F
+    from qgeom.figures import catalog
 
     run_dir, out = Path(run_dir), Path(out)
-    T = F.load_run(run_dir)
-    acc = T["accuracy"]
-    all_bits = sorted(int(b) for b in acc.bits.unique())
+    T = catalog.load_run(run_dir)
+    all_bits = sorted(int(b) for b in T["accuracy"].bits.unique())
     bits = sorted(int(b) for b in bits) if bits else all_bits
-    scope = F.choose_scope(acc[acc.method == "patch"], scope)
-    tag = "" if scope == "backbone" else f"_{scope}"
     made: list[Made] = []
 
-    def save(name: str, draw: Callable, table_fn: Callable, about: str) -> None:
+    def save(spec, ctx) -> None:
         t0 = time.perf_counter()
-        table = table_fn()
-        fig = draw(table)
-        F.save_figure(fig, table, out, name)
-        made.append(Made(name, round(time.perf_counter() - t0, 2), about))
+        _, _, name = catalog.draw_spec(spec, ctx)
+        made.append(Made(name, round(time.perf_counter() - t0, 2), spec.about))
         log(f"{name}: {made[-1].seconds:.1f} s")
 
     for b in bits:
-        sfx = f"_{b}bit{tag}"
-        save(f"baselines_{b}bit", lambda t, b=b: F.baseline_bars(acc, b), lambda b=b: F.baseline_table(acc, b),
-             "Top-1 per task: FT, FT+PTQ, QAT, QAT+PTQ")
-        if "pairs" in T:
-            P = T["pairs"]
-            save(f"delta_heatmaps{sfx}", lambda t, b=b: F.delta_heatmaps(P, b, scope),
-                 lambda b=b: F.delta_table(P, b, scope), "donor × receiver Δ post-PTQ Top-1 at λ = 1 and λ_val")
-            save(f"lambda_curves{sfx}", lambda t, b=b: F.lambda_curves(acc, P, b, scope),
-                 lambda b=b: F.lambda_table(acc, P, b, scope), "post-PTQ Top-1 vs λ per receiver, λ* marked")
-            if any(c.startswith("cos_") for c in P.columns):
-                C = T.get("correlations")
-                save(f"alignment_heatmaps{sfx}", lambda t, b=b: F.alignment_heatmaps(P, b, scope),
-                     lambda b=b: F.alignment_table(P, b, scope), "cosines of ρ_D and ρ_R per metric")
-                save(f"alignment_scatter{sfx}", lambda t, b=b: F.alignment_scatter(P, C, b, scope),
-                     lambda b=b: F.alignment_scatter_table(P, C, b, scope),
-                     "alignment vs gain and loss recovery, Spearman and QAP p")
-        if "receivers" in T:
-            R = T["receivers"]
-            save(f"radar{sfx}", lambda t, b=b: F.radar(R, b, scope), lambda b=b: F.radar_table(R, b, scope),
-                 "FT+PTQ, best-donor patch + PTQ, QAT+PTQ per task")
-            save(f"improvement{sfx}", lambda t, b=b: F.improvement_bars(R, b, scope),
-                 lambda b=b: F.improvement_table(R, b, scope), "(patch+PTQ − FT+PTQ) / QAT+PTQ per task")
-
-    if cheap:
-        return _manifest(made, run_dir, out)
-    b = bits[0]
-    sfx = f"_{b}bit{tag}"
-
-    def cached(name: str, fn: Callable) -> Callable:
-        return lambda: F.cached_table(out, name, run_dir, fn, bits=b, scope=scope)
-
-    if recompute:  # drop the cache's parameter records: cached_table then recomputes and rewrites them
-        for name in ("proposition1", "spectrum", "landscape", "invariance"):
-            (out / f"{name}{sfx}.params.json").unlink(missing_ok=True)
-        (out / f"proposition1{sfx}_quadratic.params.json").unlink(missing_ok=True)
-    if "geometry" in T:
-        G = T["geometry"]
-        quad = cached(f"proposition1{sfx}_quadratic", F.quadratic_model_table)
-        save(f"proposition1{sfx}", lambda t: F.proposition1(G, quad(), b, scope),
-             lambda: F.proposition1_table(G, quad(), b, scope), "Proposition 1: K spectrum, stationarity, "
-             "measured vs quadratic loss along λ")
-    save(f"spectrum{sfx}", F.spectrum, cached(f"spectrum{sfx}", F.spectrum_table),
-         "Hessian SLQ density at a receiver; ρ energy on top eigenvectors")
-    save(f"landscape{sfx}", F.landscape, cached(f"landscape{sfx}", F.landscape_table),
-         "post-PTQ Top-1 on the plane θ_R + aρ_D + bρ_R")
-    save(f"invariance{sfx}", F.invariance, cached(f"invariance{sfx}", F.invariance_table),
-         "Euclidean vs metric cosine and PTQ under growing random symmetries")
-    return _manifest(made, run_dir, out)
+        ctx = catalog.context(run_dir, out, bits=b, scope=scope, tables=T, recompute=recompute, overrides=overrides)
+        for spec in catalog.available(ctx, checkpoint=False):
+            save(spec, ctx)
+    if not cheap:
+        ctx = catalog.context(run_dir, out, bits=bits[0], scope=scope, tables=T, recompute=recompute,
+                              overrides=overrides)
+        for spec in [s for s in catalog.available(ctx) if s.checkpoint]:
+            save(spec, ctx)
+    if len(bits) > 1:  # the bit widths of one run, compared
+        made += render_comparisons([run_dir], out, bits=bits, log=log)
+    return _manifest(made, [run_dir], out)
 
 
-def _manifest(made: list[Made], run_dir: Path, out: Path) -> list[Made]:
+def render_comparisons(run_dirs: list[Path], out: Path, *, bits: list[int] | None = None,
+                       log: Callable[[str], None] = lambda msg: None) -> list[Made]:
+    """The figures across settings (:data:`qgeom.figures.COMPARISONS`): every run at every bit
+    width (or ``bits``), labelled from the runs' configs."""
+    from qgeom import figures as F
+
+    runs = F.settings(run_dirs, bits)
+    made = []
+    for c in F.COMPARISONS:
+        t0 = time.perf_counter()
+        F.save_figure(c.draw(runs), c.table(runs), out, c.name)
+        made.append(Made(c.name, round(time.perf_counter() - t0, 2), c.about))
+        log(f"{c.name}: {made[-1].seconds:.1f} s")
+    return made
+
+
+def render_runs(run_dirs: list[Path], out: Path, **kw) -> list[Made]:
+    """One run: :func:`render_all` into ``out``. Several: each run's own figures into
+    ``out/RUN_NAME/``, and the figures across them (:func:`render_comparisons`) into ``out``."""
+    if len(run_dirs) == 1:
+        return render_all(run_dirs[0], out, **kw)
+    names = [Path(r).name for r in run_dirs]
+    subdirs = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+    made = []
+    for run, sub in zip(run_dirs, subdirs):
+        made += [Made(f"{sub}/{m.name}", m.seconds, m.about) for m in render_all(run, out / sub, **kw)]
+    made += render_comparisons(run_dirs, out, bits=kw.get("bits"), log=kw.get("log", lambda m: None))
+    return _manifest(made, run_dirs, out)
+
+
+def _manifest(made: list[Made], run_dirs: list[Path], out: Path) -> list[Made]:
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"run_dir": str(run_dir), "command": f"qgeom figures {run_dir} --out-dir {out}",
+    runs = " ".join(str(r) for r in run_dirs)
+    doc = {"run_dir": runs, "command": f"qgeom figures {runs} --out-dir {out}",
            "figures": [{"name": m.name, "files": [f"{m.name}.{e}" for e in ("pdf", "png", "csv")],
                         "about": m.about, "seconds": m.seconds} for m in made],
            "seconds": round(sum(m.seconds for m in made), 1)}
@@ -133,31 +125,36 @@ def register(app: typer.Typer) -> None:
     @app.command("figures")
     @clean_errors
     def figures_cmd(
-        run_dir: Path = typer.Argument(..., help="a finished run directory (qgeom run / qgeom demo)"),
-        out: Optional[Path] = O.out_dir("output directory: PDF, PNG and CSV per figure (default: RUN_DIR/figures)"),
+        run_dirs: list[Path] = typer.Argument(..., help="finished run directories (qgeom run / qgeom demo); "
+                                              "several: each run's figures in OUT/RUN_NAME and the figures across "
+                                              "them in OUT"),
+        out: Optional[Path] = O.out_dir("output directory: PDF, PNG and CSV per figure (default: the first "
+                                        "RUN_DIR/figures)"),
         bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (default: all of the run's)"),
         scope: Optional[str] = O.scope("patch scope (default: backbone, the paper's)"),
         recompute: bool = typer.Option(False, help="recompute the cached checkpoint tables"),
         cheap: bool = typer.Option(False, help="only the figures drawn from the run's tables (no curvature)"),
         device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
-        """Regenerate every figure of a finished run: PDF + PNG + the CSV each was drawn from."""
+        """Regenerate every figure of finished runs (and, for several, the figures across them): PDF + PNG
+        + the CSV each was drawn from."""
         from rich.table import Table
 
         from qgeom.commands.output import Output
 
-        if not (run_dir / "accuracy.csv").exists():
-            raise typer.BadParameter(f"{run_dir} has no accuracy.csv: run `qgeom run` first")
-        out = out if out is not None else run_dir / "figures"
+        for run_dir in run_dirs:
+            if not (run_dir / "accuracy.csv").exists():
+                raise typer.BadParameter(f"{run_dir} has no accuracy.csv: run `qgeom run` first")
+        out = out if out is not None else run_dirs[0] / "figures"
         check_writable(out, directory=True)
         bit_list = list(bits) if bits else None
         log = Output(format, quiet)
         if not cheap:
             O.apply_runtime(device, threads)
         t0 = time.perf_counter()
-        made = render_all(run_dir, out, bits=bit_list, scope=scope,
-                          recompute=recompute, cheap=cheap, log=log.info)
-        table = Table(title=f"figures of {run_dir} → {out}")
+        made = render_runs(run_dirs, out, bits=bit_list, scope=scope,
+                           recompute=recompute, cheap=cheap, log=log.info)
+        table = Table(title=f"figures of {', '.join(map(str, run_dirs))} → {out}")
         for col in ("figure", "seconds", "shows"):
             table.add_column(col, justify="right" if col == "seconds" else "left")
         for m in made:

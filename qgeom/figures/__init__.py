@@ -25,12 +25,21 @@ module                     what it holds
 theme                      the look: palette, setting/task colours, bare figure, heatmap
 files                      load_run, read_table, save_figure, cached_table
 selection                  choose_bits, choose_scope (one bit width, one scope per figure)
-accuracy                   baselines, Δ heatmaps, radar, normalized improvement, λ curves
+accuracy                   baselines, Δ heatmaps, radar (λ = 1 and tuned webs), normalized improvement
+sweeps                     λ curves, λ sensitivity pooled over pairs, λ calibration (λ_val vs λ*)
+comparison                 across settings (runs × bit widths): baselines, improvement, Δ heatmaps,
+                           stacked proportions; settings labelled from each run's config
+catalog                    every figure by name and file name: what ``qgeom figures`` and the
+                           notebooks both draw (``draw("baselines", RUN, OUT)``)
 alignment                  alignment heatmaps and scatter (cosine vs transfer)
 artifacts                  RunArtifacts: read-only checkpoints and task data of a run
 checkpoint_tables          the four tables above, computed on checkpoints
 diagnostics                Proposition 1, spectrum, landscape and invariance figures
 =========================  ==============================================================
+
+Print: every figure is 3.25 in (one column) or 6.75 in (page) wide, text ≥ 7 pt, symbols in
+mathtext (:mod:`~qgeom.figures.theme`); notes a reader needs (reference points, what was left
+out) are in a caption under the figure.
 
 Conventions: Top-1 in percent, gains in percentage points, losses in nats (mean cross-entropy);
 tasks in sorted order everywhere; seeds averaged (bars show ± 1 s.d. when there are several);
@@ -42,21 +51,33 @@ accuracies.
 
 from qgeom.figures.accuracy import (
     BASELINE_SETTINGS, baseline_bars, baseline_table, delta_heatmaps, delta_table, improvement_bars,
-    improvement_table, lambda_curves, lambda_table, radar, radar_table,
+    improvement_table, radar, radar_table,
 )
 from qgeom.figures.alignment import (
     ALIGNMENT_LABELS, TARGET_LABELS, TARGET_SHORT, alignment_heatmaps, alignment_scatter, alignment_scatter_table,
     alignment_table,
 )
 from qgeom.figures.artifacts import RunArtifacts
+from qgeom.figures.catalog import COMPARISONS, SPECS, draw
 from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
 from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, spectrum
+from qgeom.figures.comparison import (
+    proportion_bars, proportion_table, run_labels, runs_baseline_table, runs_baselines, runs_delta_heatmaps,
+    runs_delta_table, runs_improvement, runs_improvement_table, settings,
+)
 from qgeom.figures.files import RUN_TABLES, cached_table, load_run, read_table, save_figure
 from qgeom.figures.selection import choose_bits, choose_scope
-from qgeom.figures.theme import CB, SETTING_COLORS, robust_range, style, task_colors
+from qgeom.figures.sweeps import (
+    lambda_calibration, lambda_calibration_table, lambda_curves, lambda_sensitivity, lambda_sensitivity_table,
+    lambda_split, lambda_table,
+)
+from qgeom.figures.theme import CB, DOUBLE, MIN_PT, SETTING_COLORS, SINGLE, robust_range, style, task_colors
 
 __all__ = [
-    "ALIGNMENT_LABELS", "BASELINE_SETTINGS", "CB", "RUN_TABLES", "SETTING_COLORS", "TARGET_LABELS", "TARGET_SHORT",
+    "ALIGNMENT_LABELS", "BASELINE_SETTINGS", "CB", "COMPARISONS", "DOUBLE", "MIN_PT", "SINGLE", "SPECS", "draw",
+    "lambda_calibration", "lambda_calibration_table", "lambda_sensitivity", "lambda_sensitivity_table",
+    "lambda_split", "proportion_bars", "proportion_table", "run_labels", "runs_baseline_table", "runs_baselines",
+    "runs_delta_heatmaps", "runs_delta_table", "runs_improvement", "runs_improvement_table", "settings", "RUN_TABLES", "SETTING_COLORS", "TARGET_LABELS", "TARGET_SHORT",
     "RunArtifacts", "alignment_heatmaps", "alignment_scatter", "alignment_scatter_table", "alignment_table",
     "baseline_bars", "baseline_table", "cached_table", "choose_bits", "choose_scope", "delta_heatmaps",
     "delta_table", "improvement_bars", "improvement_table", "invariance", "invariance_table", "lambda_curves",

@@ -1,23 +1,25 @@
 """Figures of accuracy from the run's tables: baseline bars (FT, FT+PTQ, QAT, QAT+PTQ), donor ×
-receiver Δ heatmaps, the radar over tasks, normalized-improvement bars and the λ curves.
+receiver Δ heatmaps, the radar over tasks (λ = 1 and tuned-λ webs) and normalized-improvement
+bars. The λ figures are in :mod:`qgeom.figures.sweeps`.
 
 Top-1 in percent, gains in percentage points; tasks in sorted order; seeds averaged (bars show
-± 1 s.d. when there are several).
+± 1 s.d. over seeds, the radar each seed's point, when there are several).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from qgeom.figures.selection import _matrix, _select, choose_bits, choose_scope
-from qgeom.figures.theme import SETTING_COLORS, _figure, _heatmap, _lighter, robust_range, style, task_colors
+from qgeom.figures.selection import _matrix, _select, choose_bits
+from qgeom.figures.theme import (
+    DOUBLE, SETTING_COLORS, SINGLE, _figure, _heatmap, _lighter, caption, grid_label, robust_range, style,
+)
+
+ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
 
 BASELINE_SETTINGS = {("baseline", "fp_top1"): "FT", ("baseline", "ptq_top1"): "FT+PTQ",
                      ("qat", "fp_top1"): "QAT", ("qat", "ptq_top1"): "QAT+PTQ"}
@@ -38,7 +40,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
     """Grouped bars per task: FT, FT+PTQ, QAT, QAT+PTQ (test Top-1, %); hatched bars = float."""
     tab = baseline_table(acc, bits)
     tasks, settings = sorted(tab.task.unique()), list(BASELINE_SETTINGS.values())
-    fig = _figure(figsize=(max(5.0, 1.1 * len(tasks) + 1.5), 3.4))
+    fig = _figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
     with style():
         ax = fig.add_subplot()
         w = 0.8 / len(settings)
@@ -48,14 +50,17 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
             fp = not s.endswith("PTQ")
             c = SETTING_COLORS[s]
             ax.bar(x + (i - 1.5) * w, d.top1, w, label=s, color=_lighter(c) if fp else c, edgecolor=c,
-                   hatch="///" if fp else None, linewidth=0.8,
-                   yerr=d.sd if (d.n_seeds > 1).any() else None, capsize=2)
-        ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 5 else 0)
+                   hatch="///" if fp else None, linewidth=0.6,
+                   yerr=d.sd if (d.n_seeds > 1).any() else None, capsize=1.5, error_kw={"lw": 0.8})
+        ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 else 0)
         ax.set_xlabel("task")
         ax.set_ylabel("Top-1 on test (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 108)  # headroom: a bar at 99.8 does not touch the frame
+        ax.set_yticks([0, 25, 50, 75, 100])
         ax.set_title(f"Fine-tuned vs QAT, before and after {tab.bits.iloc[0]}-bit PTQ")
         fig.legend(*ax.get_legend_handles_labels(), ncols=4, loc="outside lower center")
+        if (tab.n_seeds > 1).any():
+            caption(fig, f"Bars: mean over {int(tab.n_seeds.max())} seeds, whiskers ± 1 s.d.")
     return fig
 
 
@@ -81,171 +86,142 @@ def delta_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | No
     names = sorted(set(tab.donor) | set(tab.receiver))
     lim = robust_range(tab[~tab.diagonal].delta)
     n = len(names)
-    fig = _figure(figsize=(2 * (0.62 * n + 1.3) + 0.8, 0.62 * n + 1.6))
+    fig = _figure(DOUBLE, 3.3)
     with style():
         axes = fig.subplots(1, 2)
         for ax, choice in zip(axes, ["λ = 1", "λ on val"]):
             d = tab[tab.lam_choice == choice]
-            lam = _matrix(d, "lam", names).map(lambda v: f"λ={v:.2g}") if choice != "λ = 1" else None
-            _heatmap(ax, _matrix(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", text=lam)
+            lam = _matrix(d, "lam", names).map(lambda v: f"λ={grid_label(v)}") if choice != "λ = 1" else None
+            _heatmap(ax, _matrix(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", text=lam,
+                     annotate=n <= ANNOTATE_MAX)
             ax.set_title(f"Δ post-PTQ Top-1, {choice}")
         axes[1].set_ylabel("")
         sm = ScalarMappable(Normalize(-lim, lim), "RdBu")
         fig.colorbar(sm, ax=list(axes), extend="both", shrink=0.8,
                      label=f"Δ Top-1 vs FT+PTQ (points, test, {tab.bits.iloc[0]} bits)")
-        fig.suptitle(f"Patching θ_R + λρ_D ({tab.scope.iloc[0]} scope); framed: own ρ_R")
+        fig.suptitle(rf"Patching $\theta_R + \lambda\rho_D$ ({tab.scope.iloc[0]} scope); framed: own $\rho_R$")
+        caption(fig, "Colour range: 95 % quantile of |Δ| off the diagonal (beyond it cells saturate). "
+                + ("Right: the λ chosen on validation in each cell, as on the grid."
+                   if n <= ANNOTATE_MAX else "Cell values in the CSV beside the figure."))
     return fig
 
 
-def radar_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
-    """Per task: FT+PTQ, best single donor (chosen on val, at its val λ) + PTQ, QAT+PTQ (test %)."""
+RADAR_SETTINGS = {"FT+PTQ": "FT + PTQ", "patch+PTQ, λ = 1": "best donor, λ = 1, + PTQ",
+                  "patch+PTQ": "best donor, λ on val, + PTQ", "QAT+PTQ": "QAT + PTQ"}
+
+
+def radar_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None,
+                pairs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per task and seed: FT+PTQ, the best single donor (chosen on val) + PTQ at λ = 1 (from
+    ``pairs``; omitted without it) and at its val λ, and QAT+PTQ (test %); ``seed`` = "mean" rows
+    hold the seed means the webs draw."""
     r, bits, scope = _select(receivers, bits, scope)
-    g = r.groupby("receiver").agg(base=("base_ptq", "mean"), patch=("best_donor_tuned_ptq", "mean"),
-                                  qat=("qat_ptq", "mean"), best_donor=("best_donor", lambda s: s.mode().iloc[0]))
+    r = r.copy()
+    cols = {"FT+PTQ": "base_ptq", "patch+PTQ": "best_donor_tuned_ptq", "QAT+PTQ": "qat_ptq"}
+    if pairs is not None and len(pairs):
+        p = pairs[(pairs.bits == bits) & (pairs.scope == scope)].set_index(["seed", "receiver", "donor"]).patch_ptq
+        r["unit_ptq"] = [p.get((s, rc, d), np.nan) for s, rc, d in zip(r.seed, r.receiver, r.best_donor)]
+        cols = {"FT+PTQ": "base_ptq", "patch+PTQ, λ = 1": "unit_ptq", "patch+PTQ": "best_donor_tuned_ptq",
+                "QAT+PTQ": "qat_ptq"}
+    donor = r.groupby("receiver").best_donor.agg(lambda s: s.mode().iloc[0])
     rows = []
-    for task, row in g.iterrows():
-        for setting, col in (("FT+PTQ", "base"), ("patch+PTQ", "patch"), ("QAT+PTQ", "qat")):
-            rows.append(dict(bits=bits, scope=scope, task=task, setting=setting, top1=row[col],
-                             best_donor=row.best_donor))
-    return pd.DataFrame(rows)
+    for (task, seed), row in r.set_index(["receiver", "seed"]).iterrows():
+        for setting, col in cols.items():
+            rows.append(dict(bits=bits, scope=scope, task=task, seed=str(seed), setting=setting, top1=row[col],
+                             best_donor=donor[task]))
+    long = pd.DataFrame(rows)
+    mean = long.groupby(["task", "setting"], as_index=False, sort=False).agg(
+        top1=("top1", "mean"), best_donor=("best_donor", "first")).assign(bits=bits, scope=scope, seed="mean")
+    return pd.concat([long, mean[long.columns]], ignore_index=True)
 
 
-def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> Figure:
-    """Radar over tasks: FT+PTQ, best-donor patch + PTQ, QAT+PTQ (test Top-1, %)."""
-    tab = radar_table(receivers, bits, scope)
-    tasks = sorted(tab.task.unique())
+def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None,
+          pairs: pd.DataFrame | None = None) -> Figure:
+    """Radar over tasks: FT+PTQ, best-donor patch + PTQ at λ = 1 (with ``pairs``) and at the val
+    λ, QAT+PTQ (test Top-1, %); each seed's value as a dot when there are several."""
+    tab = radar_table(receivers, bits, scope, pairs)
+    mean, per_seed = tab[tab.seed == "mean"], tab[tab.seed != "mean"]
+    tasks = sorted(mean.task.unique())
     ang = np.linspace(0, 2 * np.pi, len(tasks), endpoint=False)
-    fig = _figure(figsize=(5.2, 4.8))
+    fig = _figure(SINGLE, 3.7)
+    fig.set_layout_engine("none")  # polar tick labels escape the constrained layout: place the web by hand
+    styles = {"FT+PTQ": ("-", SETTING_COLORS["FT+PTQ"]), "patch+PTQ, λ = 1": (":", SETTING_COLORS["patch+PTQ"]),
+              "patch+PTQ": ("-", SETTING_COLORS["patch+PTQ"]), "QAT+PTQ": ("--", SETTING_COLORS["QAT+PTQ"])}
     with style():
-        ax = fig.add_subplot(projection="polar")
-        labels = {"FT+PTQ": "FT + PTQ", "patch+PTQ": "best donor patch + PTQ", "QAT+PTQ": "QAT + PTQ"}
-        for setting, ls in (("FT+PTQ", "-"), ("patch+PTQ", "-"), ("QAT+PTQ", "--")):
-            v = tab[tab.setting == setting].set_index("task").top1.reindex(tasks).to_numpy()
-            c = SETTING_COLORS[setting]
-            ax.plot(np.r_[ang, ang[:1]], np.r_[v, v[:1]], ls, color=c, lw=2, marker="o", ms=4, label=labels[setting])
-            ax.fill(np.r_[ang, ang[:1]], np.r_[v, v[:1]], color=c, alpha=0.08)
-        donor = tab.drop_duplicates("task").set_index("task").best_donor
+        ax = fig.add_axes((0.26, 0.3, 0.48, 0.54), projection="polar")
+        for setting in [s for s in RADAR_SETTINGS if s in set(mean.setting)]:
+            ls, c = styles[setting]
+            v = mean[mean.setting == setting].set_index("task").top1.reindex(tasks).to_numpy()
+            ax.plot(np.r_[ang, ang[:1]], np.r_[v, v[:1]], ls, color=c, lw=1.4, marker="o", ms=2.5,
+                    label=RADAR_SETTINGS[setting])
+            if setting != "patch+PTQ, λ = 1":
+                ax.fill(np.r_[ang, ang[:1]], np.r_[v, v[:1]], color=c, alpha=0.06)
+            if per_seed.seed.nunique() > 1:
+                d = per_seed[per_seed.setting == setting]
+                ax.scatter(ang[[tasks.index(t) for t in d.task]], d.top1, s=4, color=c, alpha=0.6, lw=0,
+                           label="_seed")
+        donor = mean.drop_duplicates("task").set_index("task").best_donor
         ax.set_xticks(ang, [f"{t}\n(ρ from {donor[t]})" for t in tasks])
+        for lab, a in zip(ax.get_xticklabels(), ang):  # labels lean away from the web, never across it
+            c, s = np.cos(a), np.sin(a)
+            lab.set_horizontalalignment("left" if c > 0.1 else "right" if c < -0.1 else "center")
+            lab.set_verticalalignment("bottom" if s > 0.1 else "top" if s < -0.1 else "center")
+        ax.tick_params(axis="x", pad=1)
         ax.set_ylim(0, 100)
-        ax.set_rlabel_position(90)
-        ax.set_yticks([25, 50, 75, 100], ["25", "50", "75", "100 %"], fontsize=7)
-        ax.set_title(f"Post-PTQ Top-1 on test ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope)")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3, fontsize=8)
+        ax.set_rlabel_position(360 / len(tasks) / 2)  # between two spokes
+        ax.set_yticks([25, 50, 75, 100], ["25", "50", "75", "100 %"])
+        fig.suptitle(f"Post-PTQ Top-1 on test ({mean.bits.iloc[0]} bits, {mean.scope.iloc[0]} scope)", y=0.99)
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=1)
+        if per_seed.seed.nunique() > 1:
+            caption(fig, f"Webs: mean over {per_seed.seed.nunique()} seeds; dots: each seed.")
     return fig
 
 
 def improvement_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
     """(patch+PTQ − FT+PTQ) / QAT+PTQ per task for the best single donor and the mean of the
-    other donors (both at their validation λ), and the QAT ceiling (QAT+PTQ − FT+PTQ) / QAT+PTQ."""
+    other donors (both at their validation λ), and the QAT ceiling (QAT+PTQ − FT+PTQ) / QAT+PTQ:
+    ``improvement`` from the seed means, ``sd`` over the seeds' own ratios (NaN with one seed)."""
     r, bits, scope = _select(receivers, bits, scope)
-    g = r.groupby("receiver")[["base_ptq", "qat_ptq", "best_donor_tuned_ptq", "multi_tuned_ptq"]].mean()
+    cols = ["base_ptq", "qat_ptq", "best_donor_tuned_ptq", "multi_tuned_ptq"]
+    g = r.groupby("receiver")[cols].mean()
     rows = []
     for task, row in g.iterrows():
+        seeds = r[r.receiver == task]
         for patch, col in (("best donor", "best_donor_tuned_ptq"), ("mean of other donors", "multi_tuned_ptq"),
                            ("QAT ceiling", "qat_ptq")):
+            per_seed = ((seeds[col] - seeds.base_ptq) / seeds.qat_ptq.where(seeds.qat_ptq > 0)).to_numpy()
             rows.append(dict(bits=bits, scope=scope, task=task, patch=patch,
-                             improvement=(row[col] - row.base_ptq) / row.qat_ptq if row.qat_ptq > 0 else np.nan))
+                             improvement=(row[col] - row.base_ptq) / row.qat_ptq if row.qat_ptq > 0 else np.nan,
+                             sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
+                             n_seeds=len(per_seed)))
     return pd.DataFrame(rows)
 
 
 def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> Figure:
-    """Bars per task of the normalized improvement; black ticks mark the QAT ceiling."""
+    """Bars per task of the normalized improvement (± 1 s.d. over seeds when there are several);
+    black ticks mark the QAT ceiling."""
     tab = improvement_table(receivers, bits, scope)
     tasks = sorted(tab.task.unique())
-    fig = _figure(figsize=(max(5.0, 0.9 * len(tasks) + 1.5), 3.4))
+    seeds = int(tab.n_seeds.max())
+    fig = _figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
     with style():
         ax = fig.add_subplot()
         x = np.arange(len(tasks))
         for i, (patch, c) in enumerate((("best donor", SETTING_COLORS["patch+PTQ"]),
                                         ("mean of other donors", SETTING_COLORS["multi+PTQ"]))):
-            v = tab[tab.patch == patch].set_index("task").improvement.reindex(tasks)
-            ax.bar(x + (i - 0.5) * 0.38, v, 0.38, color=c, label=f"{patch} (λ on val)")
+            v = tab[tab.patch == patch].set_index("task").reindex(tasks)
+            ax.bar(x + (i - 0.5) * 0.38, v.improvement, 0.38, color=c, label=f"{patch} (λ on val)",
+                   yerr=v.sd if seeds > 1 else None, capsize=1.5, error_kw={"lw": 0.8})
         ceil = tab[tab.patch == "QAT ceiling"].set_index("task").improvement.reindex(tasks)
-        ax.hlines(ceil, x - 0.42, x + 0.42, colors="black", lw=1.5, label="QAT ceiling")
-        ax.axhline(0, color="0.3", lw=0.8)
-        ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 5 else 0)
+        ax.hlines(ceil, x - 0.42, x + 0.42, colors="black", lw=1.2, label="QAT ceiling")
+        ax.axhline(0, color="0.3", lw=0.6)
+        ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 else 0)
         ax.set_xlabel("receiver task")
         ax.set_ylabel("(patch+PTQ − FT+PTQ) / QAT+PTQ")
-        ax.set_title(f"Normalized improvement ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope, test)")
-        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside lower center")
-    return fig
-
-
-def lambda_split(acc: pd.DataFrame) -> str:
-    """The split the λ curves are drawn from: ``test`` when it holds the whole λ grid (runs made
-    before issue 16), else ``val`` (the experiment evaluates test only at λ = 1 and the λ chosen
-    on val; the curve λ is chosen from is the validation one)."""
-    p = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")]
-    lams = {s: set(p[p.split == s].lam.dropna()) for s in ("val", "test")}
-    return "test" if lams["test"] and lams["test"] >= lams["val"] else "val"
-
-
-def lambda_table(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,
-                 scope: str | None = None, split: str | None = None) -> pd.DataFrame:
-    """Post-PTQ Top-1 (%) of θ_R + λρ_D per receiver, donor and λ (λ = 0: FT+PTQ) on ``split``
-    (default :func:`lambda_split`), with the receiver's QAT+PTQ and the donor's λ* (GGN-ste, from
-    ``pairs``; NaN without it). The table's ``split`` column says which split was drawn."""
-    bits = choose_bits(acc, bits)
-    scope = choose_scope(acc[acc.method == "patch"], scope)
-    split = split or lambda_split(acc[acc.bits == bits])
-    t = acc[(acc.bits == bits) & (acc.split == split) & (acc.metric == "ptq_top1")]
-    patch = t[(t.method == "patch") & (t.scope == scope)]
-    patch = patch.groupby(["receiver", "donor", "lam"], as_index=False).value.mean()
-    base = t[t.method == "baseline"].groupby("receiver").value.mean()
-    qat = t[t.method == "qat"].groupby("receiver").value.mean()
-    zero = patch.drop_duplicates(["receiver", "donor"]).assign(lam=0.0)
-    zero["value"] = zero.receiver.map(base)
-    out = pd.concat([zero, patch]).sort_values(["receiver", "donor", "lam"]).rename(columns={"value": "top1"})
-    out["top1"] *= 100
-    out["qat_ptq"] = 100 * out.receiver.map(qat)
-    out["lam_star"] = np.nan
-    if pairs is not None and "lam_star_ggn_ste" in pairs:
-        p = pairs[(pairs.bits == bits) & (pairs.scope == scope)]
-        ls = p.groupby(["receiver", "donor"]).lam_star_ggn_ste.mean()
-        out["lam_star"] = [ls.get((r, d), np.nan) for r, d in zip(out.receiver, out.donor)]
-    return out.assign(bits=bits, scope=scope, split=split).reset_index(drop=True)
-
-
-def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,
-                  scope: str | None = None) -> Figure:
-    """One panel per receiver: post-PTQ Top-1 (split of :func:`lambda_split`) vs λ for each donor (own ρ_R dashed), the
-    receiver's QAT+PTQ (black, dotted), and each donor's λ* (GGN-ste) as a triangle on its curve
-    (hollow, at the panel's edge, when λ* lies outside the λ range)."""
-    tab = lambda_table(acc, pairs, bits, scope)
-    recs = sorted(tab.receiver.unique())
-    colors = task_colors(sorted(set(tab.donor) | set(recs)))
-    ncol = min(3, len(recs))
-    nrow = math.ceil(len(recs) / ncol)
-    fig = _figure(figsize=(3.3 * ncol + 0.3, 2.7 * nrow + 0.7))
-    with style():
-        axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, squeeze=False)).ravel()
-        lam_max = tab.lam.max()
-        for ax, r in zip(axes, recs):
-            d = tab[tab.receiver == r]
-            for donor, g in d.groupby("donor"):
-                own = donor == r
-                ax.plot(g.lam, g.top1, "--" if own else "-", marker="o", ms=3, color=colors[donor],
-                        label=f"ρ from {donor}" + (" (own)" if own else ""), lw=1.6 if not own else 1.2)
-                ls = g.lam_star.iloc[0]
-                if np.isfinite(ls):
-                    inside = 0 <= ls <= lam_max
-                    xs = float(np.clip(ls, 0, lam_max))
-                    ax.plot([xs], [np.interp(xs, g.lam, g.top1)], "v", ms=8, color=colors[donor],
-                            mfc=colors[donor] if inside else "none", mew=1.5, zorder=5)
-            ax.axhline(d.qat_ptq.iloc[0], color="0.15", ls=":", lw=1.5)
-            ax.set_title(f"receiver {r}")
-            ax.set_xlabel("λ (patch θ_R + λρ_D)" if ax.get_subplotspec().is_last_row() else "")
-            ax.set_ylabel(f"post-PTQ Top-1, {tab.split.iloc[0]} (%)")
-        for ax in axes[len(recs):]:
-            ax.set_visible(False)
-        handles, labels = [], []
-        for donor in sorted(colors):
-            handles.append(Line2D([], [], color=colors[donor], marker="o", ms=3))
-            labels.append(f"ρ_D from {donor}")
-        handles += [Line2D([], [], color="0.15", ls=":"),
-                    Line2D([], [], color="0.3", ls="", marker="v", ms=7),
-                    Line2D([], [], color="0.3", ls="--")]
-        labels += ["QAT+PTQ of the receiver", "λ* (GGN-ste; hollow: outside range)", "own ρ_R (diagonal)"]
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8)
-        fig.suptitle(f"λ sweeps ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope); λ = 0 is FT+PTQ")
+        sc = tab.scope.iloc[0]
+        ax.set_title(f"Normalized improvement, test ({tab.bits.iloc[0]} bits" + ("" if sc == "backbone" else f", {sc}")
+                     + ")")
+        fig.legend(*ax.get_legend_handles_labels(), ncols=3 if len(tasks) > 3 else 1, loc="outside lower center")
+        if seeds > 1:
+            caption(fig, f"Bars: ratio of the means over {seeds} seeds; whiskers ± 1 s.d. of the seeds' ratios.")
     return fig

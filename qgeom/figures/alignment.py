@@ -13,18 +13,20 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from qgeom.figures.selection import _matrix, _select
-from qgeom.figures.theme import _figure, _heatmap, style, task_colors
+from qgeom.figures.theme import DOUBLE, _figure, _heatmap, caption, style, task_colors
 
-ALIGNMENT_LABELS = {"euclidean": "Euclidean cosine", "ggn_fp": "GGN cosine (fp, at θ_R)",
-                    "ggn_ste": "GGN cosine (STE, at θ_R,QAT)", "hessian_fp": "Hessian cosine (fp)",
+ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
+ALIGNMENT_LABELS = {"euclidean": "Euclidean cosine", "ggn_fp": r"GGN cosine (fp, at $\theta_R$)",
+                    "ggn_ste": r"GGN cosine (STE, at $\theta_{R,\mathrm{QAT}}$)", "hessian_fp": "Hessian cosine (fp)",
                     "hessian_ste": "Hessian cosine (STE)", "fisher_fp": "Fisher cosine (fp)",
                     "fisher_ste": "Fisher cosine (STE)"}
 TARGET_LABELS = {"gain_unit": "Δ post-PTQ Top-1 at λ = 1 (points)",
                  "gain_tuned": "Δ post-PTQ Top-1 at λ_val (points)",
                  "recovery_unit": "loss recovery R(D, R) at λ = 1",
-                 "recovery_ggn_ste": "loss recovery R(D, R) at λ*"}
+                 "recovery_ggn_ste": r"loss recovery R(D, R) at $\lambda^*$"}
 TARGET_SHORT = {"gain_unit": "Δ Top-1, λ = 1 (points)", "gain_tuned": "Δ Top-1, λ_val (points)",
-                "recovery_unit": "recovery R(D, R), λ = 1", "recovery_ggn_ste": "recovery R(D, R), λ*"}
+                "recovery_unit": "recovery R(D, R), λ = 1",
+                "recovery_ggn_ste": r"recovery R(D, R), $\lambda^*$"}
 
 
 def _alignments(df: pd.DataFrame) -> list[str]:
@@ -50,17 +52,21 @@ def alignment_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str 
     names = sorted(set(tab.donor) | set(tab.receiver))
     aligns = _alignments(pairs)
     n = len(names)
-    fig = _figure(figsize=(len(aligns) * (0.6 * n + 1.2) + 0.8, 0.6 * n + 1.6))
+    ncol = min(3, len(aligns))
+    nrow = -(-len(aligns) // ncol)
+    fig = _figure(DOUBLE, 2.45 * nrow + 0.4)
     with style():
-        axes = np.atleast_1d(fig.subplots(1, len(aligns)))
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
         for i, (ax, a) in enumerate(zip(axes, aligns)):
             _heatmap(ax, _matrix(tab[tab.alignment == a], "cosine", names), vmin=-1, vmax=1, cmap="PuOr",
-                     fmt="{:.2f}")
-            ax.set_title(ALIGNMENT_LABELS.get(a, a), fontsize=9)
-            if i:
+                     fmt="{:.2f}", annotate=n <= ANNOTATE_MAX)
+            ax.set_title(ALIGNMENT_LABELS.get(a, a))
+            if i % ncol:
                 ax.set_ylabel("")
+        for ax in axes[len(aligns):]:
+            ax.set_visible(False)
         sm = ScalarMappable(Normalize(-1, 1), "PuOr")
-        fig.colorbar(sm, ax=list(axes), shrink=0.8, label="cos(ρ_D, ρ_R)")
+        fig.colorbar(sm, ax=list(axes[:len(aligns)]), shrink=0.8, label=r"cos($\rho_D$, $\rho_R$)")
         fig.suptitle(f"Alignment of quantization vectors ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope)")
     return fig
 
@@ -104,24 +110,24 @@ def alignment_scatter(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bit
     tab = alignment_scatter_table(pairs, corr, bits, scope, targets)
     aligns, targets = list(dict.fromkeys(tab.alignment)), list(dict.fromkeys(tab.target))
     colors = task_colors(sorted(set(tab.receiver) | set(tab.donor)))
-    fig = _figure(figsize=(3.6 * len(targets) + 1.6, 2.7 * len(aligns) + 0.4))
+    fig = _figure(DOUBLE, 1.75 * len(aligns) + 0.7)
     with style():
         axes = fig.subplots(len(aligns), len(targets), squeeze=False)
         for i, a in enumerate(aligns):
             for j, t in enumerate(targets):
                 ax, d = axes[i, j], tab[(tab.alignment == a) & (tab.target == t)]
                 for rc, g in d.groupby("receiver"):
-                    ax.scatter(g.cosine, g.value, s=22, color=colors[rc], label=rc, edgecolor="white", lw=0.4)
-                ax.axhline(0, color="0.6", lw=0.7)
+                    ax.scatter(g.cosine, g.value, s=9, color=colors[rc], label=rc, edgecolor="white", lw=0.3)
+                ax.axhline(0, color="0.6", lw=0.6)
                 r, pv = d.spearman.iloc[0], d.qap_p.iloc[0]
-                ax.text(0.03, 0.96, f"Spearman ρ = {r:+.2f}\nQAP p = {pv:.3f}", transform=ax.transAxes, va="top",
-                        fontsize=8, bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
+                # the statistics head the panel, outside the data: no point is hidden behind them
+                ax.set_title(f"Spearman ρ = {r:+.2f}, QAP p = {pv:.3f}", fontsize=7, gid="stats")
                 ax.set_xlabel(ALIGNMENT_LABELS.get(a, a))
                 ax.set_ylabel(TARGET_SHORT.get(t, t))
-                if i == 0:
-                    ax.set_title(TARGET_LABELS.get(t, t), fontsize=9)
         h, lab = axes[0, 0].get_legend_handles_labels()
-        fig.legend(h, lab, title="receiver", loc="outside right center", fontsize=8)
+        fig.legend(h, lab, title="receiver", loc="outside right center")
         fig.suptitle(f"Does alignment predict the transfer? off-diagonal pairs, {tab.bits.iloc[0]} bits, "
                      f"{tab.scope.iloc[0]} scope")
+        caption(fig, "Columns: " + "; ".join(f"{TARGET_LABELS.get(t, t)}" for t in targets)
+                + ". QAP p: task-label permutation test of the Spearman ρ.")
     return fig

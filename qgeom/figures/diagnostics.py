@@ -14,7 +14,9 @@ from matplotlib.ticker import MaxNLocator
 
 from qgeom.figures.alignment import ALIGNMENT_LABELS
 from qgeom.figures.selection import _select
-from qgeom.figures.theme import CB, SETTING_COLORS, _figure, style, task_colors
+from qgeom.figures.theme import CB, DOUBLE, SETTING_COLORS, SINGLE, _figure, caption, style, task_colors
+
+FP_AT, STE_AT = r"fp at $\theta_R$", r"STE at $\theta_{R,\mathrm{QAT}}$"
 
 
 def proposition1_table(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, bits: int | None = None,
@@ -58,28 +60,29 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
     eig, st, q = (tab[tab.panel == k] for k in ("K_eigenvalue", "stationarity", "quadratic"))
     recs = sorted(set(eig.receiver) | set(st.receiver))
     panels = 3 if len(q) else 2
-    fig = _figure(figsize=(4.0 * panels, 3.6))
+    fig = _figure(DOUBLE, 2.7)
     with style():
         axes = fig.subplots(1, panels)
         order = [a for a in ALIGNMENT_LABELS if a in set(eig.alignment)]
         sns.stripplot(eig, x="receiver", y="rel", hue="alignment", hue_order=order, order=recs, dodge=True,
-                      ax=axes[0], size=4, jitter=False, palette="colorblind")
+                      ax=axes[0], size=2.5, jitter=False, palette="colorblind")
         if (eig.rel <= 0).any():
             axes[0].set_yscale("symlog", linthresh=1e-3)
-            axes[0].axhline(0, color="0.3", lw=0.8)
+            axes[0].axhline(0, color="0.3", lw=0.6)
         else:
             axes[0].set_yscale("log")
-        axes[0].set_ylabel("eigenvalue of K ÷ largest |eigenvalue|")
-        axes[0].set_title("(a) Gram K = VᵀMV: spectrum")
-        axes[0].legend(title="M", fontsize=7, title_fontsize=8)
-        st = st.assign(point=st.objective.map({"fp": "fp at θ_R", "ste": "STE at θ_R,QAT"}))
-        sns.stripplot(st, x="receiver", y="value", hue="point", hue_order=["fp at θ_R", "STE at θ_R,QAT"], order=recs,
-                      dodge=True, ax=axes[1], size=4, jitter=0.1, palette=[SETTING_COLORS["FT"], SETTING_COLORS["QAT"]])
-        axes[1].axhline(0, color="0.3", lw=0.8)
+        axes[0].set_ylabel("eigenvalue of $K$ ÷ largest |eigenvalue|")
+        axes[0].set_title("(a) spectrum of $K = V^\\top M V$")
+        handles, _ = axes[0].get_legend_handles_labels()
+        axes[0].legend(handles, [ALIGNMENT_LABELS.get(a, a).replace(" cosine", "") for a in order], title="$M$")
+        st = st.assign(point=st.objective.map({"fp": FP_AT, "ste": STE_AT}))
+        sns.stripplot(st, x="receiver", y="value", hue="point", hue_order=[FP_AT, STE_AT], order=recs,
+                      dodge=True, ax=axes[1], size=2.5, jitter=0.1, palette=[SETTING_COLORS["FT"], SETTING_COLORS["QAT"]])
+        axes[1].axhline(0, color="0.3", lw=0.6)
         axes[1].set_yscale("symlog", linthresh=1e-2)
-        axes[1].set_ylabel("ρ_Dᵀ∇L / ρ_DᵀGρ_D (shift of λ*)")
-        axes[1].set_title("(b) stationarity along each ρ_D")
-        axes[1].legend(fontsize=7)
+        axes[1].set_ylabel(r"$\rho_D^\top\nabla L \,/\, \rho_D^\top G\rho_D$ (shift of $\lambda^*$)")
+        axes[1].set_title(r"(b) stationarity along $\rho_D$")
+        axes[1].legend()
         for ax in axes[:2]:
             ax.set_xlabel("receiver")
             ax.tick_params(axis="x", labelrotation=30 if len(recs) > 4 else 0)
@@ -90,12 +93,19 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
             colors = task_colors(sorted(q.donor.unique()))
             for d, gd in q.groupby("donor"):
                 own = " (own)" if d == r else ""
-                ax.plot(gd.lam, gd.measured, "-o", ms=3, color=colors[d], label=f"ρ from {d}{own}")
-                ax.plot(gd.lam, gd.quadratic, "--", color=colors[d], lw=1)
-            ax.set_xlabel("λ (patch θ_R + λρ_D)")
+                ax.plot(gd.lam, gd.measured, "-o", ms=2.5, color=colors[d], label=f"ρ from {d}{own}")
+                ax.plot(gd.lam, gd.quadratic, "--", color=colors[d], lw=0.9)
+                if own and (gd.lam == 1.0).any():  # the expansion point lies on the own ρ_R's path, at λ = 1
+                    ax.plot([1.0], [gd.measured[gd.lam == 1.0].iloc[0]], "*", ms=8, color="black", zorder=5,
+                            gid="expansion_point", label=r"expansion point $\theta_R + \rho_R$")
+            ax.set_xlabel(r"$\lambda$ in $\theta_R + \lambda\rho_D$")
             ax.set_ylabel("post-PTQ loss on probe set (nats)")
-            ax.set_title(f"(c) measured (—) vs quadratic (--), receiver {r}")
-            ax.legend(fontsize=7)
+            ax.set_title("(c) measured —, model --")
+            ax.legend(title=f"receiver {r}")
+            caption(fig, r"(c) The quadratic model is expanded at $\theta_R + \rho_R$ (the receiver's own QAT "
+                         r"backbone, ★), which the path $\theta_R + \lambda\rho_D$ passes only for the own $\rho_R$ "
+                         r"at $\lambda = 1$. The gap at $\lambda = 0$ is the distance $\|\rho_R\|$ from that point, "
+                         "not a failure of the model where it is expanded.")
         fig.suptitle(f"Proposition 1 diagnostics ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope)")
     return fig
 
@@ -138,44 +148,71 @@ def proposition2_gap(geometry: pd.DataFrame, metric: str = "ggn", bits: int | No
 def spectrum(table: pd.DataFrame) -> Figure:
     """(a) SLQ spectral density (log scale) with the top Lanczos eigenvalues as ticks;
     (b) share of each ρ's squared norm on each top eigenvector u_j (at x = λ_j);
-    (c) cumulative share of ρᵀMρ carried by the top-j eigendirections. ρ_R in black."""
+    (c) cumulative share of ρᵀMρ carried by the top-j eigendirections. ρ_R in black.
+
+    Vectors whose share is undefined (ρᵀMρ ≤ 0) are left out of (c) and its legend, and the
+    caption says so; shares above 1 (the top directions carry more than ρᵀMρ, because the rest
+    of an indefinite M contributes negatively) are explained in the caption."""
     r = table.receiver.iloc[0]
     dens, eig = table[table.part == "density"], table[table.part == "eigenpair"]
     vecs = list(dict.fromkeys(table[table.part == "norm_share"].vector))
     colors = task_colors([v[5:-1] for v in vecs])  # "ρ_D (task)" → task: the colours of the other figures
     col = {v: ("black" if v.startswith("ρ_R") else colors[v[5:-1]]) for v in vecs}
-    fig = _figure(figsize=(12, 3.6))
+    fig = _figure(DOUBLE, 2.7)
+    dropped, above_one = [], False
     with style():
         axes = fig.subplots(1, 3)
         ax = axes[0]
-        ax.plot(dens.eigenvalue, np.maximum(dens.value, 1e-12), color=CB[0], lw=1.5)
+        ax.plot(dens.eigenvalue, np.maximum(dens.value, 1e-12), color=CB[0], lw=1.2)
         ax.set_yscale("log")
         ax.set_ylim(max(dens.value.max() * 1e-7, 1e-12), dens.value.max() * 3)
         for lam in eig.eigenvalue:
             ax.axvline(lam, color=CB[3], lw=0.8, alpha=0.7, ymax=0.12)
         ax.set_xlabel("eigenvalue of M")
         ax.set_ylabel("spectral density (SLQ)")
-        ax.set_title(f"(a) {table.metric.iloc[0]} spectrum at receiver {r}")
+        ax.set_title(f"(a) {table.metric.iloc[0]} spectrum, {r}")
         for v in vecs:
             d = table[(table.part == "norm_share") & (table.vector == v)]
             own = v.startswith("ρ_R")
-            axes[1].plot(d.eigenvalue, d.value, "o" if own else ".", ls="-" if own else ":", color=col[v], label=v,
-                         ms=6 if own else 5, lw=1.5 if own else 0.8, zorder=3 if own else 2)
+            label = _math_vector(v)
+            axes[1].plot(d.eigenvalue, d.value, "o" if own else ".", ls="-" if own else ":", color=col[v], label=label,
+                         ms=4 if own else 3, lw=1.2 if own else 0.7, zorder=3 if own else 2)
             c = table[(table.part == "curvature_share") & (table.vector == v)].sort_values("index")
-            axes[2].plot(c["index"] + 1, c.value.cumsum(), "-o" if own else "-", color=col[v], ms=3,
-                         lw=2 if own else 1, label=v)
+            if not np.isfinite(c.value).any():  # ρᵀMρ ≤ 0: no share to draw, and no legend entry
+                dropped.append(label)
+                continue
+            cum = c.value.cumsum()
+            above_one |= bool((cum > 1 + 1e-9).any())
+            axes[2].plot(c["index"] + 1, cum, "-o" if own else "-", color=col[v], ms=2.5,
+                         lw=1.6 if own else 0.9, label=label)
         axes[1].set_yscale("log")
-        axes[1].set_xlabel("eigenvalue λ_j of the top eigenvector u_j")
-        axes[1].set_ylabel("(u_jᵀρ)² / ‖ρ‖²")
-        axes[1].set_title("(b) norm share on top eigenvectors")
-        axes[2].set_xlabel("number j of top eigendirections")
+        axes[1].set_xlabel(r"eigenvalue $\lambda_j$ of the top eigenvector $u_j$")
+        axes[1].set_ylabel(r"$(u_j^\top\rho)^2 \,/\, \|\rho\|^2$")
+        axes[1].set_title("(b) norm share, top eigenvectors")
+        axes[1].legend(fontsize=7, loc="lower right")
+        axes[2].set_xlabel("top eigendirections $j$")
         axes[2].set_ylabel(r"$\sum_{i\leq j}\, \lambda_i (u_i^\top\rho)^2 \,/\, \rho^\top M \rho$")
-        axes[2].set_title("(c) cumulative curvature share")
+        axes[2].set_title("(c) cumulative share")
         axes[2].set_ylim(bottom=0)
-        axes[2].legend(fontsize=7, loc="lower right")
+        if above_one:
+            axes[2].axhline(1, color="0.4", lw=0.6, ls=":")
+        notes = []
+        if dropped:
+            notes.append(f"(c) leaves out {', '.join(dropped)}: " + r"$\rho^\top M\rho \leq 0$, its share is undefined.")
+        if above_one:
+            notes.append("(c) Shares above 1 (dotted line): the top eigendirections carry more than "
+                         + r"$\rho^\top M\rho$, because the rest of the indefinite $M$ adds negative curvature.")
+        if notes:
+            caption(fig, " ".join(notes))
         fig.suptitle(f"Where quantization vectors put their energy ({table.bits.iloc[0]} bits, {table.scope.iloc[0]} "
                      f"scope, {table.objective.iloc[0]} objective)")
     return fig
+
+
+def _math_vector(v: str) -> str:
+    """"ρ_D (task)" → mathtext "$\\rho_D$ (task)": no literal underscore in a label."""
+    head, _, rest = v.partition(" ")
+    return (f"$\\rho_{{{head[2:]}}}$ {rest}" if head.startswith("ρ_") else v).strip()
 
 
 def landscape(table: pd.DataFrame) -> Figure:
@@ -183,7 +220,7 @@ def landscape(table: pd.DataFrame) -> Figure:
     the zero-shot patch (1, 0) and the own QAT vector (0, 1)."""
     r, d = table.receiver.iloc[0], table.donor.iloc[0]
     grid = table.pivot_table(index="b", columns="a", values="ptq_top1")
-    fig = _figure(figsize=(5.4, 4.4))
+    fig = _figure(SINGLE, 3.4)
     with style():
         ax = fig.add_subplot()
         A, B = np.meshgrid(grid.columns.to_numpy(), grid.index.to_numpy())
@@ -194,17 +231,17 @@ def landscape(table: pd.DataFrame) -> Figure:
         cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
         ax.contour(A, B, z, levels=cs.levels, colors="white", linewidths=0.3, alpha=0.6)
         fig.colorbar(cs, ax=ax, label=f"post-PTQ Top-1 on {table.split.iloc[0]} (%)")
-        for (x, y), m, lab in (((0, 0), "o", "θ_R (FT + PTQ)"), ((1, 0), "*", "θ_R + ρ_D (zero-shot patch)"),
-                               ((0, 1), "s", "θ_R + ρ_R (own QAT vector)")):
-            ax.plot([x], [y], m, color="white", mec="black", ms=11 if m == "*" else 8, label=lab, ls="")
+        for (x, y), m, lab in (((0, 0), "o", r"$\theta_R$ (FT + PTQ)"), ((1, 0), "*", r"$\theta_R + \rho_D$ (zero-shot)"),
+                               ((0, 1), "s", r"$\theta_R + \rho_R$ (own QAT)")):
+            ax.plot([x], [y], m, color="white", mec="black", ms=8 if m == "*" else 5, label=lab, ls="")
         ax.axhline(0, color="white", lw=0.6, ls="--")
         ax.axvline(0, color="white", lw=0.6, ls="--")
         ax.set_xticks(grid.columns[:: max(1, len(grid.columns) // 7)])
         ax.set_yticks(grid.index[:: max(1, len(grid.index) // 7)])
-        ax.set_xlabel(f"a (coefficient of ρ_D, donor {d})")
-        ax.set_ylabel(f"b (coefficient of ρ_R, receiver {r})")
-        ax.set_title(f"Post-PTQ landscape at receiver {r} ({table.bits.iloc[0]} bits)")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)
+        ax.set_xlabel(rf"$a$ (coefficient of $\rho_D$, donor {d})")
+        ax.set_ylabel(rf"$b$ (coefficient of $\rho_R$, receiver {r})")
+        ax.set_title(f"Post-PTQ landscape, receiver {r} ({table.bits.iloc[0]} bits)")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return fig
 
 
@@ -212,11 +249,16 @@ def invariance(table: pd.DataFrame) -> Figure:
     """(a) change of the cosine of (gρ_D, gρ_R) from its value at s = 0, metric (solid) and
     Euclidean (dashed), against the strength s of a random element g of each kind: the metric
     line stays at 0, the Euclidean one drifts (legend: both cosines at s = 0);
-    (b) post-PTQ Top-1 (val) of gθ_R (solid) and g(θ_R + ρ_D) (dashed) under the same elements."""
+    (b) post-PTQ Top-1 (val) of gθ_R (solid) and g(θ_R + ρ_D) (dashed) under the same elements.
+
+    Reference points: s = 0 is the identity for the scaling kinds, but a random *orthogonal*
+    map (κ = 1) for the GL-mixing kinds (``*_mixing``), whose s = 0 markers are hollow; PTQ does
+    not commute with it, so their curves in (b) start apart. The caption says so."""
     kinds = list(dict.fromkeys(table.kind))
     pal = dict(zip(kinds, [CB[i] for i in (0, 3, 2, 4, 5, 8, 9)]))
     metric = table.metric.iloc[0].upper() if "metric" in table else "M"
-    fig = _figure(figsize=(10.5, 4.0))
+    fig = _figure(DOUBLE, 2.9)
+    orthogonal = [k for k in kinds if k.endswith("_mixing")]
     with style():
         axes = fig.subplots(1, 2)
         labels = []
@@ -230,20 +272,28 @@ def invariance(table: pd.DataFrame) -> Figure:
                 if q.endswith("cosine"):
                     at0[q] = y[0]
                     y = y - y[0]
-                ax.plot(e.strength, y, ls, marker="o", ms=3, color=pal[k], lw=1.6)
-            labels.append(f"{k} (cos at s = 0: {metric} {at0['metric_cosine']:.2f}, "
+                ax.plot(e.strength, y, ls, marker="o", ms=2.5, color=pal[k], lw=1.2)
+                if k in orthogonal:  # s = 0 is an orthogonal map here, not the identity
+                    ax.plot(e.strength.iloc[:1], y[:1], "o", ms=5, mfc="white", mec=pal[k], mew=0.9, zorder=4,
+                            gid="orthogonal_start")
+            labels.append(f"{k.replace('_', ' ')} (cos at s = 0: {metric} {at0['metric_cosine']:.2f}, "
                           f"Eucl. {at0['euclidean_cosine']:.2f})")
-        axes[0].axhline(0, color="0.3", lw=0.8)
+        axes[0].axhline(0, color="0.3", lw=0.6)
         for ax in axes:
-            ax.set_xlabel("symmetry strength s (log condition number / log-spread)")
-        axes[0].set_ylabel("cos(gρ_D, gρ_R) − cos(ρ_D, ρ_R)")
-        axes[0].set_title(f"(a) {metric} cosine at gθ_R (—) vs Euclidean (--)")
+            ax.set_xlabel(r"strength $s$ (log condition number / log-spread)")
+        axes[0].set_ylabel(r"cos($g\rho_D, g\rho_R$) − cos at $s = 0$")
+        axes[0].set_title(rf"(a) {metric} cosine at $g\theta_R$ (—) vs Euclidean (--)")
         axes[1].set_ylabel("post-PTQ Top-1 on val (%)")
-        axes[1].set_title("(b) PTQ of gθ_R (—) and g(θ_R + ρ_D) (--)")
+        axes[1].set_title(r"(b) PTQ of $g\theta_R$ (—) and $g(\theta_R + \rho_D)$ (--)")
         handles = [Line2D([], [], color=pal[k], lw=2) for k in kinds]
         handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
         fig.legend(handles, labels + ["(a) metric cosine, (b) receiver", "(a) Euclidean cosine, (b) patched"],
-                   loc="outside lower center", ncols=2, fontsize=8)
+                   loc="outside lower center", ncols=2)
         fig.suptitle(f"Invariance under random ViT symmetries (receiver {table.receiver.iloc[0]}, "
-                     f"donor {table.donor.iloc[0]}, {table.bits.iloc[0]} bits; cosines over the tensors g touches)")
+                     f"donor {table.donor.iloc[0]}, {table.bits.iloc[0]} bits)")
+        note = (r"Cosines over the tensors $g$ acts on. $s = 0$ is the identity for the scaling kinds"
+                + (f"; for {', '.join(k.replace('_', ' ') for k in orthogonal)} it is a random orthogonal map "
+                   r"($\kappa = 1$, hollow markers), which PTQ does not commute with: in (b) those curves start "
+                   "apart from the identity's." if orthogonal else "."))
+        caption(fig, note)
     return fig

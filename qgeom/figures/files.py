@@ -25,10 +25,46 @@ def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{name}.{ext}" for ext in ("pdf", "png", "csv")}
-    fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None, "Creator": "qgeom"})
-    fig.savefig(paths["png"], bbox_inches="tight", dpi=dpi, metadata={"Software": "qgeom"})
+    place_captions(fig)
+    fig.savefig(paths["pdf"], bbox_inches="tight", pad_inches=0.02, metadata={"CreationDate": None, "Creator": "qgeom"})
+    fig.savefig(paths["png"], bbox_inches="tight", pad_inches=0.02, dpi=dpi, metadata={"Software": "qgeom"})
     table.to_csv(paths["csv"], index=False)
     return paths
+
+
+def place_captions(fig: Figure) -> None:
+    """Make room for the figure's captions (:func:`~qgeom.figures.theme.caption`) under everything
+    else it draws: the figure grows by the captions' height, the layout keeps to the part above,
+    and the captions sit in the strip below (once per figure)."""
+    caps = [t for t in fig.texts if t.get_gid() == "caption"]
+    if not caps or getattr(fig, "_qgeom_captions_placed", False):
+        return
+    r = fig._get_renderer()
+    strip = sum(c.get_window_extent(r).height for c in caps) / fig.dpi + 0.06  # inches
+    fig.draw_without_rendering()  # run the layout once, then keep it: the strip is added below it
+    fig.set_layout_engine("none")
+    old = fig.get_figheight()
+    fig.set_figheight(old + strip)
+    frac = strip / (old + strip)
+
+    def lift(y: float) -> float:
+        return frac + y * (1 - frac)
+
+    for ax in fig.axes:
+        p = ax.get_position()
+        ax.set_position((p.x0, lift(p.y0), p.width, p.height * (1 - frac)))
+    for lg in fig.legends:
+        bb = lg.get_bbox_to_anchor().transformed(fig.transFigure.inverted())
+        lg.set_bbox_to_anchor((bb.x0, lift(bb.y0), bb.width, bb.height * (1 - frac)), transform=fig.transFigure)
+    for t in [*fig.texts, fig._suptitle, fig._supxlabel, fig._supylabel]:
+        if t is not None and t not in caps:
+            x, y0 = t.get_position()
+            t.set_position((x, lift(y0)))
+    y = frac - 0.02 / (old + strip)
+    for c in caps:
+        c.set_position((0.0, y))
+        y -= c.get_window_extent(r).height / fig.dpi / (old + strip)
+    fig._qgeom_captions_placed = True
 
 
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:

@@ -1,5 +1,12 @@
-"""The one look of qgeom's figures: seaborn style, the colour-blind palette and its colours per
-setting and per task, a bare figure, and the annotated donor × receiver heatmap.
+"""The one look of qgeom's figures: seaborn style at print size, the colour-blind palette and its
+colours per setting and per task, a bare figure, a caption, and the annotated donor × receiver
+heatmap.
+
+Print size: every figure is drawn at a paper's column width, :data:`SINGLE` (3.25 in) or
+:data:`DOUBLE` (6.75 in), and saved at that size, so its text prints at the size it was set:
+8 pt for labels and titles, 7 pt for ticks, legends, captions and cell numbers (:data:`MIN_PT`,
+the smallest text; mathtext sub- and superscripts are 0.7 of their text, as in print). Symbols
+are mathtext (``$\\theta_R$``, ``$\\rho_D$``), never code with underscores.
 
 Colours: seaborn's colour-blind palette for categories (blue = fine-tuned receiver, orange =
 QAT, green = patched), ColorBrewer RdBu / PuOr for signed matrices, viridis for accuracies.
@@ -7,6 +14,8 @@ QAT, green = patched), ColorBrewer RdBu / PuOr for signed matrices, viridis for 
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -18,6 +27,8 @@ from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+SINGLE, DOUBLE = 3.25, 6.75  # a paper's column and text width, inches
+MIN_PT, BASE_PT = 7.0, 8.0  # the smallest text and the labels' size, points
 CB = sns.color_palette("colorblind")
 SETTING_COLORS = {"FT": CB[0], "FT+PTQ": CB[0], "QAT": CB[1], "QAT+PTQ": CB[1], "patch+PTQ": CB[2],
                   "multi+PTQ": CB[4], "random": CB[7]}
@@ -25,17 +36,42 @@ SETTING_COLORS = {"FT": CB[0], "FT+PTQ": CB[0], "QAT": CB[1], "QAT+PTQ": CB[1], 
 
 @contextmanager
 def style():
-    """The one look of qgeom's figures (seaborn whitegrid, paper context, colour-blind palette)."""
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.15), matplotlib.rc_context(
-            {"axes.prop_cycle": matplotlib.cycler(color=CB), "axes.titlesize": 11, "figure.dpi": 110,
-             "pdf.fonttype": 42, "legend.frameon": False, "image.cmap": "viridis"}):
+    """The one look of qgeom's figures (seaborn whitegrid, colour-blind palette, print sizes)."""
+    sizes = {"font.size": BASE_PT, "axes.labelsize": BASE_PT, "axes.titlesize": BASE_PT, "figure.titlesize": 9,
+             "xtick.labelsize": MIN_PT, "ytick.labelsize": MIN_PT, "legend.fontsize": MIN_PT,
+             "legend.title_fontsize": MIN_PT, "lines.linewidth": 1.2, "lines.markersize": 3.5,
+             "axes.linewidth": 0.6, "grid.linewidth": 0.5, "patch.linewidth": 0.5}
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"), matplotlib.rc_context(
+            {"axes.prop_cycle": matplotlib.cycler(color=CB), "figure.dpi": 150, "pdf.fonttype": 42,
+             "legend.frameon": False, "image.cmap": "viridis", "mathtext.fontset": "dejavusans",
+             "axes.titlepad": 3, "figure.constrained_layout.h_pad": 0.03,
+             "figure.constrained_layout.w_pad": 0.03} | sizes):
         yield
 
 
-def _figure(**kw) -> Figure:
-    """A bare :class:`~matplotlib.figure.Figure` (no pyplot: no global registry, any backend)."""
+def _figure(width: float = DOUBLE, height: float = 2.6, **kw) -> Figure:
+    """A bare :class:`~matplotlib.figure.Figure` (no pyplot: no global registry, any backend),
+    ``width`` inches wide: :data:`SINGLE` or :data:`DOUBLE`."""
+    if width not in (SINGLE, DOUBLE):
+        raise ValueError(f"figures are {SINGLE} or {DOUBLE} in wide, not {width}")
     with style():
-        return Figure(layout="constrained", **kw)
+        return Figure(figsize=(width, height), layout="constrained", **kw)
+
+
+def caption(fig: Figure, text: str) -> None:
+    """A caption under the figure (``MIN_PT``, wrapped to its width): the reference points and
+    notes a reader needs (what λ = 0 is, where an expansion is taken, what was left out)."""
+    parts = re.split(r"(\$[^$]*\$)", text)  # mathtext stays whole: its spaces do not break lines
+    protected = "".join(p.replace(" ", "\0") if p.startswith("$") else p for p in parts)
+    chars = int(fig.get_figwidth() * 72 / (0.52 * MIN_PT))  # a conservative count of 7 pt characters per line
+    wrapped = textwrap.fill(protected, chars).replace("\0", " ")
+    with style():
+        fig.text(0.0, 0.0, wrapped, ha="left", va="top", fontsize=MIN_PT, gid="caption", transform=fig.transFigure)
+
+
+def grid_label(v: float) -> str:
+    """A λ as the grid wrote it (1.25, not 1.2); a mean over seeds keeps its decimals."""
+    return f"{v:.4g}"
 
 
 def task_colors(names: Sequence[str]) -> dict[str, tuple]:
@@ -57,8 +93,9 @@ def robust_range(values, q: float = 0.95) -> float:
 
 
 def _heatmap(ax, mat: pd.DataFrame, *, vmin: float, vmax: float, cmap: str, fmt: str = "{:+.1f}",
-             text: pd.DataFrame | None = None) -> None:
-    """Annotated donor (rows) × receiver (columns) heatmap; diagonal cells framed."""
+             text: pd.DataFrame | None = None, annotate: bool = True) -> None:
+    """Annotated donor (rows) × receiver (columns) heatmap; diagonal cells framed (numbers only
+    when ``annotate``: at print size a cell holds them up to about 8 tasks per panel)."""
     sns.heatmap(mat, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, center=0, cbar=False, square=True,
                 linewidths=0.5, linecolor="white", annot=False)
     norm = Normalize(vmin, vmax)
@@ -66,16 +103,16 @@ def _heatmap(ax, mat: pd.DataFrame, *, vmin: float, vmax: float, cmap: str, fmt:
     for i, d in enumerate(mat.index):
         for j, r in enumerate(mat.columns):
             v = mat.loc[d, r]
-            if not np.isfinite(v):
+            if not np.isfinite(v) or not annotate:
                 continue
             lum = np.dot(to_rgb(cm(norm(np.clip(v, vmin, vmax)))), [0.299, 0.587, 0.114])
             label = fmt.format(v) + ("" if text is None else f"\n{text.loc[d, r]}")
-            ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=7,
+            ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=MIN_PT, linespacing=1.0,
                     color="white" if lum < 0.5 else "black")
         if d in list(mat.columns):
-            ax.add_patch(Rectangle((list(mat.columns).index(d) + 0.06, i + 0.06), 0.88, 0.88, fill=False, lw=1.5,
+            ax.add_patch(Rectangle((list(mat.columns).index(d) + 0.06, i + 0.06), 0.88, 0.88, fill=False, lw=1.0,
                                    ec="black", ls=(0, (3, 1.5))))
-    ax.set_xlabel("receiver R")
-    ax.set_ylabel("donor D")
+    ax.set_xlabel("receiver $R$")
+    ax.set_ylabel("donor $D$")
     ax.tick_params(axis="x", labelrotation=45)
     ax.tick_params(axis="y", labelrotation=0)

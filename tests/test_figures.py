@@ -453,12 +453,22 @@ def test_figures_command(tiny_run, tmp_path, monkeypatch):
     names = [f["name"] for f in manifest["figures"]]
     assert names == ["baselines_2bit", "delta_heatmaps_2bit", "lambda_curves_2bit", "lambda_sensitivity_2bit",
                      "lambda_calibration_2bit", "proportions_2bit", "alignment_heatmaps_2bit", "alignment_scatter_2bit",
-                     "radar_2bit", "improvement_2bit", "proposition1_2bit", "spectrum_2bit", "landscape_2bit",
-                     "invariance_2bit"]
+                     "radar_2bit", "improvement_2bit", "controls_2bit", "proposition2_2bit", "proposition1_2bit",
+                     "spectrum_2bit", "landscape_2bit", "invariance_2bit"]
     for n in names:
         for ext in ("pdf", "png", "csv"):
             assert (out / f"{n}.{ext}").stat().st_size > 0
     assert set(pd.read_csv(out / "proposition1_2bit.csv").panel) == {"K_eigenvalue", "stationarity", "quadratic"}
+    controls = pd.read_csv(out / "controls_2bit.csv")  # issue 15: every control and the two hybrids, per receiver
+    assert set(controls.series) == {"unit", "random", "random_rows", "row_permuted", "negated", "other_basin",
+                                    "grid_only", "values_only"}
+    pairs = pd.read_csv(tiny_run / "pairs.csv")
+    off = pairs[(~pairs.diagonal) & (pairs.bits == 2) & (pairs.scope == "backbone")]
+    want = off.groupby("receiver").gain_row_permuted.mean()
+    got = controls[controls.series == "row_permuted"].set_index("receiver")["mean"]
+    assert np.allclose(got.sort_index(), want.sort_index())
+    p2 = pd.read_csv(out / "proposition2_2bit.csv")  # issue 13: Prop 2′ terms of every off-diagonal pair
+    assert len(p2) == len(off.drop_duplicates(["donor", "receiver"])) and (p2.gap == p2.R - p2.kappa).all()
     assert len(pd.read_csv(out / "landscape_2bit.csv")) == 4
     assert sorted(calls) == ["invariance_table", "landscape_table", "quadratic_model_table", "spectrum_table"]
     for name in ("proposition1_2bit_quadratic", "spectrum_2bit", "landscape_2bit", "invariance_2bit"):

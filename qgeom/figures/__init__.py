@@ -60,7 +60,8 @@ from qgeom.figures.alignment import (
 from qgeom.figures.artifacts import RunArtifacts
 from qgeom.figures.catalog import COMPARISONS, SPECS, draw
 from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
-from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, spectrum
+from qgeom.figures.controls import controls, controls_table
+from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, proposition2_gap_table, spectrum
 from qgeom.figures.comparison import (
     proportion_bars, proportion_table, run_labels, runs_baseline_table, runs_baselines, runs_delta_heatmaps,
     runs_delta_table, runs_improvement, runs_improvement_table, settings,
@@ -81,7 +82,7 @@ __all__ = [
     "RunArtifacts", "alignment_heatmaps", "alignment_scatter", "alignment_scatter_table", "alignment_table",
     "baseline_bars", "baseline_table", "cached_table", "choose_bits", "choose_scope", "delta_heatmaps",
     "delta_table", "improvement_bars", "improvement_table", "invariance", "invariance_table", "lambda_curves",
-    "lambda_table", "landscape", "landscape_table", "load_run", "proposition1", "proposition1_table", "proposition2_gap",
+    "lambda_table", "landscape", "landscape_table", "load_run", "proposition1", "proposition1_table", "proposition2_gap", "proposition2_gap_table", "controls", "controls_table",
     "quadratic_model_table", "radar", "radar_table", "read_table", "robust_range", "save_figure", "spectrum",
     "spectrum_table", "style", "task_colors",
 ]

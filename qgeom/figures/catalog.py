@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from qgeom.figures import accuracy as A
 from qgeom.figures import alignment as AL
 from qgeom.figures import comparison as C
+from qgeom.figures import controls as CT
 from qgeom.figures import diagnostics as D
 from qgeom.figures import sweeps as S
 from qgeom.figures.files import cached_table, load_run, save_figure
@@ -124,6 +125,14 @@ SPECS: list[Spec] = [
     Spec("improvement", "(patch+PTQ − FT+PTQ) / QAT+PTQ per task", (_REC,),
          lambda c: A.improvement_table(_t(c, _REC), c.bits, c.scope),
          lambda c, t: A.improvement_bars(_t(c, _REC), c.bits, c.scope)),
+    Spec("controls", "donors' gain beside every control's per receiver; grid-only / values-only split", (_PAIRS,),
+         lambda c: CT.controls_table(_t(c, _PAIRS), c.bits, c.scope),
+         lambda c, t: CT.controls(_t(c, _PAIRS), c.bits, c.scope),
+         when=lambda c: any(k in c.tables[_PAIRS].columns for k in ("gain_row_permuted", "gain_grid_only"))),
+    Spec("proposition2", "Proposition 2′: R − cos²_GGN split into curvature, gradient, remainder, surrogate",
+         ("geometry",), lambda c: D.proposition2_gap_table(_t(c, "geometry"), "ggn", c.bits, c.scope),
+         lambda c, t: D.proposition2_gap(_t(c, "geometry"), "ggn", c.bits, c.scope),
+         when=lambda c: (c.tables["geometry"].objective == "prop2").any()),
     Spec("proposition1", "Proposition 1: K spectrum, stationarity, measured vs quadratic loss along λ",
          ("geometry",), lambda c: D.proposition1_table(_t(c, "geometry"), _quadratic(c), c.bits, c.scope),
          lambda c, t: D.proposition1(_t(c, "geometry"), _quadratic(c), c.bits, c.scope), checkpoint=True),

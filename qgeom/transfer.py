@@ -245,9 +245,12 @@ class TransferRun:
                             basin=basin)
 
     @property
-    def basins(self) -> list[str]:
-        """The basins a run trains: its own, and "other" when the other-basin control is on."""
-        return [""] + (["other"] if "other_basin" in self.cfg.controls else [])
+    def basins(self) -> tuple[str, ...]:
+        """The basins a run trains (:func:`qgeom.stages.basins`): its own, and "other" with the
+        other-basin control."""
+        from qgeom.stages import basins
+
+        return basins(self.cfg)
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -577,12 +580,15 @@ class TransferRun:
         bar.close()
 
     def _step_done(self, step: tuple, geometry: bool) -> bool:
+        """Whether a worker step's outputs all exist (the paths declared in :mod:`qgeom.stages`)."""
+        from qgeom.stages import Stage
+
         kind, s, b, t = step
         if kind == "train":
-            return all(self._in(basin, f"seed{s}/qat{bits}/rho_{t}.safetensors").exists()
-                       for bits in self.cfg.bits for basin in self.basins)
-        return (self.dir / f"seed{s}/eval{b}/{t}.csv").exists() and (
-            not geometry or (self.dir / f"seed{s}/geometry{b}/{t}.csv").exists())
+            stages = [Stage("qat", s, bits, t, basin) for bits in self.cfg.bits for basin in self.basins]
+        else:
+            stages = [Stage("evaluate", s, b, t)] + ([Stage("geometry", s, b, t)] if geometry else [])
+        return all(st.done(self.dir) for st in stages)
 
 
 _WORKER_RUN: TransferRun | None = None

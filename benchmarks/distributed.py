@@ -64,7 +64,8 @@ def worker(args) -> None:
         out[metric] = statistics.median(times)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.result).write_text(json.dumps(out))
-    if torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():  # every rank done before the group goes
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -45,5 +45,9 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     result = compute()
     torch.save(result, out_dir / f"rank{rank}.pt")
-    if dist:
+    if dist:  # every rank done with its collectives before the group goes (gloo aborts otherwise, rarely)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        import os
+
+        os._exit(0)  # results are on disk: skip interpreter teardown, where gloo's threads can abort

@@ -269,7 +269,6 @@ class TransferRun:
         are drawn from validation. Every set is quantized once and all sets of a split share one
         pass over its batches (:func:`qgeom.evaluation.top1_many`)."""
         from qgeom.analysis import lambda_on_val
-        from qgeom.data import batches
         from qgeom.evaluation import top1_many
 
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]

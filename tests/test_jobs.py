@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from qgeom.config import preset
 from qgeom.stages import Stage, load_run_config, plan, waves

@@ -12,7 +12,6 @@ permutation also acts on the head's input columns, so the fresh head must be tra
 from __future__ import annotations
 
 import pytest
-import torch
 
 from qgeom.data import make_task
 from qgeom.models import create_model

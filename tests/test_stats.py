@@ -3,7 +3,6 @@ the interval over tasks and seeds behaves as documented, and verdicts refuse deg
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 

@@ -455,7 +455,8 @@ class TransferRun:
         device = default_device()
         theta_hat = {k: v.to(device) for k, v in ptq(theta_qat, spec).items()}
         op_h = CurvatureOperator(model, theta_hat, probe, metric="hessian", objective="fp", scope=scope)
-        KH = np.array([[P.inner(a, {k: v.cpu() for k, v in hb.items()}) for hb in op_h.matmat(V)] for a in V])
+        HV = [{k: v.cpu() for k, v in hb.items()} for hb in op_h.matmat(V)]  # N products, once
+        KH = np.array([[P.inner(a, hb) for hb in HV] for a in V])
         KE = gram["euclidean"]
         sd = [P.inner(P.select(grads["ste"], scope), v) for v in V]
         g0 = op_h.loss({k: -v.to(device) for k, v in V[r].items()})

@@ -153,6 +153,24 @@ def test_vit_bound_holds_with_a_finite_difference_lipschitz_estimate(vit_pair):
     assert abs(t["gap"]) > bound(t, L) - abs(t["gradient"])
 
 
+def test_receiver_own_gain_is_half_its_hessian_form_up_to_the_gradient_and_cubic_terms(vit_pair):
+    """Proposition 2's second statement, |G_R − c/2| ≤ (L/6)‖ρ_R‖³ (c = ρ_Rᵀ H ρ_R), in the form
+    that holds at any expansion point: G_R − c/2 = −sᵀρ_R + T(0), |T(0)| ≤ (L/6)‖ρ_R‖³, with L
+    the FD estimate on [ρ_R, 0]. At this non-stationary point the s = 0 statement is violated."""
+    from qgeom.params import inner, norm
+
+    case, scope, keys, rho_D, rho_R, _, op_H, t = vit_pair
+    zero = {k: torch.zeros_like(v) for k, v in rho_R.items()}
+    minus = {k: -v for k, v in rho_R.items()}
+    G_R = op_H.loss(minus) - op_H.loss()  # g(0) − g(ρ_R) with g(δ) = L(θ̂ + δ − ρ_R)
+    c = inner(rho_R, op_H.matvec(rho_R))
+    s_rho = inner({k: op_H.gradient()[k] for k in keys}, rho_R)
+    L = segment_lipschitz(case.model, case.params, case.batches, zero, minus, n=4)
+    cubic = L / 6 * norm(rho_R) ** 3
+    assert abs(G_R - c / 2 + s_rho) <= cubic
+    assert abs(G_R - c / 2) > cubic
+
+
 def test_stationarity_and_metric_mismatch_are_refused_for_ste_operators():
     case = tiny_case()
     op = CurvatureOperator(case.model, case.params, case.batches, metric="hessian", objective="ste", scope="quantized")

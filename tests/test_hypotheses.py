@@ -29,7 +29,7 @@ from qgeom.genericity import genericity_margin
 from qgeom.models import create_model
 from qgeom.params import from_model, inner, is_head, scope_keys
 from qgeom.quant import QuantSpec, quantization_scale, quantize_weight
-from qgeom.symmetry import head_permutation, mlp_permutation
+from qgeom.symmetry import head_permutation
 from qgeom.train import fit, with_fresh_head
 
 # ---------------------------------------------------------------------------------------------

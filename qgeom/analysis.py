@@ -249,6 +249,7 @@ def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) 
             verdict_tuned=_verdict(tuned, "the donor patch at the λ chosen on val", "the unpatched receiver"),
             diff_vs_euclidean=diff,
             verdict_alignment=_alignment_verdict(e, m, best_metric, diff),
+            verdict_over_controls=_over_controls_line(corr[(corr.bits == bits) & (corr.scope == scope)]),
             **_controls_summary(g),
         ))
     return out
@@ -284,6 +285,20 @@ def _controls_summary(g: pd.DataFrame) -> dict:
             f"the grid alone (θ_R's values on the patched per-row grid) changes post-PTQ Top-1 by {grid} points, "
             f"the values alone (on θ_R's grid) by {values}; the grid alone {how}")
     return out
+
+
+def _over_controls_line(corr: pd.DataFrame) -> str:
+    """Spearman (QAP p) of every alignment with ``gain_over_controls`` — the donor's λ = 1 gain
+    minus the best control's — so that an alignment that only predicts "any perturbation of this
+    size helps" is not read as predicting transfer. Empty when the run has no such correlations."""
+    c = corr[(corr.target == "gain_over_controls") & (corr.method == "spearman")]
+    if c.empty:
+        return ""
+    parts = [f"{r.alignment} {r.r:+.2f} (p = {r.p_value:.3f})" for r in c.sort_values("alignment").itertuples()]
+    sig = [r.alignment for r in c.itertuples() if r.p_value < 0.05 and r.r > 0 and r.min_p < 0.05]
+    tail = (f"{', '.join(sig)} significant (QAP p < 0.05)" if sig else "none significant (QAP p < 0.05)")
+    return ("Spearman with the gain over the best control (the donor's λ = 1 gain minus the best control's): "
+            f"{', '.join(parts)}: {tail}")
 
 
 def _verdict(iv: Interval, what: str, against: str) -> str:

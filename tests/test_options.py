@@ -40,6 +40,7 @@ FAMILY = {
     "--objective": "fp or ste, geometry and spectrum", "--probe-split": "probe split of geometry and spectrum",
     "--run-dir": "run directory of run and demo",
     "--geometry": "whether the run has (run) or counts (status) the geometry stage",
+    "--recompute": "recompute what is cached: figures' checkpoint tables, summary's verdicts",
 }
 ALIASES = {"--task": "--data", "-q": "--quiet"}
 RETIRED = ("--samples", "--batch-size-probe", "--split-probe", "--preset")  # old second names of shared concepts
@@ -176,6 +177,27 @@ def test_tiny_run_summary_as_csv_and_json(tiny_run):
     assert res.exit_code == 0 and res.stdout.startswith("# table: results\nbits,scope,")
     doc = json.loads(runner.invoke(app, ["summary", str(tiny_run), "--format", "json"]).stdout)
     assert doc["results"] and doc["config"]["name"] == "tiny"
+
+
+def test_summary_recompute_rebuilds_the_verdicts_from_the_tables_and_keeps_the_times(tiny_run, tmp_path):
+    """--recompute on a copy of a finished run: results equal to those the run wrote (same code),
+    the stage times kept; a results entry removed from summary.json comes back."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    stored = json.loads((run / "summary.json").read_text())
+    broken = stored | {"results": [{k: v for k, v in r.items() if k != "verdict_over_controls"}
+                                   for r in stored["results"]]}
+    (run / "summary.json").write_text(json.dumps(broken))
+    res = runner.invoke(app, ["summary", str(run), "--recompute"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((run / "summary.json").read_text())
+    assert again["stage_seconds"] == stored["stage_seconds"] and again["seconds"] == stored["seconds"]
+    assert json.dumps(again["results"], sort_keys=True, default=float) == \
+        json.dumps(stored["results"], sort_keys=True, default=float)
+    assert all(r["verdict_over_controls"].startswith("Spearman with the gain over the best control")
+               for r in again["results"])
 
 
 # -- help without torch, no FutureWarning ------------------------------------------------------------------

@@ -109,6 +109,20 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     return summary
 
 
+def recompute_summary(run_dir: Path, summary: dict) -> dict:
+    """``summary`` with its results recomputed by :func:`qgeom.analysis.summarize` from the run's
+    CSVs (no training, evaluation or permutation test is redone); written back atomically."""
+    import pandas as pd
+
+    from qgeom import analysis
+    from qgeom.params import atomic_write
+
+    tables = {n: pd.read_csv(run_dir / f"{n}.csv") for n in ("pairs", "receivers", "correlations")}
+    summary = summary | {"results": analysis.summarize(tables["pairs"], tables["receivers"], tables["correlations"])}
+    atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
+    return summary
+
+
 def print_summary(summary: dict, console: Console = console) -> None:
     """The summary as two rich tables (outcomes; alignment) plus the plain-language verdicts."""
     cfg = summary["config"]
@@ -145,8 +159,8 @@ def print_summary(summary: dict, console: Console = console) -> None:
         console.print(t2)
     for r in summary["results"]:
         console.print(f"[bold]{r['bits']} bits, {r['scope']} scope[/]")
-        for key in ("verdict_patch", "verdict_random", "verdict_tuned", "verdict_alignment"):
-            if key in r:
+        for key in ("verdict_patch", "verdict_random", "verdict_tuned", "verdict_alignment", "verdict_over_controls"):
+            if r.get(key):
                 console.print(f"  - {r[key]}")
         for line in r.get("verdict_controls", []):  # the stronger controls and the decomposition (issue 15)
             console.print(f"  - {line}")
@@ -235,9 +249,15 @@ def register(app: typer.Typer) -> None:
     @app.command("summary")
     @clean_errors
     def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
-                    format: str = O.format()) -> None:
+                    format: str = O.format(),
+                    recompute: bool = typer.Option(False, help=(
+                        "recompute the verdicts from the run's pairs/receivers/correlations CSVs (after an "
+                        "upgrade of qgeom's summary) and rewrite summary.json, keeping its recorded times"))) -> None:
         """Print the summary table of a finished run."""
         path = run_dir / "summary.json"
         if not path.exists():
             raise typer.BadParameter(f"{path} does not exist: run `qgeom run` first")
-        emit_summary(json.loads(path.read_text()), format)
+        summary = json.loads(path.read_text())
+        if recompute:
+            summary = recompute_summary(run_dir, summary)
+        emit_summary(summary, format)

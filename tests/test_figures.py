@@ -190,6 +190,21 @@ def test_improvement_bars(synth):
     assert ax.get_ylabel() == "(patch+PTQ − FT+PTQ) / QAT+PTQ"
 
 
+def test_lambda_curves_come_from_validation_when_test_holds_only_the_chosen_lambdas(tiny_run, synth):
+    """A run evaluates test only at λ = 1 and at each patch's chosen λ: pooled over patches that
+    covers the grid, but a curve from it would show at λ ≠ 1 only the patches that chose λ — so
+    the λ curves and the pooled sensitivity are drawn from validation. A table with the whole grid
+    on test for every patch (synthetic) is drawn from test."""
+    acc = pd.read_csv(tiny_run / "accuracy.csv", keep_default_na=False, na_values=[""])
+    test = acc[(acc.method == "patch") & (acc.split == "test") & (acc.metric == "ptq_top1")]
+    assert set(test.lam) == {0.5, 1.0, 1.5} and test.groupby(["seed", "receiver", "donor", "scope"]).lam.nunique().max() < 3
+    assert F.lambda_split(acc) == "val"
+    assert set(F.lambda_table(acc).split) == {"val"}
+    sens = F.lambda_sensitivity_table(acc)
+    assert set(sens[sens.panel == "delta"].split) == {"val"}
+    assert F.lambda_split(synth["accuracy"]) == "test"
+
+
 def test_lambda_curves(synth):
     acc, pairs = synth["accuracy"], synth["pairs"]
     tab = F.lambda_table(acc, pairs)

@@ -27,10 +27,19 @@ LAM_STAR_LABELS = {"ggn_ste": "GGN, STE at $\\theta_{R,\\mathrm{QAT}}$", "ggn_fp
 
 
 def lambda_split(acc: pd.DataFrame) -> str:
-    """``test`` when its patch rows hold every λ of the validation rows, else ``val``."""
-    p = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")]
-    test, val = set(p[p.split == "test"].lam.dropna()), set(p[p.split == "val"].lam.dropna())
-    return "test" if test and val <= test else ("val" if val else "test")
+    """``test`` when *every* patch (seed, bits, receiver, donor, scope) holds on test every λ it
+    holds on validation, else ``val``. Per patch, not pooled: a run that evaluates test only at
+    λ = 1 and at each patch's chosen λ covers the whole grid once pooled over patches, but a curve
+    drawn from it would show, at λ ≠ 1, only the patches that chose that λ (selection bias)."""
+    p = acc[(acc.method == "patch") & (acc.metric == "ptq_top1")].dropna(subset=["lam"])
+    if not (p.split == "val").any():
+        return "test"
+    keys = [k for k in ("seed", "bits", "receiver", "donor", "scope") if k in p.columns]
+    lams = p.groupby(keys + ["split"]).lam.agg(frozenset).unstack("split")
+    if "test" not in lams:
+        return "val"
+    full = [isinstance(t, frozenset) and isinstance(v, frozenset) and v <= t for t, v in zip(lams["test"], lams["val"])]
+    return "test" if all(full) else "val"
 
 
 def lambda_table(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,

@@ -151,11 +151,17 @@ def proposition2_gap(geometry: pd.DataFrame, metric: str = "ggn", bits: int | No
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_xticks(x, [f"{d}→{r}" for d, r in zip(tab.donor, tab.receiver)], rotation=70)
         ax.set_ylabel("share of the receiver's gain $G_R$")
+        span = float(np.nanmax(np.abs(tab.gap))) if len(tab) else 0.0
+        symlog = span > 20  # pairs whose receiver gains ~0 from ρ_R (R = x/≈0) would flatten the rest
+        if symlog:
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_title(f"Proposition 2′: $R - \\cos^2$ by term ({tab.bits.iloc[0] if len(tab) else ''} bits)")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3)
         med = float(np.nanmedian(tab.explained)) if "explained" in tab and len(tab) else float("nan")
         caption(fig, f"Pairs sorted by $R - \\kappa$, means over seeds; terms at the STE surrogate's point "
-                     f"$Q_b(\\theta_{{R,QAT}})$. Median share of the gap explained by curvature + gradient: {med:.0%}.")
+                     f"$Q_b(\\theta_{{R,QAT}})$. Median share of the gap explained by curvature + gradient: {med:.0%}."
+                     + (" Symmetric-log axis (linear within ±1): some receivers gain almost nothing from their own "
+                        "$\\rho_R$, so R divides by nearly 0." if symlog else ""))
     return fig
 
 

@@ -1,7 +1,7 @@
 """Paste the printed summaries of finished runs into README.md between marker comments.
 
     .venv/bin/python scripts/update_readme.py      # runs/demo -> the `demo` block
-    python scripts/update_readme.py runs/demo-2-3 demo-bits-2-3
+    python scripts/update_readme.py runs/demo-controls-2-3 demo-controls-2-3
 
 The block between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` is replaced by what
 ``qgeom summary RUN_DIR`` prints, so the README's numbers are never typed by hand.

@@ -257,14 +257,16 @@ def lambda_sensitivity(accs, pairs=None, scope: str | None = None) -> Figure:
         axes[0].set_ylabel(f"Δ PTQ Top-1 vs FT+PTQ ({split}, points)")
         axes[0].set_title("(a) median over pairs, band: IQR")
         if len(tuned):
-            w = 0.8 * min(np.diff(sorted(set(tuned.lam))), default=0.25) / len(labels)
+            grid = sorted(set(tuned.lam))  # one slot per grid value: 0.15 and 0.25 would collide on a λ axis
+            w = 0.8 / len(labels)
             for i, label in enumerate(labels):
                 d = tuned[tuned.setting == label]
-                axes[1].bar(d.lam + (i - (len(labels) - 1) / 2) * w, d["count"], w, color=CB[i % 10], label=label)
+                x = np.array([grid.index(v) for v in d.lam], dtype=float)
+                axes[1].bar(x + (i - (len(labels) - 1) / 2) * w, d["count"], w, color=CB[i % 10], label=label)
             axes[1].set_xlabel(r"$\lambda_{\mathrm{val}}$ (chosen on validation)")
             axes[1].set_ylabel("pairs × seeds")
             axes[1].set_title("(b) the tuned λ")
-            axes[1].set_xticks(sorted(set(tuned.lam)), [grid_label(v) for v in sorted(set(tuned.lam))])
+            axes[1].set_xticks(range(len(grid)), [grid_label(v) for v in grid])
         if len(labels) > 1:
             fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(4, len(labels)))
         fig.suptitle("Sensitivity to λ, off-diagonal pairs" + (f" ({labels[0]})" if len(labels) == 1 else ""))

@@ -15,6 +15,8 @@ breaks the hypothesis and must fail by orders of magnitude more than the toleran
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,13 +107,8 @@ def test_hessian_transport_by_a_theta_dependent_map_needs_the_extra_term(batches
     # away from a critical point the linear transport is wrong by far more than the tolerance
     assert abs(lhs - transported) > 1e4 * tol, (lhs, transported, extra)
     # the GGN: first derivatives only, so Dφ transports it exactly
-    for objective_point, vecs in ((theta, (v, w)), (pt, (dv, dw))):
-        op = CurvatureOperator(model, objective_point, [(x, y)], metric="ggn", scope="all")
-        K = op.jvp_gram(list(vecs))
-        if objective_point is theta:
-            k_theta = K[0, 1]
-        else:
-            k_phi = K[0, 1]
+    ggn = lambda at, a, b: CurvatureOperator(model, at, [(x, y)], metric="ggn", scope="all").jvp_gram([a, b])[0, 1]  # noqa: E731
+    k_theta, k_phi = ggn(theta, v, w), ggn(pt, dv, dw)
     assert abs(k_theta - k_phi) <= 1e-9 * abs(k_theta)
 
 
@@ -250,7 +247,7 @@ def _duplicate_head(theta: dict, D: int = 16, H: int = 2) -> dict:
 
 
 def _with_dropout(model, masks):
-    m = __import__("copy").deepcopy(model)
+    m = copy.deepcopy(model)
     m.blocks[0].attn.attn_drop = _MaskedDropout(masks)
     return m
 

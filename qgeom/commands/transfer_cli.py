@@ -105,8 +105,15 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
                "machine": machine_info() | {"workers": workers}, "stage_seconds": stages + phases,
                "results": results,
                "correlations": corr[(corr.target == "gain_unit") & (corr.method == "spearman")].to_dict("records")}
-    atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
+    write_summary(run_dir, summary)
     return summary
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """``RUN/summary.json``, written atomically (what ``qgeom summary`` reads)."""
+    from qgeom.params import atomic_write
+
+    atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
 
 
 def recompute_summary(run_dir: Path, summary: dict) -> dict:
@@ -115,11 +122,10 @@ def recompute_summary(run_dir: Path, summary: dict) -> dict:
     import pandas as pd
 
     from qgeom import analysis
-    from qgeom.params import atomic_write
 
     tables = {n: pd.read_csv(run_dir / f"{n}.csv") for n in ("pairs", "receivers", "correlations")}
     summary = summary | {"results": analysis.summarize(tables["pairs"], tables["receivers"], tables["correlations"])}
-    atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
+    write_summary(run_dir, summary)
     return summary
 
 

@@ -8,7 +8,7 @@ attention, float32 unless --dtype):
 
 * forward (the loss), gradient;
 * HVP by forward-over-reverse (torch.func.jvp of grad) and by double backward, through
-  :class:`qgeom.curvature.CurvatureOperator` without the gradient-graph cache, the default
+  :class:`qgeom.curvature.operator.CurvatureOperator` without the gradient-graph cache, the default
   operator (one batch: the ∇L graph cached, a product is one backward pass), and the *baseline* — double backward the
   PyHessian way, written here on the nn.Module: ``autograd.grad(loss, params,
   create_graph=True)`` then ``autograd.grad(grads, params, grad_outputs=v)``;
@@ -46,9 +46,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qgeom.commands.threads import THREADS_HELP, set_threads  # noqa: E402
-from qgeom.curvature import CurvatureOperator  # noqa: E402
-from qgeom.lanczos import lanczos  # noqa: E402
+from qgeom.runtime import THREADS_HELP, set_threads  # noqa: E402
+from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
+from qgeom.spectra.lanczos import lanczos  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
 from qgeom.params import from_model  # noqa: E402
 

@@ -30,7 +30,7 @@ def worker(args) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from qgeom.curvature import CurvatureOperator
+    from qgeom.curvature.operator import CurvatureOperator
     from qgeom.models import create_model
     from qgeom.params import from_model
 

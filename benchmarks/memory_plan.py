@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curvature import machine, peak_memory_mib  # noqa: E402
-from qgeom.commands.threads import set_threads  # noqa: E402
+from qgeom.runtime import set_threads  # noqa: E402
 
 CALLS = ("hvp", "hvp_graph_build", "ggn_product", "gram6_jvp", "gram6_products")
 
 
 def child(args) -> dict:
-    from qgeom.curvature import CurvatureOperator
-    from qgeom.geometry import gram_matrix
+    from qgeom.curvature.operator import CurvatureOperator
+    from qgeom.curvature.geometry import gram_matrix
     from qgeom.models import create_model
     from qgeom.params import from_model
 

@@ -9,10 +9,10 @@ is downloaded) and random 224×224 images, in the run's own code paths:
 * one training step of :func:`qgeom.train.fit` at ``--batch`` (forward, backward, clip, AdamW;
   bf16 autocast on CUDA, as the run does), median over ``--repeats``;
 * one evaluation forward at ``--batch`` (:func:`qgeom.train.logits`, inference mode);
-* one GGN product on a probe batch (:class:`qgeom.curvature.CurvatureOperator`, fp32).
+* one GGN product on a probe batch (:class:`qgeom.curvature.operator.CurvatureOperator`, fp32).
 
 The estimate scales them to the preset (seconds per image × images): fine-tuning and QAT steps
-per task at the recipe's batch 128; evaluations per receiver as ``qgeom.transfer`` makes them
+per task at the recipe's batch 128; evaluations per receiver as ``qgeom.experiment.run`` makes them
 (baseline, QAT, pretrained backbone, every donor over the λ grid, the multi-donor mean, the
 random control; both scopes; val and test); the GGN Gram matrix per receiver (one product per
 task vector per probe batch, fp and ste). Split sizes are the datasets' published sizes with
@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qgeom.config import preset as run_preset  # noqa: E402
-from qgeom.curvature import CurvatureOperator  # noqa: E402
+from qgeom.experiment.config import preset as run_preset  # noqa: E402
+from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
 from qgeom.models import create_model, default_device  # noqa: E402
 from qgeom.params import from_model  # noqa: E402
 from qgeom.train import fit, logits  # noqa: E402

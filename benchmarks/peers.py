@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curvature import machine  # noqa: E402
-from qgeom.commands.threads import THREADS_HELP, set_threads  # noqa: E402
-from qgeom.curvature import CurvatureOperator  # noqa: E402
-from qgeom.geometry import gram_matrix  # noqa: E402
-from qgeom.lanczos import eigsh, hutchinson_trace  # noqa: E402
+from qgeom.runtime import THREADS_HELP, set_threads  # noqa: E402
+from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
+from qgeom.curvature.geometry import gram_matrix  # noqa: E402
+from qgeom.spectra.lanczos import eigsh, hutchinson_trace  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
 from qgeom.params import from_model  # noqa: E402
 

@@ -5,7 +5,7 @@
 The README's example: ``eigsh(H, k=5, which="LA")`` for the Hessian of the ``fp`` objective on the
 ``quantized`` scope of the micro preset, 256 probe images of the ``count`` task in batches of 64,
 float32. Measured with the old fixed tolerance (1e-10, max 100 steps) and with the dtype's
-default (:func:`qgeom.lanczos.default_tol`): steps, wall time, convergence, achieved relative
+default (:func:`qgeom.spectra.lanczos.default_tol`): steps, wall time, convergence, achieved relative
 residuals. Then the thread count: the same Hessian product with 1 and with 2 torch threads,
 interleaved in one process (so the machine's load hits both alike), with the load average
 recorded — on a shared machine, the other jobs' threads decide which wins.
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curvature import machine  # noqa: E402
-from qgeom.curvature import CurvatureOperator  # noqa: E402
+from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
 from qgeom.data import load_task, probe_batches  # noqa: E402
-from qgeom.lanczos import eigsh  # noqa: E402
+from qgeom.spectra.lanczos import eigsh  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
 from qgeom.params import from_model  # noqa: E402
 

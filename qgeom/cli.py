@@ -11,7 +11,6 @@ without it (each command imports what it computes with).
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -20,6 +19,7 @@ import typer
 from rich.table import Table
 
 from qgeom.commands import check_finite_option, check_writable, clean_errors
+from qgeom.commands import curvature, figures, invariance, jobs, run
 from qgeom.commands import options as O
 from qgeom.commands.inputs import build_model, load_data, read_checkpoint, task_spec
 from qgeom.commands.output import Output
@@ -30,13 +30,14 @@ BITS_HELP = "weight bit width, 2–8 (per-row symmetric RTN, the paper's quantiz
 
 
 def _load(path: Path) -> tuple[dict, dict]:
-    from qgeom.params import load_params
+    from qgeom.io import load_params
 
     return load_params(path)
 
 
 def _save(path: Path, params: dict, meta: dict, out: Output, **extra) -> None:
-    from qgeom.params import numel, save_params
+    from qgeom.params import numel
+    from qgeom.io import save_params
 
     meta = {k: v for k, v in meta.items() if k not in ("content_hash", "qgeom_version")}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
@@ -350,7 +351,7 @@ def align_demo(
 
     Read-only: it uses the run's checkpoints and never trains or writes into the run; a stage the
     run lacks (e.g. another bit width) is an error that says how to make it."""
-    from qgeom.alignment import alignment_demo
+    from qgeom.symmetry.weight_matching import alignment_demo
     from qgeom.data import batches
     from qgeom.figures.artifacts import RunArtifacts
     from qgeom.quant import QuantSpec
@@ -389,9 +390,8 @@ def tasks(format: str = O.format()) -> None:
 
 
 # Commands defined in their own modules (one concept per module), registered here.
-for _name in ("curvature_cli", "invariance_cli", "transfer_cli", "figures_cli", "jobs_cli"):
-    if (Path(__file__).parent / "commands" / f"{_name}.py").exists():
-        importlib.import_module(f"qgeom.commands.{_name}").register(app)
+for _module in (curvature, invariance, run, figures, jobs):
+    _module.register(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

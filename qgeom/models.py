@@ -43,7 +43,8 @@ import timm
 import torch
 from torch import nn
 
-from qgeom.params import CheckpointError, Params, load_into, load_params
+from qgeom.params import Params, load_into
+from qgeom.io import CheckpointError, load_params
 
 PRESETS: dict[str, dict[str, Any]] = {
     "micro": {

@@ -1,4 +1,4 @@
-"""Named-parameter vectors: scopes, arithmetic, validation and safetensors IO.
+"""Named-parameter vectors: scopes, arithmetic and validation (files: :mod:`qgeom.io`).
 
 A point θ or a direction ρ in weight space is a ``Params``: a ``dict[str, Tensor]`` keyed by
 timm's parameter names. Every function here is pure: it returns new dicts and never mutates its
@@ -18,13 +18,8 @@ Scopes (DESIGN.md §2) select a subset of the keys:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
-import socket
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Union
 
 import torch
@@ -43,10 +38,6 @@ class IncompatibleParamsError(ValueError):
 
 class NonFiniteParamsError(ValueError):
     """A parameter dict holds NaN or Inf values."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or not a safe format."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,12 +100,12 @@ def load_into(model: torch.nn.Module, params: Mapping[str, Tensor], strict: bool
     state = model.state_dict()
     unknown = [k for k in params if k not in state]
     if unknown:
-        raise IncompatibleParamsError(f"keys not in the model: {_first(unknown)}")
+        raise IncompatibleParamsError(f"keys not in the model: {first_names(unknown)}")
     check_compatible(select(state, lambda k, _: k in params), params, check_dtype=False, finite=False)
     if strict:
         missing = [k for k in state if k not in params and torch.is_floating_point(state[k])]
         if missing:
-            raise IncompatibleParamsError(f"model keys missing from params: {_first(missing)}")
+            raise IncompatibleParamsError(f"model keys missing from params: {first_names(missing)}")
     with torch.no_grad():
         for k, v in params.items():
             state[k].copy_(v)
@@ -126,7 +117,7 @@ def load_into(model: torch.nn.Module, params: Mapping[str, Tensor], strict: bool
 # --------------------------------------------------------------------------------------------
 
 
-def _first(names: Iterable[str], n: int = 5) -> str:
+def first_names(names: Iterable[str], n: int = 5) -> str:
     names = list(names)
     more = f" (and {len(names) - n} more)" if len(names) > n else ""
     return ", ".join(names[:n]) + more
@@ -136,7 +127,7 @@ def check_finite(params: Mapping[str, Tensor], what: str = "params") -> None:
     """Raise :class:`NonFiniteParamsError` naming the first tensors with NaN/Inf."""
     bad = [k for k, v in params.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
     if bad:
-        raise NonFiniteParamsError(f"{what} hold NaN or Inf values in: {_first(bad)}")
+        raise NonFiniteParamsError(f"{what} hold NaN or Inf values in: {first_names(bad)}")
 
 
 def check_compatible(
@@ -156,17 +147,17 @@ def check_compatible(
     if ka != kb:
         parts = []
         if ka - kb:
-            parts.append(f"keys only in {names[0]}: {_first(sorted(ka - kb))}")
+            parts.append(f"keys only in {names[0]}: {first_names(sorted(ka - kb))}")
         if kb - ka:
-            parts.append(f"keys only in {names[1]}: {_first(sorted(kb - ka))}")
+            parts.append(f"keys only in {names[1]}: {first_names(sorted(kb - ka))}")
         raise IncompatibleParamsError("; ".join(parts))
     shapes = [f"{k} {tuple(a[k].shape)} vs {tuple(b[k].shape)}" for k in a if a[k].shape != b[k].shape]
     if shapes:
-        raise IncompatibleParamsError(f"shape mismatch between {names[0]} and {names[1]}: {_first(shapes)}")
+        raise IncompatibleParamsError(f"shape mismatch between {names[0]} and {names[1]}: {first_names(shapes)}")
     if check_dtype:
         dts = [f"{k} {a[k].dtype} vs {b[k].dtype}" for k in a if a[k].dtype != b[k].dtype]
         if dts:
-            raise IncompatibleParamsError(f"dtype mismatch between {names[0]} and {names[1]}: {_first(dts)}")
+            raise IncompatibleParamsError(f"dtype mismatch between {names[0]} and {names[1]}: {first_names(dts)}")
     if finite:
         check_finite(a, names[0])
         check_finite(b, names[1])
@@ -291,11 +282,11 @@ def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: flo
     vec = select(vector, scope) if scope is not None else dict(vector)
     head = [k for k in vec if is_head(k)]
     if head:
-        raise IncompatibleParamsError(f"the vector holds head tensors ({_first(head)}): the receiver keeps its head "
+        raise IncompatibleParamsError(f"the vector holds head tensors ({first_names(head)}): the receiver keeps its head "
                                       f"(a full checkpoint passed as a vector? extract ρ on the backbone)")
     missing = [k for k in vec if k not in receiver]
     if missing:
-        raise IncompatibleParamsError(f"vector keys not in the receiver: {_first(missing)}")
+        raise IncompatibleParamsError(f"vector keys not in the receiver: {first_names(missing)}")
     check_compatible({k: receiver[k] for k in vec}, vec, check_dtype=False, names=("receiver", "vector"))
     if not math.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam}")
@@ -322,9 +313,9 @@ def check_coverage(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor],
     name = s if isinstance(s, str) else "the given scope"
     parts = [f"the vector covers {len(keys & set(want))} of the {len(want)} tensors of scope {name}"]
     if lacking:
-        parts.append(f"missing: {_first(lacking)}")
+        parts.append(f"missing: {first_names(lacking)}")
     if extra:
-        parts.append(f"outside it: {_first(sorted(extra))}")
+        parts.append(f"outside it: {first_names(sorted(extra))}")
     raise IncompatibleParamsError("; ".join(parts) + " (a partial vector needs allow_partial=True / --allow-partial)")
 
 
@@ -371,146 +362,3 @@ def content_hash(a: Mapping[str, Tensor]) -> str:
         # reshape(-1): a 0-dim tensor cannot be viewed as bytes; the bytes are the same.
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-TEMP_SUFFIX = ".tmp"
-#: This machine's name in temporary file names: a run directory may be shared by jobs on several
-#: machines (a cluster's file system), and a process id says nothing about another machine.
-HOST = "".join(c if c.isalnum() else "-" for c in socket.gethostname()) or "host"
-
-
-def _temp_prefix(path: Path, pid: int | None = None) -> str:
-    return f".{path.name}.{HOST}_{os.getpid() if pid is None else pid}."
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a live process of another user
-        return True
-    return True
-
-
-def remove_stale_temps(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Delete temporary files of :func:`atomic_write` whose writer process is gone (killed
-    mid-write); returns them. Only temporaries written on this machine are judged (another
-    machine's process ids cannot be checked from here); those of live processes are left alone
-    (they may be writing now); a file that only looks like one is ignored unless its name parses."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    removed = []
-    for tmp in (d.rglob if recursive else d.glob)(f".*{TEMP_SUFFIX}"):
-        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)  # .{name}.{host}_{pid}.{random}
-        host, _, pid = parts[1].rpartition("_") if len(parts) == 3 else ("", "", "")
-        if host != HOST or not pid.isdigit() or not tmp.is_file():
-            continue
-        if int(pid) != os.getpid() and _alive(int(pid)):
-            continue
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed run never leaves half a file.
-
-    The temporary file (``.{name}.{pid}.{random}.tmp`` beside ``path``) is removed when ``write``
-    raises; one left by a killed process is removed by the next write into the same directory
-    (:func:`remove_stale_temps`). An ``OSError`` that names no file (e.g. no space left on
-    device) is re-raised naming ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.filename is None or str(e.filename) == tmp:
-            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def save_params(path: str | os.PathLike, params: Mapping[str, Tensor], metadata: Mapping[str, object] | None = None) -> Path:
-    """Write ``params`` to a safetensors file atomically, with metadata.
-
-    The metadata always holds ``content_hash`` (see :func:`content_hash`) and ``qgeom_version``;
-    other values are JSON-encoded strings (safetensors metadata is ``str -> str``).
-    """
-    from safetensors.torch import save_file
-
-    from qgeom import __version__
-
-    check_finite(params)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    meta["content_hash"] = content_hash(tensors)
-    meta["qgeom_version"] = __version__
-
-    def write(tmp: str) -> None:
-        try:
-            save_file(tensors, tmp, metadata=meta)
-        except OSError:
-            raise
-        except Exception as e:  # safetensors' own errors (SafetensorError) name no file
-            raise CheckpointError(f"{path}: could not write the safetensors file: {e}") from e
-
-    return atomic_write(path, write)
-
-
-def sniff_format(path: str | os.PathLike) -> str | None:
-    """A description of a file that is recognisably *not* safetensors (a pickle, a torch zip
-    checkpoint), from its first bytes; ``None`` when it may be safetensors (8-byte header
-    length, then ``{``). Nothing is unpickled."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head[8:9] == b"{":
-        return None
-    if head.startswith(b"PK\x03\x04"):
-        return "a torch.save zip archive (pickle inside)"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
-        return "a pickle"
-    return None
-
-
-def load_params(path: str | os.PathLike, *, verify: bool = True, finite: bool = True) -> tuple[Params, dict[str, str]]:
-    """Read a safetensors file written by :func:`save_params`: ``(params, metadata)``.
-
-    Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign (pickle) file,
-    or when the stored content hash does not match the tensors (``verify=True``), and
-    :class:`NonFiniteParamsError` naming the file and the tensors when any value is NaN/Inf
-    (``finite=True``): no number is ever computed from such a file.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no such checkpoint: {path}")
-    foreign = sniff_format(path)
-    if foreign:
-        raise CheckpointError(f"{path} is {foreign}, not a safetensors file; qgeom never unpickles files here "
-                              f"(convert it: safetensors.torch.save_file(state_dict, ...))")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            params = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
-    if verify and "content_hash" in meta and meta["content_hash"] != content_hash(params):
-        raise CheckpointError(f"{path}: content hash does not match the stored tensors (file corrupted?)")
-    bad = [k for k, v in params.items() if finite and torch.is_floating_point(v) and not torch.isfinite(v).all()]
-    if bad:
-        raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {_first(bad)}")
-    return params, meta

@@ -6,7 +6,7 @@ by the head and the Hessian is indefinite), with a probe set of two batches of u
 (7 and 5) — which checks the n_b / N weighting against the dense references, built on all 12
 samples as one batch.
 
-Dense references are independent of qgeom.curvature's code paths:
+Dense references are independent of qgeom.curvature.operator's code paths:
 
 * Hessian: ``torch.func.hessian`` of the flattened loss, with ``F.layer_norm`` replaced by its
   textbook formula. With the native op, ``torch.func.hessian`` (jacfwd∘jacrev) is *wrong* in

@@ -10,9 +10,9 @@ import torch
 
 
 def compute() -> dict:
-    from qgeom.curvature import CurvatureOperator
-    from qgeom.geometry import gram
-    from qgeom.lanczos import eigsh
+    from qgeom.curvature.operator import CurvatureOperator
+    from qgeom.curvature.geometry import gram
+    from qgeom.spectra.lanczos import eigsh
     from qgeom.models import create_model
     from qgeom.params import from_model
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from qgeom.alignment import alignment_demo, permutation_element, weight_matching
+from qgeom.symmetry.weight_matching import alignment_demo, permutation_element, weight_matching
 from qgeom.models import create_model
 from qgeom.params import from_model, norm, select, sub
 

@@ -1,4 +1,4 @@
-"""Proposition 2′ (proofs/02_second_order.md) measured: qgeom.bounds against closed forms and
+"""Proposition 2′ (proofs/02_second_order.md) measured: qgeom.curvature.bounds against closed forms and
 dense float64 references.
 
 * a smooth non-polynomial objective with a certified Hessian Lipschitz constant (quadratic +
@@ -20,8 +20,8 @@ import pytest
 import torch
 from _cases_curvature import dense_ggn, dense_hessian, flat_functions, random_vector, tiny_case
 
-from qgeom.bounds import TERMS, bound, pair_bound_terms, second_order_terms, segment_lipschitz
-from qgeom.curvature import CurvatureOperator
+from qgeom.curvature.bounds import TERMS, bound, pair_bound_terms, second_order_terms, segment_lipschitz
+from qgeom.curvature.operator import CurvatureOperator
 from qgeom.params import flatten
 
 L3 = math.sqrt(3) / 18  # max |softplus'''|
@@ -188,7 +188,7 @@ def test_transfer_geometry_table_carries_the_terms(tiny_run):
     with the GGN-STE row; the figure panel draws from it."""
     import pandas as pd
 
-    from qgeom.bounds import gap_decomposition
+    from qgeom.curvature.bounds import gap_decomposition
     from qgeom.figures import proposition2_gap
 
     geo = pd.read_csv(tiny_run / "geometry.csv", keep_default_na=False, na_values=[""])

@@ -17,6 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 from qgeom import params as P
+from qgeom import io as qio
 from qgeom.cli import app
 from qgeom.data import load_task
 from qgeom.quant import QuantSpec, ptq
@@ -104,7 +105,7 @@ def pipeline(d):
 
 
 def load(path):
-    return P.load_params(path)  # verifies the content hash
+    return qio.load_params(path)  # verifies the content hash
 
 
 def test_pipeline_writes_every_file_with_its_metadata(run):
@@ -196,7 +197,7 @@ def test_unsupported_bits_exit_with_a_message(run, bits):
 def test_an_incompatible_vector_exits_naming_the_key(run):
     d, f, _ = run
     rho, meta = load(f["rho"])
-    P.save_params(d / "rho_extra.safetensors", {**rho, "blocks.9.attn.qkv.weight": torch.zeros(3)}, meta)
+    qio.save_params(d / "rho_extra.safetensors", {**rho, "blocks.9.attn.qkv.weight": torch.zeros(3)}, meta)
     result = invoke("patch", "--receiver", f["ft_hue"], "--vector", d / "rho_extra.safetensors", "--out", d / "bad.safetensors")
     assert result.exit_code == 1
     assert result.output.startswith("Error: ")  # names the files, then the key
@@ -204,7 +205,7 @@ def test_an_incompatible_vector_exits_naming_the_key(run):
     assert "vector keys not in the receiver: blocks.9.attn.qkv.weight" in result.output
     assert "Traceback" not in result.output and not (d / "bad.safetensors").exists()
     # a shape that does not fit names the key and both shapes
-    P.save_params(d / "rho_shape.safetensors", {**rho, "pos_embed": torch.zeros(1, 5, 16)}, meta)
+    qio.save_params(d / "rho_shape.safetensors", {**rho, "pos_embed": torch.zeros(1, 5, 16)}, meta)
     result = invoke("patch", "--receiver", f["ft_hue"], "--vector", d / "rho_shape.safetensors", "--out", d / "bad.safetensors")
     assert result.exit_code == 1 and "pos_embed (1, 17, 16) vs (1, 5, 16)" in result.output
 
@@ -217,7 +218,7 @@ def test_missing_corrupt_and_foreign_checkpoints_exit_cleanly(run, tmp_path):
     cut.write_bytes(f["ft_shape"].read_bytes()[:1000])
     result = invoke("extract", "--qat", cut, "--finetuned", f["ft_shape"], "--out", tmp_path / "x.safetensors")
     assert result.exit_code == 1 and "truncated or corrupt" in result.output
-    bare = P.save_params(tmp_path / "bare.safetensors", load(f["ft_shape"])[0])  # no model metadata
+    bare = qio.save_params(tmp_path / "bare.safetensors", load(f["ft_shape"])[0])  # no model metadata
     result = invoke("evaluate", bare)
     assert result.exit_code == 2 and "no model metadata" in result.output
     result = invoke("finetune", "--pretrained", bare, "--task", "shape", "--out", tmp_path / "x.safetensors")

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qgeom.controls import control, negated, permuted_within_rows, random_like_rows
-from qgeom.decomposition import grid_only, grid_statistics, quantize_on_grid, values_only
+from qgeom.experiment.controls import control, negated, permuted_within_rows, random_like_rows
+from qgeom.experiment.decomposition import grid_only, grid_statistics, quantize_on_grid, values_only
 from qgeom.params import patch
 from qgeom.quant import QuantSpec, ptq, quantize_weight
 
@@ -84,7 +84,8 @@ def test_the_run_evaluates_every_control_and_the_other_basin_comes_from_another_
 
     import pandas as pd
 
-    from qgeom.params import content_hash, load_params
+    from qgeom.params import content_hash
+    from qgeom.io import load_params
 
     acc = pd.read_csv(tiny_run / "accuracy.csv")
     for m in ("random", "random_rows", "row_permuted", "negated", "other_basin", "grid_only", "values_only"):

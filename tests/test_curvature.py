@@ -22,7 +22,7 @@ from torch import nn
 
 from _cases_curvature import (SPEC, TINY, decomposed_layer_norm, dense_fisher, dense_ggn, dense_hessian,
                               flat_functions, random_vector, rel_err, sketch, tiny_case)
-from qgeom.curvature import (CurvatureOperator, ForwardADError, TrainingModeError, check_eval_mode, fisher_vp,
+from qgeom.curvature.operator import (CurvatureOperator, ForwardADError, TrainingModeError, check_eval_mode, fisher_vp,
                              ggn_vp, hvp, probe_hash, reduce_over_probe)
 from qgeom.models import create_model
 from qgeom.params import IncompatibleParamsError, from_model, scope_keys

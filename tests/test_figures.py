@@ -15,7 +15,7 @@ import torch
 from matplotlib.container import BarContainer
 from matplotlib.collections import LineCollection, PathCollection, QuadMesh
 
-from qgeom import analysis
+from qgeom.experiment import analysis
 from qgeom import figures as F
 
 TASKS = ("alpha", "beta", "gamma")
@@ -24,7 +24,7 @@ LAMS = (0.5, 1.0, 1.5)
 
 
 # --------------------------------------------------------------------------------------------
-# synthetic run tables (the schema of qgeom.transfer), derived tables through qgeom.analysis
+# synthetic run tables (the schema of qgeom.experiment.run), derived tables through qgeom.experiment.analysis
 # --------------------------------------------------------------------------------------------
 
 
@@ -249,7 +249,7 @@ def test_alignment_scatter_reports_spearman_and_qap(synth):
     text = axes[4].get_title()  # row ggn_ste, column gain_unit: the statistics head the panel
     assert f"Spearman ρ = {row.r:+.2f}" in text and f"QAP p = {row.p_value:.3f}" in text
     assert axes[4].get_xlabel() == F.ALIGNMENT_LABELS["ggn_ste"] and "points" in axes[4].get_ylabel()
-    # without correlations.csv the same numbers come from qgeom.stats
+    # without correlations.csv the same numbers come from qgeom.experiment.stats
     t2 = F.alignment_scatter_table(pairs, None, permutations=24)
     t1 = F.alignment_scatter_table(pairs, corr)
     assert np.allclose(t1.spearman, t2.spearman, equal_nan=True)

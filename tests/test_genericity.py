@@ -1,10 +1,10 @@
-"""qgeom.genericity: the checkable well-definedness condition of Theorem 6.5 (proofs/06)."""
+"""qgeom.symmetry.genericity: the checkable well-definedness condition of Theorem 6.5 (proofs/06)."""
 
 from __future__ import annotations
 
 import torch
 
-from qgeom.genericity import genericity_margin
+from qgeom.symmetry.genericity import genericity_margin
 from qgeom.models import create_model
 from qgeom.params import from_model
 from qgeom.quant import QuantSpec

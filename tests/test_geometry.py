@@ -22,12 +22,13 @@ from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
 from _cases_curvature import dense_fisher, dense_ggn, dense_hessian, random_vector, tiny_case
-from qgeom.curvature import CurvatureOperator
-from qgeom.geometry import (directional_gradients, eigenbasis_projection, geometry_of_pair, gram, hessian_cosine,
+from qgeom.curvature.operator import CurvatureOperator
+from qgeom.curvature.geometry import (directional_gradients, eigenbasis_projection, geometry_of_pair, gram, hessian_cosine,
                             metric_cosine, metric_inner, optimal_scale, pair_geometry, quadratic_model,
                             recovered_fraction)
-from qgeom.lanczos import eigsh
-from qgeom.params import IncompatibleParamsError, save_params
+from qgeom.spectra.lanczos import eigsh
+from qgeom.params import IncompatibleParamsError
+from qgeom.io import save_params
 
 TOL = 1e-10
 
@@ -241,8 +242,8 @@ def test_readme_example(tmp_path):
     save_params(tmp_path / "rho_R.safetensors", random_vector({k: v for k, v in case.params.items() if "blocks" in k}, 2))
     model, batches = case.model, case.batches
     # --- README: the geometry of one donor/receiver pair -------------------------------------
-    from qgeom.geometry import pair_geometry
-    from qgeom.params import load_params
+    from qgeom.curvature.geometry import pair_geometry
+    from qgeom.io import load_params
 
     theta_R, _ = load_params(tmp_path / "receiver.safetensors")
     rho_D, _ = load_params(tmp_path / "rho_D.safetensors")
@@ -302,7 +303,7 @@ def cli_run(tmp_path_factory):
 def _app():
     import typer
 
-    from qgeom.commands.curvature_cli import register
+    from qgeom.commands.curvature import register
 
     app = typer.Typer()
     register(app)

@@ -4,7 +4,7 @@
   reparameterisation φ with L∘φ = L adds Σ_k ∂_kL(φ(θ)) ∇²φ_k(θ), the GGN has no such term.
 * Result 3: a metric restricted to a scope is covariant only under maps that preserve the scope.
 * Result 6, 6.4 (1): Q_b is affine along any segment shorter than the margin that
-  :func:`qgeom.genericity.genericity_margin` reports for a trained weight, and not beyond it.
+  :func:`qgeom.symmetry.genericity.genericity_margin` reports for a trained weight, and not beyond it.
 * Result 6, Fix(g): a θ_0 with two identical heads keeps them identical through fine-tuning and QAT.
 * Result 6, (E2): with dropout, the masks must be transported by g (and, on Fix(g), be g-invariant).
 * Result 6: a ReLU MLP's positive per-unit rescalings are level 1, not level 2 or 3.
@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch.func import functional_call, grad, jvp
 
-from qgeom.curvature import CurvatureOperator
+from qgeom.curvature.operator import CurvatureOperator
 from qgeom.data import make_task
-from qgeom.genericity import genericity_margin
+from qgeom.symmetry.genericity import genericity_margin
 from qgeom.models import create_model
 from qgeom.params import from_model, inner, is_head, scope_keys
 from qgeom.quant import QuantSpec, quantization_scale, quantize_weight

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_symmetry import draw_element, tiny_vit, vit_configs  # noqa: F401  (shared cases; pytest puts tests/ on sys.path)
 
-from qgeom.invariance import InvarianceReport, Tolerances, check_invariance
+from qgeom.symmetry.invariance import InvarianceReport, Tolerances, check_invariance
 from qgeom.params import select
 from qgeom.quant import QuantSpec
 from qgeom.symmetry import KINDS, BlockLinear, Symmetry, applicable_kinds, random_symmetry
@@ -99,7 +99,7 @@ def test_cli_check_invariance(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from qgeom.commands.invariance_cli import register
+    from qgeom.commands.invariance import register
 
     app = typer.Typer()
     register(app)

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _cases_curvature import dense_hessian, random_vector, tiny_case
-from qgeom.curvature import CurvatureOperator
-from qgeom.lanczos import (FlatOperator, as_flat_operator, default_tol, eigsh, hutchinson_trace, lanczos,
+from qgeom.curvature.operator import CurvatureOperator
+from qgeom.spectra.lanczos import (FlatOperator, as_flat_operator, default_tol, eigsh, hutchinson_trace, lanczos,
                            spectral_density)
 from qgeom.params import flatten
 

@@ -11,7 +11,8 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from qgeom import params as P
-from qgeom.params import CheckpointError
+from qgeom import io as qio
+from qgeom.io import CheckpointError
 from qgeom.models import (
     PRESETS,
     count_parameters,
@@ -136,7 +137,7 @@ def assert_loaded(model: nn.Module, expected: P.Params, skip=()) -> None:
 
 
 def test_load_from_safetensors(tmp_path, trained):
-    path = P.save_params(tmp_path / "w.safetensors", trained)
+    path = qio.save_params(tmp_path / "w.safetensors", trained)
     model = create_model("micro", 3, seed=0, checkpoint=path, **SMALL)
     assert_loaded(model, trained)
     assert not model.training and supports_forward_ad(model)
@@ -178,9 +179,9 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path, trained
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({**trained, "extra": _Payload(marker)}, path)
-    with pytest.raises(P.CheckpointError, match="refused to load"):
+    with pytest.raises(qio.CheckpointError, match="refused to load"):
         load_checkpoint(path)
-    with pytest.raises(P.CheckpointError, match="refused to load"):
+    with pytest.raises(qio.CheckpointError, match="refused to load"):
         create_model("micro", 3, checkpoint=path, **SMALL)
     assert not marker.exists()
     # the control: a trusting loader would have run it (so the check above can fail)
@@ -192,38 +193,38 @@ def test_truncated_and_non_tensor_torch_files_are_checkpoint_errors(tmp_path, tr
     torch.save(trained, tmp_path / "w.pt")
     data = (tmp_path / "w.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(P.CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(qio.CheckpointError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "cut.pt")
     (tmp_path / "empty.bin").write_bytes(b"")
-    with pytest.raises(P.CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(qio.CheckpointError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "empty.bin")
     torch.save(torch.ones(3), tmp_path / "tensor.pt")
-    with pytest.raises(P.CheckpointError, match="expected a dict of tensors, got Tensor"):
+    with pytest.raises(qio.CheckpointError, match="expected a dict of tensors, got Tensor"):
         load_checkpoint(tmp_path / "tensor.pt")
     torch.save({"a": torch.ones(1), "b": [1, 2]}, tmp_path / "mixed.pt")
-    with pytest.raises(P.CheckpointError, match="expected a dict of tensors"):
+    with pytest.raises(qio.CheckpointError, match="expected a dict of tensors"):
         load_checkpoint(tmp_path / "mixed.pt")
-    with pytest.raises(P.CheckpointError, match="no such checkpoint"):
+    with pytest.raises(qio.CheckpointError, match="no such checkpoint"):
         create_model("micro", 3, checkpoint=tmp_path / "absent.pt", **SMALL)
 
 
 def test_a_corrupted_safetensors_checkpoint_is_refused(tmp_path, trained):
-    path = P.save_params(tmp_path / "w.safetensors", trained)
+    path = qio.save_params(tmp_path / "w.safetensors", trained)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x10
     path.write_bytes(bytes(data))
-    with pytest.raises(P.CheckpointError, match="content hash"):
+    with pytest.raises(qio.CheckpointError, match="content hash"):
         create_model("micro", 3, checkpoint=path, **SMALL)
 
 
 def test_keys_that_do_not_fit_the_preset_are_refused(tmp_path, trained):
     torch.save({**trained, "blocks.5.attn.qkv.weight": torch.zeros(48, 16)}, tmp_path / "deeper.pt")
-    with pytest.raises(P.CheckpointError, match="keys the model micro does not have: blocks.5.attn.qkv.weight"):
+    with pytest.raises(qio.CheckpointError, match="keys the model micro does not have: blocks.5.attn.qkv.weight"):
         create_model("micro", 3, checkpoint=tmp_path / "deeper.pt", **SMALL)
     # a wider model's weights: every shape is off
     wide = P.from_model(create_model("micro", 3, embed_dim=32, depth=1, num_heads=2))
-    P.save_params(tmp_path / "wide.safetensors", wide)
-    with pytest.raises(P.CheckpointError, match="shapes that do not fit micro: blocks.0.attn.proj.bias \\(32,\\) ≠ \\(16,\\), "):
+    qio.save_params(tmp_path / "wide.safetensors", wide)
+    with pytest.raises(qio.CheckpointError, match="shapes that do not fit micro: blocks.0.attn.proj.bias \\(32,\\) ≠ \\(16,\\), "):
         create_model("micro", 3, checkpoint=tmp_path / "wide.safetensors", **SMALL)
 
 

@@ -38,7 +38,7 @@ EXPECTED = {  # the file names `qgeom figures` writes (bit width in the name)
 @pytest.fixture(scope="module")
 def cli_figures(tiny_run, tmp_path_factory):  # noqa: F811
     """``qgeom figures RUN --cheap`` on the tiny run: what the notebooks must reproduce byte for byte."""
-    from qgeom.commands.figures_cli import render_all
+    from qgeom.commands.figures import render_all
 
     out = tmp_path_factory.mktemp("cli_figures")
     render_all(tiny_run, out, cheap=True)

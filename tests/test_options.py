@@ -227,14 +227,14 @@ print("HEAVY", heavy, file=sys.stderr)
 
 def test_a_ggn_product_prints_no_future_warning():
     """torch's first forward-mode product imports decompositions that call torch.jit.script (a
-    FutureWarning since torch 2.9); qgeom.curvature imports them under a scoped filter."""
+    FutureWarning since torch 2.9); qgeom.curvature.operator imports them under a scoped filter."""
     code = """
 import warnings
 import torch
 before = list(warnings.filters)
 with warnings.catch_warnings(record=True) as seen:
     warnings.simplefilter("always")
-    import qgeom.curvature
+    import qgeom.curvature.operator
     value = torch.func.jvp(lambda x: (x * x).sum(), (torch.ones(3),), (torch.ones(3),))[1].item()
 print(value, [str(w.message) for w in seen if issubclass(w.category, FutureWarning)], list(warnings.filters) == before)
 """

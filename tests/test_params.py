@@ -18,6 +18,7 @@ from torch import nn
 
 from qgeom import __version__
 from qgeom import params as P
+from qgeom import io as qio
 from qgeom.models import create_model
 
 # --------------------------------------------------------------------------------------------
@@ -267,8 +268,8 @@ def test_patch_restores_the_qat_backbone_when_donor_is_receiver(theta, tmp_path)
         assert torch.equal(out[k], q[k]), k
     assert torch.equal(out["head.weight"], receiver["head.weight"])
     # also through a file: safetensors keeps float64
-    P.save_params(tmp_path / "rho.safetensors", P.quantization_vector(q, receiver))
-    rho, _ = P.load_params(tmp_path / "rho.safetensors")
+    qio.save_params(tmp_path / "rho.safetensors", P.quantization_vector(q, receiver))
+    rho, _ = qio.load_params(tmp_path / "rho.safetensors")
     out2 = P.patch(receiver, rho)
     assert all(torch.equal(out2[k], q[k]) for k in rho)
 
@@ -388,10 +389,10 @@ def test_check_compatible_shapes_dtypes_and_finiteness():
 def test_save_load_round_trip_with_metadata_and_hash(tmp_path, theta):
     mixed = {**theta, "half": torch.randn(3, 2).half(), "bf": torch.randn(4).bfloat16(),
              "steps": torch.tensor([3, 4]), "scalar": torch.tensor(2.5, dtype=torch.float64)}
-    path = P.save_params(tmp_path / "sub" / "theta.safetensors", mixed,
+    path = qio.save_params(tmp_path / "sub" / "theta.safetensors", mixed,
                          {"task": "shape", "bits": 2, "config": {"lr": 1e-3, "steps": [1, 2]}})
     assert path == tmp_path / "sub" / "theta.safetensors" and path.is_file()
-    loaded, meta = P.load_params(path)
+    loaded, meta = qio.load_params(path)
     assert set(loaded) == set(mixed)
     for k, v in mixed.items():
         assert loaded[k].dtype == v.dtype and loaded[k].shape == v.shape and torch.equal(loaded[k], v), k
@@ -419,30 +420,30 @@ def test_content_hash_sees_names_shapes_dtypes_and_values():
 
 def test_save_refuses_non_finite_params(tmp_path):
     with pytest.raises(P.NonFiniteParamsError, match="w"):
-        P.save_params(tmp_path / "x.safetensors", {"w": torch.tensor([float("nan")])})
+        qio.save_params(tmp_path / "x.safetensors", {"w": torch.tensor([float("nan")])})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_and_truncated_files_are_checkpoint_errors(tmp_path, theta):
-    with pytest.raises(P.CheckpointError, match="no such checkpoint"):
-        P.load_params(tmp_path / "absent.safetensors")
-    path = P.save_params(tmp_path / "t.safetensors", theta)
+    with pytest.raises(qio.CheckpointError, match="no such checkpoint"):
+        qio.load_params(tmp_path / "absent.safetensors")
+    path = qio.save_params(tmp_path / "t.safetensors", theta)
     data = path.read_bytes()
     for cut in (len(data) // 2, 7, 0):  # inside the tensor data, inside the header, empty
         bad = tmp_path / f"cut{cut}.safetensors"
         bad.write_bytes(data[:cut])
-        with pytest.raises(P.CheckpointError, match="truncated or corrupt"):
-            P.load_params(bad)
+        with pytest.raises(qio.CheckpointError, match="truncated or corrupt"):
+            qio.load_params(bad)
 
 
 def test_a_file_whose_hash_does_not_match_is_refused(tmp_path, theta):
-    path = P.save_params(tmp_path / "t.safetensors", theta)
+    path = qio.save_params(tmp_path / "t.safetensors", theta)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # one bit of the last tensor's last value; the header stays valid
     path.write_bytes(bytes(data))
-    with pytest.raises(P.CheckpointError, match="content hash does not match"):
-        P.load_params(path)
-    loaded, _ = P.load_params(path, verify=False)  # readable: only the hash catches it
+    with pytest.raises(qio.CheckpointError, match="content hash does not match"):
+        qio.load_params(path)
+    loaded, _ = qio.load_params(path, verify=False)  # readable: only the hash catches it
     assert P.content_hash(loaded) != P.content_hash(theta)
 
 
@@ -454,19 +455,19 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_raises(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        P.atomic_write(target, writer)
+        qio.atomic_write(target, writer)
     assert list(tmp_path.iterdir()) == []
     # an existing file is left exactly as it was
-    P.save_params(target, {"w": torch.ones(3)})
+    qio.save_params(target, {"w": torch.ones(3)})
     before = target.read_bytes()
     with pytest.raises(RuntimeError, match="killed"):
-        P.atomic_write(target, writer)
+        qio.atomic_write(target, writer)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
 
 
 def test_atomic_write_replaces_the_target(tmp_path):
     target = tmp_path / "a.txt"
-    P.atomic_write(target, lambda tmp: Path(tmp).write_text("one"))
-    P.atomic_write(target, lambda tmp: Path(tmp).write_text("two"))
+    qio.atomic_write(target, lambda tmp: Path(tmp).write_text("one"))
+    qio.atomic_write(target, lambda tmp: Path(tmp).write_text("two"))
     assert target.read_text() == "two" and os.listdir(tmp_path) == ["a.txt"]

@@ -14,7 +14,7 @@ Every model is a tiny float64 timm ViT with every tensor perturbed (``tiny_vit``
   of M·v are exact zeros in real arithmetic; they come out ~1e-17 (softmax of a row shift
   cancels only to roundoff), so 1e-12 allows 10^4 of accumulation and still fails for the
   query-bias entries next to them (≥ 1e-3, checked).
-* GEOMETRY_RTOL = 1e-8: ``qgeom.invariance.Tolerances`` for float64 (λ*, cos_M are ratios of
+* GEOMETRY_RTOL = 1e-8: ``qgeom.symmetry.invariance.Tolerances`` for float64 (λ*, cos_M are ratios of
   forms each accurate to ~1e-14).
 """
 
@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from test_invariance import assert_agrees, batches
 from test_symmetry import draw_element, inputs, rel_logit_error, tiny_vit, vit_configs  # noqa: F401
 
-from qgeom.curvature import CurvatureOperator
-from qgeom.geometry import geometry_of_pair
-from qgeom.invariance import check_invariance, random_vectors
+from qgeom.curvature.operator import CurvatureOperator
+from qgeom.curvature.geometry import geometry_of_pair
+from qgeom.symmetry.invariance import check_invariance, random_vectors
 from qgeom.params import norm
 from qgeom.quant import QuantSpec
 from qgeom.symmetry import (

@@ -30,7 +30,7 @@ from qgeom.data import (
     model_transform,
 )
 from qgeom.models import PretrainedUnavailableError, create_model, load_pretrained
-from qgeom.params import CheckpointError, load_params
+from qgeom.io import CheckpointError, load_params
 
 runner = CliRunner()
 ARCH = "timm:test_vit"
@@ -334,7 +334,7 @@ def test_unknown_or_missing_trackers_are_refused_before_any_work(tmp_path):
 
 
 def test_figures_draw_from_a_run_on_real_data(real_run, tmp_path):
-    from qgeom.commands.figures_cli import render_all
+    from qgeom.commands.figures import render_all
 
     made = render_all(real_run, tmp_path, cheap=True)
     assert len(made) >= 5 and all((tmp_path / f"{m.name}.png").exists() for m in made)

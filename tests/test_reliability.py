@@ -106,8 +106,8 @@ def test_a_malformed_config_file_names_the_file_and_key(tmp_path: Path) -> None:
 def test_validation_accepts_every_preset_and_the_api_refuses_too(tmp_path: Path) -> None:
     import dataclasses
 
-    from qgeom.config import ConfigError, preset, validate
-    from qgeom.transfer import TransferRun
+    from qgeom.experiment.config import ConfigError, preset, validate
+    from qgeom.experiment.run import TransferRun
 
     for name in ("demo", "tiny", "gpu"):
         validate(preset(name))
@@ -205,7 +205,7 @@ def test_a_failing_write_names_the_path_and_keeps_the_old_file(tiny_run: Path, t
 
 
 def test_ctrl_c_says_the_run_can_be_resumed(run_copy: Path, monkeypatch) -> None:
-    import qgeom.transfer as T
+    import qgeom.experiment.run as T
 
     def interrupted(self, *a, **k):
         raise KeyboardInterrupt
@@ -248,9 +248,9 @@ def test_evaluate_and_geometry_read_every_artifact_of_a_run(tiny_run: Path, tmp_
 
 
 def _with_nan(src: Path, dst: Path, key: str = "blocks.0.attn.qkv.weight") -> Path:
-    from qgeom import params as P
+    from qgeom import io as qio, params as P
 
-    theta, meta = P.load_params(src)
+    theta, meta = qio.load_params(src)
     theta[key] = theta[key].clone()
     theta[key][0, 0] = float("nan")
     from safetensors.torch import save_file
@@ -275,24 +275,24 @@ def test_evaluate_and_geometry_refuse_a_checkpoint_with_nan_naming_file_and_tens
 def test_api_loaders_refuse_non_finite_tensors(tiny_run: Path, tmp_path: Path) -> None:
     import torch
 
-    from qgeom import params as P
+    from qgeom import io as qio, params as P
     from qgeom.models import load_checkpoint
 
     bad = _with_nan(tiny_run / "seed0/finetune/hue.safetensors", tmp_path / "nan.safetensors")
     with pytest.raises(P.NonFiniteParamsError, match="nan.safetensors: NaN or Inf values in tensor blocks.0"):
-        P.load_params(bad)
-    assert P.load_params(bad, finite=False)[0]  # explicit opt-out for forensics
+        qio.load_params(bad)
+    assert qio.load_params(bad, finite=False)[0]  # explicit opt-out for forensics
     torch.save({"w": torch.tensor([1.0, float("inf")])}, tmp_path / "inf.pt")
     with pytest.raises(P.NonFiniteParamsError, match="inf.pt: NaN or Inf values in tensor w"):
         load_checkpoint(tmp_path / "inf.pt")
 
 
 def test_geometry_json_is_strict(tiny_run: Path, tmp_path: Path) -> None:
-    from qgeom import params as P
+    from qgeom import io as qio, params as P
 
     vectors = sorted(tiny_run.glob("seed0/qat2/rho_*.safetensors"))
-    rho, meta = P.load_params(vectors[0])
-    P.save_params(tmp_path / "zero.safetensors", P.zeros_like(rho), meta)  # cos_M undefined: NaN in the tables
+    rho, meta = qio.load_params(vectors[0])
+    qio.save_params(tmp_path / "zero.safetensors", P.zeros_like(rho), meta)  # cos_M undefined: NaN in the tables
     res = invoke("geometry", tiny_run / "seed0/finetune/hue.safetensors", *vectors, tmp_path / "zero.safetensors",
                  "--n-probe", "16", "--out-dir", tmp_path / "geo")
     assert res.exit_code == 0, res.output
@@ -305,12 +305,12 @@ def test_geometry_json_is_strict(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Path, tmp_path: Path) -> None:
-    from qgeom import params as P
+    from qgeom import io as qio, params as P
 
     receiver = tiny_run / "seed0/finetune/hue.safetensors"
-    rho, meta = P.load_params(tiny_run / "seed0/qat2/rho_shape.safetensors")
+    rho, meta = qio.load_params(tiny_run / "seed0/qat2/rho_shape.safetensors")
     partial = dict(list(rho.items())[:-3])
-    P.save_params(tmp_path / "partial.safetensors", partial, meta)
+    qio.save_params(tmp_path / "partial.safetensors", partial, meta)
     out = tmp_path / "out.safetensors"
     res = invoke("patch", "--receiver", receiver, "--vector", tmp_path / "partial.safetensors", "--out", out)
     assert res.exit_code == 1 and "of scope backbone; missing: " in res.output and not out.exists()
@@ -318,12 +318,12 @@ def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Pat
     res = invoke("patch", "--receiver", receiver, "--vector", tmp_path / "partial.safetensors", "--out", out,
                  "--allow-partial")
     assert res.exit_code == 0, res.output
-    assert json.loads(P.load_params(out)[1]["partial"]) is True
+    assert json.loads(qio.load_params(out)[1]["partial"]) is True
     res = invoke("patch", "--receiver", receiver, "--vector", tiny_run / "seed0/qat2/shape.safetensors",
                  "--out", tmp_path / "o2.safetensors")
     assert res.exit_code == 1 and "is a model checkpoint (stage qat), not a vector" in res.output
     # the API: a full checkpoint (head included) and a partial vector are refused
-    theta = P.load_params(receiver)[0]
+    theta = qio.load_params(receiver)[0]
     with pytest.raises(P.IncompatibleParamsError, match="head tensors .*head.bias, head.weight|head tensors .*head.weight"):
         P.patch(theta, P.sub(theta, theta))
     with pytest.raises(P.IncompatibleParamsError, match="missing: "):
@@ -334,8 +334,8 @@ def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Pat
     res = invoke("patch", "--receiver", receiver, "--vector", tiny_run / "seed0/qat2/rho_shape.safetensors",
                  "--out", tmp_path / "o3.safetensors", "--scope", "quantized")
     assert res.exit_code == 0, res.output
-    patched, pm = P.load_params(tmp_path / "o3.safetensors")
-    assert pm["vector_scope"] == "quantized" and P.load_params(receiver)[0]["norm.weight"].equal(patched["norm.weight"])
+    patched, pm = qio.load_params(tmp_path / "o3.safetensors")
+    assert pm["vector_scope"] == "quantized" and qio.load_params(receiver)[0]["norm.weight"].equal(patched["norm.weight"])
 
 
 # -- 8. degenerate probe sets are flagged --------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Pat
 def test_geometry_flags_a_tiny_or_capped_probe_set(tiny_run: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from qgeom.geometry import probe_warnings
+    from qgeom.curvature.geometry import probe_warnings
 
     assert probe_warnings(64, 64, 6) == []
     assert "exceeds the split's 64 images" in probe_warnings(100000, 64, 6)[0]
@@ -367,14 +367,14 @@ def test_temporaries_of_a_write_killed_by_sigkill_are_removed_by_the_next_write(
     import sys
 
     target = tmp_path / "table.csv"
-    code = ("import os, signal, sys; from qgeom.params import atomic_write\n"
+    code = ("import os, signal, sys; from qgeom.io import atomic_write\n"
             "def w(tmp):\n    open(tmp, 'w').write('half a'); os.kill(os.getpid(), signal.SIGKILL)\n"
             f"atomic_write({str(target)!r}, w)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True)
     assert proc.returncode == -9
     left = list(tmp_path.glob(".table.csv.*.tmp"))
     assert len(left) == 1 and not target.exists()  # the kill left a temporary, never the target
-    from qgeom.params import atomic_write
+    from qgeom.io import atomic_write
 
     atomic_write(tmp_path / "other.csv", lambda tmp: Path(tmp).write_text("x"))  # any next write in the directory
     assert not list(tmp_path.glob(".*.tmp")) and not target.exists()
@@ -383,7 +383,7 @@ def test_temporaries_of_a_write_killed_by_sigkill_are_removed_by_the_next_write(
 def test_temporaries_written_on_another_machine_are_left_alone(tmp_path: Path) -> None:
     """A run directory shared by cluster jobs: another machine's process ids mean nothing here,
     so its in-flight temporaries must survive a write on this machine."""
-    from qgeom.params import HOST, atomic_write
+    from qgeom.io import HOST, atomic_write
 
     foreign = tmp_path / f".table.csv.{HOST}x_1.abc.tmp"  # another host name, a pid that is dead here
     mine_dead = tmp_path / f".table.csv.{HOST}_999999999.abc.tmp"

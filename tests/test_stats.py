@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats as ss
 
-from qgeom import analysis
-from qgeom import stats as S
+from qgeom.experiment import analysis
+from qgeom.experiment import stats as S
 
 
 def _loop_null(x, y, perms, method):

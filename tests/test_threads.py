@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from qgeom.cli import app
-from qgeom.commands.threads import set_threads
+from qgeom.runtime import set_threads
 
 NO_TORCH = {"tasks", "summary", "status"}  # list tasks, print a summary.json, list stage files: no torch work
 

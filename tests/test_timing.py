@@ -2,7 +2,7 @@
 
 import time
 
-from qgeom.timing import StageTimer
+from qgeom.experiment.timing import StageTimer
 
 
 def test_nested_stages_are_exclusive_and_merge():

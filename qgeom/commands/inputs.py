@@ -27,7 +27,7 @@ DATA_ROOT_HELP = "folder of the torchvision datasets (for real dataset names)"
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(parameters, qgeom metadata or {}) of a checkpoint, without executing code."""
     from qgeom.models import load_checkpoint
-    from qgeom.params import load_params
+    from qgeom.io import load_params
 
     if Path(path).suffix == ".safetensors":
         return load_params(path)

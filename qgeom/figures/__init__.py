@@ -29,7 +29,7 @@ accuracy                   baselines, Δ heatmaps, radar (λ = 1 and tuned webs)
 sweeps                     λ curves, λ sensitivity pooled over pairs, λ calibration (λ_val vs λ*)
 comparison                 across settings (runs × bit widths): baselines, improvement, Δ heatmaps,
                            stacked proportions; settings labelled from each run's config
-catalog                    every figure by name and file name: what ``qgeom figures`` and the
+catalogue                  every figure by name and file name: what ``qgeom figures`` and the
                            notebooks both draw (``draw("baselines", RUN, OUT)``)
 alignment                  alignment heatmaps and scatter (cosine vs transfer)
 artifacts                  RunArtifacts: read-only checkpoints and task data of a run
@@ -58,7 +58,7 @@ from qgeom.figures.alignment import (
     alignment_table,
 )
 from qgeom.figures.artifacts import RunArtifacts
-from qgeom.figures.catalog import COMPARISONS, SPECS, draw
+from qgeom.figures.catalogue import COMPARISONS, SPECS, draw
 from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
 from qgeom.figures.controls import controls, controls_table
 from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, proposition2_gap_table, spectrum

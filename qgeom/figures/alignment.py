@@ -76,8 +76,8 @@ def alignment_scatter_table(pairs: pd.DataFrame, corr: pd.DataFrame | None = Non
                             permutations: int = 5000) -> pd.DataFrame:
     """Off-diagonal (donor, receiver) points: each alignment's cosine against each target, with the
     panel's Spearman r and QAP p-value (from ``corr`` = correlations.csv, else computed with
-    :func:`qgeom.stats.qap_correlation` on the seed-mean matrices)."""
-    from qgeom.stats import qap_correlation
+    :func:`qgeom.experiment.stats.qap_correlation` on the seed-mean matrices)."""
+    from qgeom.experiment.stats import qap_correlation
 
     p, bits, scope = _select(pairs, bits, scope)
     names = sorted(set(p.donor) | set(p.receiver))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 class RunArtifacts:
     """Read-only access to a finished run's checkpoints and task data (the layout of
-    :mod:`qgeom.transfer`); nothing is ever trained or written."""
+    :mod:`qgeom.experiment.run`); nothing is ever trained or written."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        from qgeom.config import from_dict
+        from qgeom.experiment.config import from_dict
 
         self.dir = Path(run_dir)
         path = self.dir / "config.json"
@@ -37,7 +37,7 @@ class RunArtifacts:
             raise ValueError(f"{self.dir} has no task {', '.join(unknown)} (its tasks: {', '.join(c.tasks)})")
 
     def _load(self, rel: str):
-        from qgeom.params import load_params
+        from qgeom.io import load_params
 
         path = self.dir / rel
         if not path.exists():
@@ -65,14 +65,14 @@ class RunArtifacts:
     @property
     def names(self) -> list[str]:
         """The run's task names (what its artifacts are filed under)."""
-        from qgeom.transfer import task_specs
+        from qgeom.experiment.run import task_specs
 
         return list(task_specs(self.cfg))
 
     def task(self, name: str):
         """The task's val and test splits as the run read them (offline: a token train split)."""
         from qgeom.data import parse_task
-        from qgeom.transfer import load_run_task, task_specs
+        from qgeom.experiment.run import load_run_task, task_specs
 
         if name not in self._tasks:
             small = {} if parse_task(task_specs(self.cfg)[name]).streamed else {"n_train": 8}

@@ -35,7 +35,7 @@ def quadratic_model_table(run_dir: str | Path, *, receivers: Sequence[str] | Non
     Cost per receiver: one gradient, one product with all the run's vectors, len(lambdas) ×
     tasks forward passes on the probe set. Default receivers: the first two tasks.
     """
-    from qgeom.curvature import CurvatureOperator
+    from qgeom.curvature.operator import CurvatureOperator
     from qgeom.params import inner, patch
     from qgeom.quant import QuantSpec
 
@@ -71,8 +71,8 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
                    probe_size: int = 32, n_grid: int = 300) -> pd.DataFrame:
     """The receiver's curvature spectrum and where every ρ puts its energy.
 
-    SLQ density (:func:`qgeom.lanczos.spectral_density`: ``n_probes`` Rademacher probes,
-    ``n_iter`` Lanczos steps) and the ``top_k`` largest eigenpairs (:func:`qgeom.lanczos.eigsh`,
+    SLQ density (:func:`qgeom.spectra.lanczos.spectral_density`: ``n_probes`` Rademacher probes,
+    ``n_iter`` Lanczos steps) and the ``top_k`` largest eigenpairs (:func:`qgeom.spectra.lanczos.eigsh`,
     at most ``n_iter`` steps; residuals recorded) of M at θ_R (``fp``) on ``probe_size``
     validation images. The defaults (≈ 70 products with M) take ~10 s of CPU for the demo's
     micro ViT; one probe gives a coarse density — raise ``n_probes`` for a smoother one. Long
@@ -85,9 +85,9 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
 
     Vectors: the receiver's own ρ_R and every donor's ρ_D (names ``ρ_R (task)``, ``ρ_D (task)``).
     """
-    from qgeom.curvature import CurvatureOperator
-    from qgeom.geometry import eigenbasis_projection
-    from qgeom.lanczos import eigsh, spectral_density
+    from qgeom.curvature.operator import CurvatureOperator
+    from qgeom.curvature.geometry import eigenbasis_projection
+    from qgeom.spectra.lanczos import eigsh, spectral_density
     from qgeom.params import norm
     from qgeom.quant import QuantSpec
 
@@ -179,8 +179,8 @@ def invariance_table(run_dir: str | Path, *, receiver: str | None = None, donor:
     Long table: kind, strength, condition_number, quantity (``euclidean_cosine``,
     ``metric_cosine``, ``ptq_top1_receiver``, ``ptq_top1_patched``, Top-1 in % on val), value.
     """
-    from qgeom.curvature import CurvatureOperator
-    from qgeom.geometry import metric_cosine
+    from qgeom.curvature.operator import CurvatureOperator
+    from qgeom.curvature.geometry import metric_cosine
     from qgeom.params import cosine, patch
     from qgeom.quant import QuantSpec
     from qgeom.symmetry import random_symmetry

@@ -1,7 +1,7 @@
 """Where the gain comes from (issue 15): the donors' gain beside every control's, per receiver, and
 the grid-only / values-only split of the patch.
 
-Drawn from ``pairs.csv`` (:func:`qgeom.analysis.pair_table`): for each receiver, the mean over
+Drawn from ``pairs.csv`` (:func:`qgeom.experiment.analysis.pair_table`): for each receiver, the mean over
 off-diagonal donors and seeds of the post-PTQ gain at λ = 1 of the donor's ρ_D and of each
 control (a direction sharing a statistic of ρ_D but not its alignment), with ± 1 s.d. over the
 donor × seed cells; and, when the run has the decomposition, the gain of the two hybrids.

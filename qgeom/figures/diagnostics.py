@@ -114,8 +114,8 @@ def proposition2_gap_table(geometry: pd.DataFrame, metric: str = "ggn", bits: in
                            scope: str | None = None) -> pd.DataFrame:
     """Proposition 2′ per off-diagonal pair (mean over seeds), sorted by R − κ: the gap between the
     loss recovery R and κ = cos²_M split into the bound's terms ÷ G_R (curvature, gradient, cubic
-    remainder, PTQ-vs-surrogate mismatch; :func:`qgeom.bounds.gap_decomposition`)."""
-    from qgeom.bounds import gap_decomposition
+    remainder, PTQ-vs-surrogate mismatch; :func:`qgeom.curvature.bounds.gap_decomposition`)."""
+    from qgeom.curvature.bounds import gap_decomposition
 
     g, bits, scope = _select(geometry, bits, scope)
     parts = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qgeom.analysis import read_table
+from qgeom.experiment.analysis import read_table
 
 RUN_TABLES = ("accuracy", "pairs", "receivers", "correlations", "geometry", "dissimilarity")
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from qgeom.analysis import pair_matrix
+from qgeom.experiment.analysis import pair_matrix
 
 
 def choose_bits(df: pd.DataFrame, bits: int | None) -> int:

@@ -65,9 +65,9 @@ class RunConfig:
     seeds: tuple[int, ...] = (0,)
     lambdas: tuple[float, ...] = PAPER_LAMBDAS
     random_draws: int = 3
-    # stronger controls (qgeom.controls; test split, λ = 1): random_rows, row_permuted, negated, other_basin
+    # stronger controls (qgeom.experiment.controls; test split, λ = 1): random_rows, row_permuted, negated, other_basin
     controls: tuple[str, ...] = ()
-    decomposition: bool = False  # grid-only / values-only hybrids of every patch at λ = 1 (qgeom.decomposition)
+    decomposition: bool = False  # grid-only / values-only hybrids of every patch at λ = 1 (qgeom.experiment.decomposition)
     scopes: tuple[str, ...] = ("backbone", "quantized")
     metrics: tuple[str, ...] = ("ggn",)
     probe_size: int = 256
@@ -198,7 +198,7 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
-#: The controls a run can add (qgeom.controls, plus donors fine-tuned from another θ_0).
+#: The controls a run can add (qgeom.experiment.controls, plus donors fine-tuned from another θ_0).
 RUN_CONTROLS = ("random_rows", "row_permuted", "negated", "other_basin")
 PAPER_TASKS = REAL_TASKS  # the paper's 22 tasks, in its order
 

@@ -85,9 +85,7 @@ _load_jvp_decompositions()
 from torch.utils._pytree import tree_map
 
 from qgeom.models import supports_forward_ad
-from qgeom.params import (
-    Params, Scope, check_compatible, check_finite, content_hash, flatten, scope_keys, unflatten,
-)
+from qgeom.params import Params, Scope, check_compatible, check_finite, content_hash, flatten, scope_keys, unflatten
 from qgeom.quant import QuantSpec, fake_quantize
 
 Batch = tuple[Tensor, Tensor]

@@ -156,7 +156,7 @@ def alignment_demo(model: nn.Module, donor_ft: Mapping[str, Tensor], donor_qat: 
     """
     import pandas as pd
 
-    from qgeom.invariance import evaluate
+    from qgeom.symmetry.invariance import evaluate
 
     spec = spec or QuantSpec()
     rho_D = quantization_vector(donor_qat, donor_ft, scope)

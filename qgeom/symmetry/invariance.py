@@ -6,7 +6,7 @@ g (:mod:`qgeom.symmetry`), :func:`check_invariance` measures:
 * function    max|f(gθ, x) − f(θ, x)| / max|f(θ, x)| and |L(gθ) − L(θ)| / |L(θ)|;
 * covariance  ‖∇L(gθ) − g⁻ᵀ∇L(θ)‖ / ‖∇L(gθ)‖ and, for M ∈ {G, H},
               max over w ∈ {u, v} of ‖M(gθ)(g w) − g⁻ᵀ M(θ) w‖ / ‖M(gθ)(g w)‖;
-* geometry    :func:`qgeom.geometry.geometry_of_pair` at θ for (u, v) against the same at gθ
+* geometry    :func:`qgeom.curvature.geometry.geometry_of_pair` at θ for (u, v) against the same at gθ
               for (gu, gv): λ*_M = ⟨u, v⟩_M / ⟨u, u⟩_M, cos_M(u, v) and the directional
               gradients wᵀ∇L are invariant under every function-level symmetry (λ*, cos_M
               are NaN where the forms are indefinite: reported, not checked; the forms
@@ -24,7 +24,7 @@ What each element should satisfy comes from :meth:`qgeom.symmetry.Symmetry.expec
 Every row states the expectation (``invariant``, ``covariant``, ``not invariant`` — a
 violation must be measured — or ``reported``: informational) and a tolerance for the dtype,
 multiplied by the element's condition number for the levels where roundoff is amplified by g.
-Products are taken by :class:`qgeom.curvature.CurvatureOperator` over the vectors' keys (g never
+Products are taken by :class:`qgeom.curvature.operator.CurvatureOperator` over the vectors' keys (g never
 mixes tensors, so every identity restricts to a scope). The quantizer level is evaluated in
 float64 whatever the dtype: at float32 precision a weight within 1e-7 of a rounding tie can
 flip grid point, which is rounding, not a broken symmetry.
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from qgeom.curvature import CurvatureOperator
-from qgeom.geometry import geometry_of_pair
+from qgeom.curvature.operator import CurvatureOperator
+from qgeom.curvature.geometry import geometry_of_pair
 from qgeom.params import Params, norm, select, sub
 from qgeom.quant import QuantSpec, ptq
 from qgeom.symmetry import Symmetry
@@ -247,7 +247,7 @@ def _side(net: nn.Module, theta: Params, theta64: Params, u: Params, v: Params, 
 
 
 class _Reuse:
-    """What :func:`qgeom.geometry.geometry_of_pair` asks of an operator, answered from the
+    """What :func:`qgeom.curvature.geometry.geometry_of_pair` asks of an operator, answered from the
     products and gradient already taken (so the geometry level costs no extra products)."""
 
     def __init__(self, op: CurvatureOperator, vectors: list[Params], products: list[Params], grad: Params) -> None:

@@ -4,7 +4,7 @@
 λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M (the minimizer of the quadratic model along ρ_D);
 recovered fraction = cos²_M(ρ_D, ρ_R) (Proposition 1).
 
-M is a :class:`qgeom.curvature.CurvatureOperator` (Hessian, GGN or Fisher of the ``fp`` or
+M is a :class:`qgeom.curvature.operator.CurvatureOperator` (Hessian, GGN or Fisher of the ``fp`` or
 ``ste`` objective). Every result carries the operator's ``info`` — metric, objective, expansion
 point hash, scope, probe-set hash — and its ``to_dict()`` is JSON-ready. A cosine is defined
 only where both quadratic forms are positive; otherwise the result is *indefinite*: value NaN,
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qgeom.curvature import Batch, CurvatureOperator
+from qgeom.curvature.operator import Batch, CurvatureOperator
 from qgeom.params import Params, Scope, check_compatible, inner, norm
 from qgeom.quant import QuantSpec
 
@@ -228,7 +228,7 @@ def directional_gradients(op: CurvatureOperator, vectors: Sequence[Params] | Map
 def eigenbasis_projection(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params],
                           eig: Any) -> GeometryResult:
     """How much of each ρ lies in the top-k eigenbasis {(λ_i, u_i)} of M (``eig``: an
-    :class:`qgeom.lanczos.EigenResult` with Params eigenvectors).
+    :class:`qgeom.spectra.lanczos.EigenResult` with Params eigenvectors).
 
     value (N, 2): [Σ_i c_i² / ‖ρ‖², Σ_i λ_i c_i² / ρᵀMρ] with c_i = u_iᵀρ; terms: the
     per-direction coefficients (N, k). The curvature fraction is NaN where ρᵀMρ ≤ 0.

@@ -1,7 +1,7 @@
 """A run's stages as cluster jobs, through submitit (Slurm, or local subprocesses).
 
-:func:`run_jobs` submits :func:`qgeom.stages.run_stage` once per stage that is not done, wave
-by wave (:func:`qgeom.stages.waves`: a stage starts when what it reads exists), at most
+:func:`run_jobs` submits :func:`qgeom.experiment.stages.run_stage` once per stage that is not done, wave
+by wave (:func:`qgeom.experiment.stages.waves`: a stage starts when what it reads exists), at most
 ``max_parallel`` at a time, retrying a failed or pre-empted job ``retries`` times. The run
 directory stays the one source of truth: a job whose outputs exist is never submitted again,
 so re-running the same command after a crash, a kill or a cancelled allocation continues where
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qgeom.params import atomic_write
-from qgeom.stages import Stage, plan, run_stage, waves
+from qgeom.io import atomic_write
+from qgeom.experiment.stages import Stage, plan, run_stage, waves
 
 EXECUTORS = ("none", "local", "slurm")
 
@@ -87,7 +87,7 @@ def run_jobs(cfg, run_dir: str | Path, executor: str = "local", geometry: bool =
     """Run every stage of ``cfg`` that is not done as a job; returns the stages that ran.
 
     The run directory must already hold ``cfg`` (``config.json``, written by
-    :class:`~qgeom.transfer.TransferRun`). A job that fails ``retries + 1`` times stops the run
+    :class:`~qgeom.experiment.run.TransferRun`). A job that fails ``retries + 1`` times stops the run
     with its log's path (the stages already done stay done).
     """
     import submitit

@@ -3,7 +3,7 @@ eigenpairs, spectral density (SLQ, no stored basis), trace.
 
 Every algorithm here works on a :class:`FlatOperator` — a symmetric linear map A on R^n given
 by a flat torch matvec (n,) → (n,) — and :func:`as_flat_operator` turns the other shapes into
-one: a :class:`qgeom.curvature.CurvatureOperator` (anything with ``flat_matvec``/``n_params``),
+one: a :class:`qgeom.curvature.operator.CurvatureOperator` (anything with ``flat_matvec``/``n_params``),
 an object with ``matvec`` over Params plus a ``like`` dict, or a dense symmetric matrix.
 
 Lanczos builds an orthonormal basis Q_m = [q_1 … q_m] of the Krylov space K_m(A, q_1) and the

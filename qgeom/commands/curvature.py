@@ -57,11 +57,11 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
               data_seed, dtype, data_root=None, log: Output | None = None):
     import torch
 
-    from qgeom.curvature import CurvatureOperator
+    from qgeom.curvature.operator import CurvatureOperator
     from qgeom.models import default_device
     from qgeom.quant import QuantSpec
 
-    from qgeom.curvature import init_data_parallel
+    from qgeom.curvature.operator import init_data_parallel
 
     log = log or Output()
     rank, _ = init_data_parallel()  # under torchrun: probe batches shared out, products all-reduced
@@ -77,7 +77,7 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
                      data_root or meta.get("data_root") or None)
     task = task_name
-    from qgeom.geometry import probe_warnings
+    from qgeom.curvature.geometry import probe_warnings
 
     used = sum(len(y) for _, y in batches)
     available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
@@ -93,8 +93,8 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
 
 
 def _write(out: Path, name: str, rows: list[dict]) -> Path:
-    from qgeom.curvature import data_parallel
-    from qgeom.params import atomic_write
+    from qgeom.curvature.operator import data_parallel
+    from qgeom.io import atomic_write
 
     if data_parallel()[0] != 0:
         return out / name
@@ -109,8 +109,8 @@ def _write(out: Path, name: str, rows: list[dict]) -> Path:
 
 
 def _write_json(out: Path, name: str, obj: dict) -> Path:
-    from qgeom.curvature import data_parallel
-    from qgeom.params import atomic_write
+    from qgeom.curvature.operator import data_parallel
+    from qgeom.io import atomic_write
 
     if data_parallel()[0] != 0:
         return out / name
@@ -177,8 +177,9 @@ def register(app: typer.Typer) -> None:
         of quantization vectors under the receiver's curvature."""
         out = O.table_dir(out)
         O.apply_runtime(device, threads)
-        from qgeom.geometry import directional_gradients, gram
-        from qgeom.params import check_compatible, load_params, norm, select
+        from qgeom.curvature.geometry import directional_gradients, gram
+        from qgeom.params import check_compatible, norm, select
+        from qgeom.io import load_params
 
         log = Output(format, quiet)
         names, vs = [], []
@@ -262,7 +263,7 @@ def register(app: typer.Typer) -> None:
         if tol is not None:
             check_finite_option(tol, "--tol", positive=True)
         O.apply_runtime(device, threads)
-        from qgeom.lanczos import eigsh, hutchinson_trace, spectral_density
+        from qgeom.spectra.lanczos import eigsh, hutchinson_trace, spectral_density
 
         log = Output(format, quiet)
         op = _operator(receiver, task, preset, metric, objective, bits, scope or "backbone", split, n_probe,

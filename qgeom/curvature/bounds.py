@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from qgeom.curvature import Batch, CurvatureOperator
+from qgeom.curvature.operator import Batch, CurvatureOperator
 from qgeom.params import Params, Scope, inner, norm
 
 NAN = float("nan")

@@ -41,15 +41,16 @@ import torch
 from tqdm.auto import tqdm
 
 from qgeom import params as P
-from qgeom.analysis import read_table
-from qgeom.config import RunConfig, validate
-from qgeom.controls import random_like
-from qgeom.decomposition import grid_only, grid_statistics, values_only
+from qgeom import io as qio
+from qgeom.experiment.analysis import read_table
+from qgeom.experiment.config import RunConfig, validate
+from qgeom.experiment.controls import random_like
+from qgeom.experiment.decomposition import grid_only, grid_statistics, values_only
 from qgeom.data import TASKS, Task, batches, load_task, model_transform, parse_task, pretext_task, probe_batches
 from qgeom.models import create_model, default_device, load_pretrained
 from qgeom.tracking import CurveLog
 from qgeom.quant import QuantSpec, ptq
-from qgeom.timing import StageTimer
+from qgeom.experiment.timing import StageTimer
 from qgeom.train import finetune, logits, pretrain, qat
 
 EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
@@ -85,7 +86,7 @@ def load_run_task(cfg: RunConfig, name: str, template: torch.nn.Module | None = 
 
 def write_table(path: Path, df: pd.DataFrame) -> pd.DataFrame:
     """Write ``df`` atomically and return it as read back (so fresh and resumed runs agree)."""
-    P.atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    qio.atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     return read_table(path)
 
 
@@ -99,7 +100,7 @@ class TransferRun:
         self.log = log or (lambda msg: None)
         self.timer = StageTimer()  # seconds per computed stage (read by `qgeom run`'s time table)
         self._check_config()
-        P.remove_stale_temps(self.dir, recursive=True)  # temporaries of a write killed in an earlier run
+        qio.remove_stale_temps(self.dir, recursive=True)  # temporaries of a write killed in an earlier run
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -114,14 +115,14 @@ class TransferRun:
                 raise ConfigMismatchError(f"{self.dir} holds a run with another configuration (differs in: "
                                           f"{', '.join(diff)}); choose a new run directory")
         else:
-            P.atomic_write(path, lambda tmp: Path(tmp).write_text(self.cfg.to_json()))
+            qio.atomic_write(path, lambda tmp: Path(tmp).write_text(self.cfg.to_json()))
 
     def _params(self, path: Path, compute: Callable[[], P.Params], **meta) -> P.Params:
         if path.exists():
-            return P.load_params(path)[0]
+            return qio.load_params(path)[0]
         with self.timer.stage(str(meta.get("stage", "params"))):
             value = compute()
-            P.save_params(path, value, self._meta(**meta))
+            qio.save_params(path, value, self._meta(**meta))
         return value
 
     def _meta(self, stage: str, task: str, **extra) -> dict:
@@ -246,9 +247,9 @@ class TransferRun:
 
     @property
     def basins(self) -> tuple[str, ...]:
-        """The basins a run trains (:func:`qgeom.stages.basins`): its own, and "other" with the
+        """The basins a run trains (:func:`qgeom.experiment.stages.basins`): its own, and "other" with the
         other-basin control."""
-        from qgeom.stages import basins
+        from qgeom.experiment.stages import basins
 
         return basins(self.cfg)
 
@@ -263,12 +264,12 @@ class TransferRun:
         multi-donor patch, and the random control, post-PTQ (``ptq_top1``) and FP (``fp_top1``).
 
         Where the protocol reads each split: λ is chosen per (donor, scope) on *validation*
-        post-PTQ Top-1 over the grid (:func:`qgeom.analysis.lambda_on_val`); *test* is evaluated
+        post-PTQ Top-1 over the grid (:func:`qgeom.experiment.analysis.lambda_on_val`); *test* is evaluated
         only where the analysis reads it — at λ = 1 (PTQ and FP) and at the chosen λ (PTQ) — and
         for the baselines and the random control (test only: no λ is chosen for it). The λ curves
         are drawn from validation. Every set is quantized once and all sets of a split share one
         pass over its batches (:func:`qgeom.evaluation.top1_many`)."""
-        from qgeom.analysis import lambda_on_val
+        from qgeom.experiment.analysis import lambda_on_val
         from qgeom.evaluation import top1_many
 
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
@@ -343,10 +344,10 @@ class TransferRun:
 
     def _control_jobs(self, job, theta: P.Params, vec: P.Params, seed: int, bits: int, receiver: str, donor: str,
                       scope: str) -> list:
-        """Patches at λ = 1 with the configured controls of ρ_D (test split; :mod:`qgeom.controls`):
+        """Patches at λ = 1 with the configured controls of ρ_D (test split; :mod:`qgeom.experiment.controls`):
         ``random_rows`` and ``row_permuted`` (``random_draws`` draws each), ``negated``, and
         ``other_basin`` — the donor's ρ from the θ_0 pretrained with another seed."""
-        from qgeom.controls import control
+        from qgeom.experiment.controls import control
 
         out = []
         for name in self.cfg.controls:
@@ -367,14 +368,14 @@ class TransferRun:
                            lambda: self._geometry(seed, bits, receiver), stage="geometry")
 
     def _geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:
-        from qgeom.curvature import CurvatureOperator
-        from qgeom.geometry import gram_matrix
+        from qgeom.curvature.operator import CurvatureOperator
+        from qgeom.curvature.geometry import gram_matrix
 
         c, spec, task = self.cfg, QuantSpec(bits), self.tasks[receiver]
         model, device = self.model(receiver), default_device()
         points = {"fp": self.finetuned(seed, receiver), "ste": self.qat(seed, bits, receiver)}
         probe = probe_batches(task.val, c.probe_size, c.probe_batch, seed=seed)
-        from qgeom.geometry import probe_warnings
+        from qgeom.curvature.geometry import probe_warnings
 
         warnings = probe_warnings(c.probe_size, len(task.val), task.num_classes)
         for w in warnings:
@@ -445,12 +446,12 @@ class TransferRun:
         return pd.DataFrame(rows)
 
     def _bound_rows(self, put, model, probe, spec, scope, V, r, gram, grads, theta_qat) -> None:
-        """Proposition 2′'s terms (proofs/02, :mod:`qgeom.bounds`) for every metric's cos² at the STE
+        """Proposition 2′'s terms (proofs/02, :mod:`qgeom.curvature.bounds`) for every metric's cos² at the STE
         surrogate g(δ) = L(θ̂ + δ − ρ_R), θ̂ = Q_b(θ_R,QAT): rows objective ``prop2``, quantity
         ``p2_<term>``. Costs N Hessian products, 2 + N·|metrics| probe losses per scope; the M
         products and the STE gradient are the ``ste`` ones above (the same as the fp ones at θ̂)."""
-        from qgeom.bounds import second_order_terms
-        from qgeom.curvature import CurvatureOperator
+        from qgeom.curvature.bounds import second_order_terms
+        from qgeom.curvature.operator import CurvatureOperator
 
         device = default_device()
         theta_hat = {k: v.to(device) for k, v in ptq(theta_qat, spec).items()}
@@ -580,8 +581,8 @@ class TransferRun:
         bar.close()
 
     def _step_done(self, step: tuple, geometry: bool) -> bool:
-        """Whether a worker step's outputs all exist (the paths declared in :mod:`qgeom.stages`)."""
-        from qgeom.stages import Stage
+        """Whether a worker step's outputs all exist (the paths declared in :mod:`qgeom.experiment.stages`)."""
+        from qgeom.experiment.stages import Stage
 
         kind, s, b, t = step
         if kind == "train":

@@ -5,7 +5,7 @@ receiver's evaluation or geometry — the files it writes (``outputs``, relative
 directory) and the stages whose files it reads (``inputs``). :func:`plan` lists a config's
 stages; :func:`waves` groups them so that every stage's inputs lie in earlier waves; :func:`run_stage`
 is the one function that computes a stage, in this process or as a job anywhere that sees the
-run directory (:mod:`qgeom.jobs`). A stage is done when all its outputs exist: they are written
+run directory (:mod:`qgeom.experiment.jobs`). A stage is done when all its outputs exist: they are written
 atomically, so a file that exists is whole, and a killed stage is simply run again.
 
 ====================  ===============================================  =========================
@@ -86,7 +86,7 @@ def basins(cfg) -> tuple[str, ...]:
 
 def plan(cfg, geometry: bool = True) -> list[Stage]:
     """Every stage of a run of ``cfg``, in an order that respects the inputs."""
-    from qgeom.transfer import task_specs
+    from qgeom.experiment.run import task_specs
 
     names = list(task_specs(cfg))
     jobs = [(s, b) for s in cfg.seeds for b in cfg.bits]
@@ -116,8 +116,8 @@ def waves(stages: list[Stage], tasks: list[str]) -> list[list[Stage]]:
 
 
 def load_run_config(run_dir: str | Path):
-    """The :class:`~qgeom.config.RunConfig` a run directory holds (``config.json``)."""
-    from qgeom.config import from_dict
+    """The :class:`~qgeom.experiment.config.RunConfig` a run directory holds (``config.json``)."""
+    from qgeom.experiment.config import from_dict
 
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -128,7 +128,7 @@ def load_run_config(run_dir: str | Path):
 def run_stage(run_dir: str | Path, stage: Stage, threads: int | None = None) -> list[str]:
     """Compute ``stage`` of the run in ``run_dir`` (skipped where its outputs exist); the outputs.
 
-    The job body of :mod:`qgeom.jobs`: it reads only the run directory (its ``config.json`` and
+    The job body of :mod:`qgeom.experiment.jobs`: it reads only the run directory (its ``config.json`` and
     the inputs' files) and writes only the stage's outputs, atomically. ``threads`` sets torch's
     intra-op threads, so a job computes bit for bit what the submitting process would.
     ``QGEOM_KILL_STAGE=<key>`` (a fault injection for tests) kills the process once, half-way
@@ -136,7 +136,7 @@ def run_stage(run_dir: str | Path, stage: Stage, threads: int | None = None) -> 
     """
     import torch
 
-    from qgeom.transfer import TransferRun
+    from qgeom.experiment.run import TransferRun
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """From a run's raw tables to per-pair gains, alignment correlations and the summary.
 
-Inputs are the tidy tables written by :mod:`qgeom.transfer` (``accuracy``, ``geometry``,
+Inputs are the tidy tables written by :mod:`qgeom.experiment.run` (``accuracy``, ``geometry``,
 ``dissimilarity``). λ is chosen for every (receiver, donor) on the receiver's *validation*
 split (post-PTQ Top-1, ties broken towards λ = 1) and reported on *test*; test rows never
 influence the choice.
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from qgeom.stats import Interval, _corr, correlation_difference, off_diagonal, qap_correlation, seed_task_interval
+from qgeom.experiment.stats import Interval, _corr, correlation_difference, off_diagonal, qap_correlation, seed_task_interval
 
 TEXT_COLUMNS = ("receiver", "donor", "method", "scope", "split", "metric", "objective", "quantity", "alignment",
                 "target", "best_donor")
@@ -33,8 +33,8 @@ def read_table(path) -> pd.DataFrame:
 
 ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
 TARGETS = ("gain_unit", "gain_tuned", "recovery_unit", "gain_over_controls")
-#: Controls beyond the per-tensor random direction (config ``controls``; qgeom.controls) and the
-#: grid/values hybrids (config ``decomposition``; qgeom.decomposition), as accuracy-table methods.
+#: Controls beyond the per-tensor random direction (config ``controls``; qgeom.experiment.controls) and the
+#: grid/values hybrids (config ``decomposition``; qgeom.experiment.decomposition), as accuracy-table methods.
 CONTROL_METHODS = ("random_rows", "row_permuted", "negated", "other_basin")
 DECOMPOSITION_METHODS = ("grid_only", "values_only")
 GRID_STATISTICS = ("absmax_moved", "dlog_scale", "codes_changed")
@@ -202,7 +202,7 @@ def correlations(pairs: pd.DataFrame, permutations: int = 5000) -> pd.DataFrame:
 
 def interval(pairs: pd.DataFrame, col: str) -> Interval:
     """95% interval of the mean off-diagonal value of ``col`` that sees both sources of
-    variation: :func:`qgeom.stats.seed_task_interval` over the per-seed donor × receiver
+    variation: :func:`qgeom.experiment.stats.seed_task_interval` over the per-seed donor × receiver
     matrices (a task bootstrap of the seed-averaged matrix, widened in quadrature by the
     t-interval of the per-seed means); with one seed, the task bootstrap alone."""
     off = pairs[~pairs.diagonal]

@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         from collections import Counter
 
         from qgeom.commands.output import Output
-        from qgeom.jobs import status
-        from qgeom.stages import load_run_config
+        from qgeom.experiment.jobs import status
+        from qgeom.experiment.stages import load_run_config
 
         log = Output(format, quiet)
         rows = status(load_run_config(run_dir), run_dir, geometry)

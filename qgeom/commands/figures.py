@@ -52,28 +52,28 @@ def render_all(run_dir: str | Path, out: str | Path = "paper_figures", *, bits: 
     import matplotlib
 
     matplotlib.use("Agg")
-    from qgeom.figures import catalog
+    from qgeom.figures import catalogue
 
     run_dir, out = Path(run_dir), Path(out)
-    T = catalog.load_run(run_dir)
+    T = catalogue.load_run(run_dir)
     all_bits = sorted(int(b) for b in T["accuracy"].bits.unique())
     bits = sorted(int(b) for b in bits) if bits else all_bits
     made: list[Made] = []
 
     def save(spec, ctx) -> None:
         t0 = time.perf_counter()
-        _, _, name = catalog.draw_spec(spec, ctx)
+        _, _, name = catalogue.draw_spec(spec, ctx)
         made.append(Made(name, round(time.perf_counter() - t0, 2), spec.about))
         log(f"{name}: {made[-1].seconds:.1f} s")
 
     for b in bits:
-        ctx = catalog.context(run_dir, out, bits=b, scope=scope, tables=T, recompute=recompute, overrides=overrides)
-        for spec in catalog.available(ctx, checkpoint=False):
+        ctx = catalogue.context(run_dir, out, bits=b, scope=scope, tables=T, recompute=recompute, overrides=overrides)
+        for spec in catalogue.available(ctx, checkpoint=False):
             save(spec, ctx)
     if not cheap:
-        ctx = catalog.context(run_dir, out, bits=bits[0], scope=scope, tables=T, recompute=recompute,
+        ctx = catalogue.context(run_dir, out, bits=bits[0], scope=scope, tables=T, recompute=recompute,
                               overrides=overrides)
-        for spec in [s for s in catalog.available(ctx) if s.checkpoint]:
+        for spec in [s for s in catalogue.available(ctx) if s.checkpoint]:
             save(spec, ctx)
     if len(bits) > 1:  # the bit widths of one run, compared
         made += render_comparisons([run_dir], out, bits=bits, log=log)

@@ -2,7 +2,7 @@
 
 Builds a model (a preset with seeded random weights, or a qgeom checkpoint), a probe set from an
 offline task, random elements of the chosen symmetry kinds, and runs
-:func:`qgeom.invariance.check_invariance`. Prints a table (``--format csv|json`` for programs),
+:func:`qgeom.symmetry.invariance.check_invariance`. Prints a table (``--format csv|json`` for programs),
 writes ``invariance.csv`` and ``invariance.json`` into ``--out-dir``, and exits with status 1
 when an expected invariance (or covariance) fails.
 """
@@ -132,8 +132,8 @@ def register(app: typer.Typer) -> None:
 
         from qgeom.commands.inputs import load_data
         from qgeom.data import parse_task, probe_batches
-        from qgeom.invariance import LEVELS, check_invariance
-        from qgeom.params import load_params
+        from qgeom.symmetry.invariance import LEVELS, check_invariance
+        from qgeom.io import load_params
         from qgeom.quant import QuantSpec
         from qgeom.symmetry import CATALOGUE, applicable_kinds, random_symmetry
 

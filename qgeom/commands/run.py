@@ -61,20 +61,20 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     """Run (or resume) a configured experiment and write its tables and summary; returns the summary.
 
     workers: processes for the per-task and per-receiver jobs (default :func:`default_workers`).
-    jobs: keyword arguments of :func:`qgeom.jobs.run_jobs` (``executor`` local or slurm, …): the
+    jobs: keyword arguments of :func:`qgeom.experiment.jobs.run_jobs` (``executor`` local or slurm, …): the
     stages then run as cluster jobs, and this process only reads their artifacts."""
 
-    from qgeom import analysis
-    from qgeom.config import load_config, with_overrides
-    from qgeom.params import atomic_write
-    from qgeom.transfer import TransferRun
+    from qgeom.experiment import analysis
+    from qgeom.experiment.config import load_config, with_overrides
+    from qgeom.io import atomic_write
+    from qgeom.experiment.run import TransferRun
 
     cfg = with_overrides(load_config(config), overrides)  # validated: a bad config fails here, before any work
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     check_writable(run_dir, directory=True)
     executor = (jobs or {}).get("executor", "none")
     if executor != "none":
-        from qgeom.jobs import check_executor
+        from qgeom.experiment.jobs import check_executor
 
         check_executor(executor)  # before anything is written or trained
     start = time.time()
@@ -83,7 +83,7 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     if executor != "none":
         import torch
 
-        from qgeom.jobs import run_jobs
+        from qgeom.experiment.jobs import run_jobs
 
         run_jobs(cfg, run_dir, geometry=geometry, threads=torch.get_num_threads(),
                  log=(lambda msg: console.print(msg)) if progress else (lambda msg: None), **jobs)
@@ -111,17 +111,17 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     """``RUN/summary.json``, written atomically (what ``qgeom summary`` reads)."""
-    from qgeom.params import atomic_write
+    from qgeom.io import atomic_write
 
     atomic_write(run_dir / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=float)))
 
 
 def recompute_summary(run_dir: Path, summary: dict) -> dict:
-    """``summary`` with its results recomputed by :func:`qgeom.analysis.summarize` from the run's
+    """``summary`` with its results recomputed by :func:`qgeom.experiment.analysis.summarize` from the run's
     CSVs (no training, evaluation or permutation test is redone); written back atomically."""
     import pandas as pd
 
-    from qgeom import analysis
+    from qgeom.experiment import analysis
 
     tables = {n: pd.read_csv(run_dir / f"{n}.csv") for n in ("pairs", "receivers", "correlations")}
     summary = summary | {"results": analysis.summarize(tables["pairs"], tables["receivers"], tables["correlations"])}

@@ -1,0 +1,1 @@
+"""Spectra of curvature operators: Lanczos, eigenpairs (thick restart), trace and density estimates."""

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from qgeom.commands.run import run_experiment  # noqa: E402
-from qgeom.experiment.config import preset  # noqa: E402
+from qgeom.experiment.driver import run_experiment  # noqa: E402
+from qgeom.experiment.presets import preset  # noqa: E402
 from qgeom.experiment.stages import plan  # noqa: E402
 
 

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qgeom.experiment.config import preset as run_preset  # noqa: E402
+from qgeom.experiment.presets import preset as run_preset  # noqa: E402
 from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
 from qgeom.models import create_model, default_device  # noqa: E402
 from qgeom.params import from_model  # noqa: E402

@@ -50,7 +50,8 @@ from curvature import machine  # noqa: E402
 from qgeom.runtime import THREADS_HELP, set_threads  # noqa: E402
 from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
 from qgeom.curvature.geometry import gram_matrix  # noqa: E402
-from qgeom.spectra.lanczos import eigsh, hutchinson_trace  # noqa: E402
+from qgeom.spectra.density import hutchinson_trace  # noqa: E402
+from qgeom.spectra.eigsh import eigsh  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
 from qgeom.params import from_model  # noqa: E402
 

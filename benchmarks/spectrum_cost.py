@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curvature import machine  # noqa: E402
 from qgeom.curvature.operator import CurvatureOperator  # noqa: E402
 from qgeom.data import load_task, probe_batches  # noqa: E402
-from qgeom.spectra.lanczos import eigsh  # noqa: E402
+from qgeom.spectra.eigsh import eigsh  # noqa: E402
 from qgeom.models import create_model  # noqa: E402
 from qgeom.params import from_model  # noqa: E402
 

@@ -235,7 +235,7 @@ def check_fixed_point_sets() -> str:
     hyperplanes; off them Q_b is locally linear (checked exactly on a segment)."""
     # (The statement "Fix(S) is a proper subspace for S != I" is true by construction —
     # rank(S - I) >= 1 iff S != I — so it is not checked here; Theorem 6.5's condition on a
-    # given checkpoint is tested in tests/test_genericity.py.)
+    # given checkpoint is tested in tests/symmetry/test_genericity.py.)
     # local linearity: Q(W + t H) is affine in t for small t (exact rationals, b = 3)
     w = [[Fraction(3), Fraction(7, 5), Fraction(-2, 5)], [Fraction(1, 3), Fraction(-5, 4), Fraction(1)]]
     h = [[Fraction(1), Fraction(-2), Fraction(3)], [Fraction(2), Fraction(1), Fraction(-1)]]

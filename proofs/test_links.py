@@ -206,13 +206,13 @@ def test_all_links_resolve():
 
 
 def test_made_up_node_ids_are_reported_missing():
-    assert resolve("tests/test_geometry.py::test_cosine_scale_fraction_match_dense_formulas") is None
+    assert resolve("tests/curvature/test_geometry.py::test_cosine_scale_fraction_match_dense_formulas") is None
     for bad, why in [
-        ("tests/test_geometry.py::test_this_test_does_not_exist", "no module-level function"),
+        ("tests/curvature/test_geometry.py::test_this_test_does_not_exist", "no module-level function"),
         ("tests/test_no_such_file.py::test_anything", "no file"),
-        ("tests/test_geometry.py::TestNoSuchClass::test_method", "no class"),
-        ("tests/test_geometry.py::op_for", "not a test"),  # a helper, not a test
-        ("tests/test_geometry.py", "not a node id"),
+        ("tests/curvature/test_geometry.py::TestNoSuchClass::test_method", "no class"),
+        ("tests/curvature/test_geometry.py::op_for", "not a test"),  # a helper, not a test
+        ("tests/curvature/test_geometry.py", "not a node id"),
     ]:
         msg = resolve(bad)
         assert msg is not None and why in msg, (bad, msg)
@@ -220,10 +220,10 @@ def test_made_up_node_ids_are_reported_missing():
 
 def test_a_renamed_test_is_reported(tmp_path):
     """Copy a cited test file, rename one cited function: the same node id no longer resolves."""
-    nid = "tests/test_invariance.py::test_pipeline_level_qat_commutes_with_a_permutation_and_breaks_under_a_rescaling"
+    nid = "tests/symmetry/test_invariance.py::test_pipeline_level_qat_commutes_with_a_permutation_and_breaks_under_a_rescaling"
     assert nid in ALL_IDS
     file, _, name = nid.partition("::")
-    (tmp_path / "tests").mkdir()
+    (tmp_path / file).parent.mkdir(parents=True)
     src = (ROOT / file).read_text(encoding="utf-8")
     (tmp_path / file).write_text(src, encoding="utf-8")
     assert resolve(nid, tmp_path) is None
@@ -253,7 +253,7 @@ def test_rows_without_a_node_id_or_gap_are_reported(tmp_path):
     md = tmp_path / "x.md"
     md.write_text(
         "| # | statement | numeric test on real models |\n| --- | --- | --- |\n"
-        "| 1 | linked | `tests/test_geometry.py::test_readme_example` (the example) |\n"
+        "| 1 | linked | `tests/curvature/test_geometry.py::test_readme_example` (the example) |\n"
         "| 2 | gap | no numeric test yet: nothing measures it |\n"
         "| 3 | vague | the geometry tests (fractions against dense formulas) |\n"
         "\n| symmetry | level 2 |\n| --- | --- |\n| head permutation | yes |\n", encoding="utf-8")

@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import safetensors.torch
+from safetensors import safe_open
 from torch import Tensor
+
+from qgeom import __version__
 
 from qgeom.params import NonFiniteParamsError, Params, check_finite, content_hash, first_names
 
@@ -42,9 +46,9 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def dumps_json(obj: Any, indent: int | None = 2) -> str:
+def dumps_json(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
     """Strict JSON text of ``obj`` (:func:`jsonable`; ``allow_nan=False`` guards the rest)."""
-    return json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=_default)
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=_default, sort_keys=sort_keys)
 
 
 def _default(x: Any) -> Any:
@@ -55,9 +59,14 @@ def _default(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} is not JSON serializable")
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+def write_csv(path: str | os.PathLike, table) -> Path:
+    """Write a pandas ``table`` as CSV (no index) to ``path``, atomically."""
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
     """Write ``obj`` as strict JSON to ``path``, atomically."""
-    text = dumps_json(obj, indent)
+    text = dumps_json(obj, indent, sort_keys)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -137,10 +146,6 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Tensor], metadata:
     The metadata always holds ``content_hash`` (see :func:`content_hash`) and ``qgeom_version``;
     other values are JSON-encoded strings (safetensors metadata is ``str -> str``).
     """
-    from safetensors.torch import save_file
-
-    from qgeom import __version__
-
     check_finite(params)
     tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
@@ -149,7 +154,7 @@ def save_params(path: str | os.PathLike, params: Mapping[str, Tensor], metadata:
 
     def write(tmp: str) -> None:
         try:
-            save_file(tensors, tmp, metadata=meta)
+            safetensors.torch.save_file(tensors, tmp, metadata=meta)
         except OSError:
             raise
         except Exception as e:  # safetensors' own errors (SafetensorError) name no file
@@ -181,8 +186,6 @@ def load_params(path: str | os.PathLike, *, verify: bool = True, finite: bool = 
     :class:`NonFiniteParamsError` naming the file and the tensors when any value is NaN/Inf
     (``finite=True``): no number is ever computed from such a file.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")

@@ -43,7 +43,7 @@ import timm
 import torch
 from torch import nn
 
-from qgeom.params import Params, load_into
+from qgeom.params import NonFiniteParamsError, Params, load_into
 from qgeom.io import CheckpointError, load_params
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -228,8 +228,6 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     bad = [k for k, v in obj.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
     if bad:
-        from qgeom.params import NonFiniteParamsError
-
         raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {', '.join(map(str, bad[:5]))}")
     return dict(obj)
 

@@ -4,7 +4,7 @@ A point θ or a direction ρ in weight space is a ``Params``: a ``dict[str, Tens
 timm's parameter names. Every function here is pure: it returns new dicts and never mutates its
 inputs. Reductions over millions of coordinates (inner products, norms) accumulate in float64.
 
-Scopes (DESIGN.md §2) select a subset of the keys:
+Scopes select a subset of the keys:
 
 * ``"quantized"`` — the 2-D ``.weight`` of every ``nn.Linear`` except the classifier head
   (in a timm ViT: ``qkv``, ``proj``, ``fc1``, ``fc2``). Decided from names and shapes alone,
@@ -25,10 +25,11 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from qgeom.vocabulary import SCOPES
+
 Params = dict[str, Tensor]
 Scope = Union[str, Callable[[str, Tensor], bool], None]
 
-SCOPES = ("quantized", "backbone", "all")
 HEAD_PREFIXES = ("head.", "fc_norm_head.")
 
 
@@ -40,10 +41,7 @@ class NonFiniteParamsError(ValueError):
     """A parameter dict holds NaN or Inf values."""
 
 
-# --------------------------------------------------------------------------------------------
-# scopes
-# --------------------------------------------------------------------------------------------
-
+# -- scopes ------------------------------------------------------------------------------------------
 
 def is_head(name: str) -> bool:
     """True for the classifier head's tensors (``head.weight``, ``head.bias``)."""
@@ -112,10 +110,7 @@ def load_into(model: torch.nn.Module, params: Mapping[str, Tensor], strict: bool
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------------
-
+# -- validation --------------------------------------------------------------------------------------
 
 def first_names(names: Iterable[str], n: int = 5) -> str:
     names = list(names)
@@ -163,10 +158,7 @@ def check_compatible(
         check_finite(b, names[1])
 
 
-# --------------------------------------------------------------------------------------------
-# arithmetic
-# --------------------------------------------------------------------------------------------
-
+# -- arithmetic --------------------------------------------------------------------------------------
 
 def add(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Params:
     """a + b, key by key (same keys and shapes required)."""
@@ -232,10 +224,7 @@ def numel(a: Mapping[str, Tensor]) -> int:
     return sum(v.numel() for v in a.values())
 
 
-# --------------------------------------------------------------------------------------------
-# the vectors of the method
-# --------------------------------------------------------------------------------------------
-
+# -- the vectors of the method -----------------------------------------------------------------------
 
 def task_vector(finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor], scope: Scope = "backbone",
                 dtype: torch.dtype | None = torch.float64) -> Params:
@@ -266,7 +255,7 @@ def patch(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor], lam: flo
           allow_partial: bool = False) -> Params:
     """θ_R(λ) = θ_R + λ ρ_D on the keys of ``vector`` (restricted to ``scope`` if given).
 
-    The contract (DESIGN.md §2: the receiver keeps its head):
+    The contract (the receiver keeps its head):
 
     * the vector never touches the head: a head tensor in it (e.g. a full checkpoint passed as
       a vector) is an :class:`IncompatibleParamsError`;
@@ -319,10 +308,7 @@ def check_coverage(receiver: Mapping[str, Tensor], vector: Mapping[str, Tensor],
     raise IncompatibleParamsError("; ".join(parts) + " (a partial vector needs allow_partial=True / --allow-partial)")
 
 
-# --------------------------------------------------------------------------------------------
-# flatten / unflatten
-# --------------------------------------------------------------------------------------------
-
+# -- flatten / unflatten -----------------------------------------------------------------------------
 
 def flatten(a: Mapping[str, Tensor], keys: Iterable[str] | None = None, dtype: torch.dtype | None = None) -> Tensor:
     """Concatenate the tensors (in ``keys`` order, default insertion order) into one vector."""
@@ -346,10 +332,7 @@ def unflatten(vec: Tensor, like: Mapping[str, Tensor], keys: Iterable[str] | Non
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# safetensors IO
-# --------------------------------------------------------------------------------------------
-
+# -- safetensors IO ----------------------------------------------------------------------------------
 
 def content_hash(a: Mapping[str, Tensor]) -> str:
     """SHA-256 over sorted names, shapes, dtypes and raw bytes (stable across runs)."""

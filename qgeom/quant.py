@@ -1,6 +1,6 @@
 """Weight quantizers: post-training quantization (RTN) and fake quantization for QAT.
 
-The default is the paper's quantizer Q_b (DESIGN.md §2): symmetric round-to-nearest per output
+The default is the paper's quantizer Q_b: symmetric round-to-nearest per output
 row,
 
     s_i = max_j |w_ij| / q_max,   q_max = 2^(b−1) − 1,

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / "qgeom"
 
 #: Layers, lowest first: a module may import from its own layer or lower ones, never higher.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("qgeom.params", "qgeom.io", "qgeom.runtime", "qgeom.timing"),
+    ("qgeom.vocabulary", "qgeom.paper", "qgeom.files", "qgeom.params", "qgeom.io", "qgeom.runtime"),
     ("qgeom.quant", "qgeom.models", "qgeom.data", "qgeom.train", "qgeom.tracking", "qgeom.evaluation"),
     ("qgeom.curvature", "qgeom.spectra", "qgeom.symmetry"),
     ("qgeom.experiment",),
@@ -47,8 +47,8 @@ class Report:
     cycles: list[list[str]] = field(default_factory=list)
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -95,10 +95,10 @@ def _function_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 def analyse(root: Path = ROOT) -> Report:
     files = sorted(root.rglob("*.py"))
-    known = {module_name(f) for f in files}
+    known = {module_name(f, root) for f in files}
     rep = Report()
     for f in files:
-        mod, text = module_name(f), f.read_text()
+        mod, text = module_name(f, root), f.read_text()
         lines = text.splitlines()
         tree = ast.parse(text)
         is_pkg = f.name == "__init__.py"
@@ -113,12 +113,14 @@ def analyse(root: Path = ROOT) -> Report:
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
+            seen: set[str] = set()
             for target, name in _targets(node, mod, is_pkg, known):
                 if target != mod:
                     rep.edges[mod].add(target)
                 if name and name.startswith("_") and not name.startswith("__") and target != mod:
                     rep.private.append(f"{mod}:{node.lineno} imports {target}.{name}")
-                if id(node) in inside:
+                if id(node) in inside and target not in seen:
+                    seen.add(target)
                     near = " ".join(lines[max(0, node.lineno - 2): node.end_lineno])
                     reason = near.split(LAZY_TAG, 1)[1].strip() if LAZY_TAG in near else ""
                     rep.lazy.append((mod, node.lineno, target, reason))

@@ -12,7 +12,7 @@ Dense references are independent of qgeom.curvature.operator's code paths:
   textbook formula. With the native op, ``torch.func.hessian`` (jacfwd∘jacrev) is *wrong* in
   torch 2.14 — nested forward-mode through layer_norm's backward (cf. pytorch/pytorch#196700);
   the decomposed formula only uses elementwise ops and reductions, whose derivatives are right.
-  (:func:`test_curvature.test_dense_reference_is_trustworthy` checks it by finite differences.)
+  (:func:`test_operator.test_dense_reference_is_trustworthy` checks it by finite differences.)
 * GGN: (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i from the Jacobian J (``jacrev`` of the logits,
   first order only).
 * Fisher: (1/N) Σ_i g_i g_iᵀ from per-sample gradients (``vmap`` over ``grad``).

@@ -18,7 +18,7 @@ settings.load_profile("qgeom")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run of the ``tiny`` preset (geometry included), made once per session and
     shared by the transfer, figure and notebook tests (read-only: copy it before changing it)."""
-    from qgeom.commands.run import run_experiment
+    from qgeom.experiment.driver import run_experiment
 
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     run_experiment("tiny", run_dir, [], progress=False)
@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run_wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``tiny`` preset at width 48 instead of 32, without the geometry stage: the second run
     of the figures across runs (model scales)."""
-    from qgeom.commands.run import run_experiment
+    from qgeom.experiment.driver import run_experiment
 
     run_dir = tmp_path_factory.mktemp("tiny_run_wide") / "wide"
     run_experiment("tiny", run_dir, ['model_overrides={"embed_dim": 48, "depth": 2, "num_heads": 2}'], geometry=False,

@@ -27,8 +27,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_invariance import assert_agrees, batches
-from test_symmetry import draw_element, inputs, rel_logit_error, tiny_vit, vit_configs  # noqa: F401
+from _cases_symmetry import assert_agrees, batches, draw_element, inputs, rel_logit_error, tiny_vit, vit_configs  # noqa: F401
 
 from qgeom.curvature.operator import CurvatureOperator
 from qgeom.curvature.geometry import geometry_of_pair

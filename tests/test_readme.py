@@ -3,7 +3,7 @@
 Blocks are ``bash``, ``python`` or ``text`` (printed output and listings). A ``bash`` or
 ``python`` block runs, in README order, in a scratch directory: bash lines are ``qgeom`` commands
 run in-process, python blocks continue one session. The only size change is the offline tasks'
-split sizes (``qgeom.cli._task`` gives 64/16/64 images, as in ``tests/test_cli.py``); step counts
+split sizes (``qgeom.commands.inputs.task_for`` gives 64/16/64 images, as in ``tests/commands/test_cli.py``); step counts
 and probe sizes are the README's own. A block that cannot run here (it needs real data, a GPU
 or minutes) is marked ``<!-- illustrative: why -->`` on the line before its fence; its ``qgeom``
 commands are still parsed by qgeom's own parser (types, ranges, choices), its ``make`` targets
@@ -101,7 +101,7 @@ def test_the_readme_links_nothing_outside_the_repository():
 def test_the_readme_runs_as_written(tmp_path, monkeypatch):
     from qgeom.data import load_task
 
-    monkeypatch.setattr("qgeom.cli._task", lambda name, seed, model=None, data_root=None, **s: load_task(name, seed, **SIZES))
+    monkeypatch.setattr("qgeom.commands.inputs.task_for", lambda name, seed, model=None, data_root=None, **s: load_task(name, seed, **SIZES))
     monkeypatch.chdir(tmp_path)
     runner, session = CliRunner(), {}
     for b in (b for b in blocks() if b["lang"] in ("bash", "python") and not b["why"]):

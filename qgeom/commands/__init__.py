@@ -1,7 +1,7 @@
 """CLI commands defined in their own modules; qgeom.cli registers each one.
 
 One error path for the whole CLI (:func:`clean_errors`, applied to every command) and one check
-of output locations before any work (:func:`check_writable`).
+of output locations before any work (:func:`qgeom.files.check_writable`, re-exported here).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from pathlib import Path
-
 import typer
+
+from qgeom.files import check_writable
 
 INTERRUPTED = ("Interrupted: files are written atomically, so nothing half-written was kept; "
                "run the same command again to resume (qgeom run continues where it stopped).")
@@ -63,32 +63,6 @@ def clean_errors(command):
     return run
 
 
-def check_writable(path: str | os.PathLike, *, directory: bool = False) -> Path:
-    """Raise ``OSError`` naming ``path`` unless an output can be written there.
-
-    ``directory``: ``path`` is (or will be) a directory; else a file. The first existing
-    ancestor must be a writable directory, and an existing ``path`` of the wrong kind is an
-    error. Nothing is created: commands call this before any work, so an unwritable output
-    fails in milliseconds instead of after training.
-    """
-    path = Path(path)
-    if path.exists():
-        if directory and not path.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path))
-        if not directory and path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "Is a directory (expected a file)", str(path))
-        target = path if directory else path.parent
-    else:
-        target = path.parent
-        while not target.exists() and target != target.parent:
-            target = target.parent
-    if not target.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(target))
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, "Permission denied", str(target))
-    return path
-
-
 def check_finite_option(value: float, name: str, *, positive: bool = False) -> float:
     """Raise ``typer.BadParameter`` for a NaN/Inf option value (or one ≤ 0 with ``positive``)."""
     import math
@@ -96,3 +70,6 @@ def check_finite_option(value: float, name: str, *, positive: bool = False) -> f
     if not math.isfinite(value) or (positive and value <= 0):
         raise typer.BadParameter(f"{value} is not a finite number{' > 0' if positive else ''}", param_hint=name)
     return value
+
+
+__all__ = ["INTERRUPTED", "check_finite_option", "check_writable", "clean_errors", "describe_os_error", "one_line"]

@@ -14,10 +14,6 @@ records). Computed on ``--device`` (default: CUDA when present) in ``--dtype`` (
 
 from __future__ import annotations
 
-from qgeom.commands import check_finite_option, clean_errors
-from qgeom.commands import options as O
-from qgeom.commands.inputs import build_model, read_checkpoint, task_spec
-
 import csv
 import json
 import math
@@ -27,7 +23,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from qgeom.commands import check_finite_option, clean_errors, inputs
+from qgeom.commands import options as O
+from qgeom.commands.inputs import build_model, read_checkpoint, task_spec
 from qgeom.commands.output import Output
+
+# options of geometry and spectrum only; the shared ones come from qgeom.commands.options
+COMMON = dict(
+    metric=typer.Option("ggn", help="ggn (PSD, the default), hessian or fisher"),
+    objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
+    probe_split=typer.Option("train", "--probe-split", help="split the probe set is drawn from: train, val or test"),
+)
+BITS = "bit width of Q_b for --objective ste, 2–8 (default: the checkpoint's, else 2)"
 
 
 def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, sizes: dict | None = None,
@@ -35,12 +42,12 @@ def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed:
     """The probe set: a list of (x, y) batches (kept a function so tests can swap the data);
     the task is made as the checkpoint's metadata records it (``sizes``, pretext mixtures),
     streamed tasks through ``model``'s timm transform."""
-    from qgeom.cli import _task
-    from qgeom.data import probe_batches
+    from qgeom.data import probe_batches  # lazy: torch-free --help
 
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--probe-split")
-    return probe_batches(getattr(_task(task, data_seed, model, data_root, **(sizes or {})), split), n, batch_size, seed)
+    task_data = inputs.task_for(task, data_seed, model, data_root, **(sizes or {}))  # looked up when called
+    return probe_batches(getattr(task_data, split), n, batch_size, seed)
 
 
 def _receiver(path: Path, task: Optional[str], model: Optional[str]):
@@ -55,13 +62,14 @@ def _receiver(path: Path, task: Optional[str], model: Optional[str]):
 
 def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
               data_seed, dtype, data_root=None, log: Output | None = None):
+    """The receiver's curvature operator on its probe set; ``info`` records the inputs and warnings."""
+    # lazy: torch-free --help
     import torch
 
-    from qgeom.curvature.operator import CurvatureOperator
-    from qgeom.models import default_device
-    from qgeom.quant import QuantSpec
-
-    from qgeom.curvature.operator import init_data_parallel
+    from qgeom.curvature.operator import CurvatureOperator  # lazy: torch-free --help
+    from qgeom.curvature.probe import init_data_parallel, probe_warnings  # lazy: torch-free --help
+    from qgeom.models import default_device  # lazy: torch-free --help
+    from qgeom.quant import QuantSpec  # lazy: torch-free --help
 
     log = log or Output()
     rank, _ = init_data_parallel()  # under torchrun: probe batches shared out, products all-reduced
@@ -77,8 +85,6 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
                      data_root or meta.get("data_root") or None)
     task = task_name
-    from qgeom.curvature.geometry import probe_warnings
-
     used = sum(len(y) for _, y in batches)
     available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
     warnings = probe_warnings(n_probe, available, int(theta["head.weight"].shape[0]))
@@ -93,8 +99,9 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
 
 
 def _write(out: Path, name: str, rows: list[dict]) -> Path:
-    from qgeom.curvature.operator import data_parallel
-    from qgeom.io import atomic_write
+    """``rows`` as a CSV table ``out/name``, atomically, written by rank 0 only."""
+    from qgeom.curvature.probe import data_parallel  # lazy: torch-free --help
+    from qgeom.io import atomic_write  # lazy: torch-free --help
 
     if data_parallel()[0] != 0:
         return out / name
@@ -109,180 +116,181 @@ def _write(out: Path, name: str, rows: list[dict]) -> Path:
 
 
 def _write_json(out: Path, name: str, obj: dict) -> Path:
-    from qgeom.curvature.operator import data_parallel
-    from qgeom.io import atomic_write
+    """``obj`` as strict JSON ``out/name`` (NaN/Inf → null), atomically, written by rank 0 only."""
+    from qgeom.curvature.probe import data_parallel  # lazy: torch-free --help
+    from qgeom.io import write_json  # lazy: torch-free --help
 
     if data_parallel()[0] != 0:
         return out / name
-
-    def w(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(_strict(obj), f, indent=2, allow_nan=False, default=str)
-
-    return atomic_write(out / name, w)
-
-
-
-
-def _strict(obj):
-    """NaN/Inf → null, so the JSON is strict (bare NaN is not JSON); numpy values become Python's."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _strict(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+    return write_json(out / name, obj)
 
 
 def _fmt(x: float) -> str:
     return "indefinite" if isinstance(x, float) and math.isnan(x) else f"{x:.4g}"
 
 
+# --------------------------------------------------------------------------------------------
+# qgeom geometry
+# --------------------------------------------------------------------------------------------
+
+
+def _read_vectors(vectors: list[Path], scope: Optional[str]) -> tuple[list[str], list[dict]]:
+    """(names, vectors ρ) from their files, each cut to ``scope``; every vector must match the first."""
+    from qgeom.io import load_params  # lazy: torch-free --help
+    from qgeom.params import check_compatible, select  # lazy: torch-free --help
+
+    names, vs = [], []
+    for p in vectors:
+        v, _ = load_params(p)
+        if scope is not None:
+            v = select(v, scope)
+            if not v:
+                raise typer.BadParameter(f"{p} holds no tensor of scope {scope}", param_hint="--scope")
+        if vs:
+            check_compatible(vs[0], v, check_dtype=False, names=(str(vectors[0]), str(p)))
+        names.append(p.stem if p.stem not in names else f"{p.stem}#{len(names)}")
+        vs.append(v)
+    return names, vs
+
+
+def _geometry_rows(op, K, dg, names: list[str], vectors: list[Path], vs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of geometry_vectors.csv (one per vector) and geometry_pairs.csv (one per ordered pair)."""
+    from qgeom.params import norm  # lazy: torch-free --help
+
+    Ks, cos, lam = K.terms["K_sym"], K.terms["cosines"], K.terms["scales"]
+    vec_rows = [{"vector": n, "path": str(p), "euclidean_norm": norm(v), "metric_form": Ks[i, i],
+                 "metric_norm": math.sqrt(Ks[i, i]) if Ks[i, i] > 0 else float("nan"),
+                 "directional_gradient": dg.value[i]} for i, (n, p, v) in enumerate(zip(names, vectors, vs))]
+    pair_rows = []
+    for i, d in enumerate(names):
+        for j, r in enumerate(names):
+            if i == j:
+                continue
+            ip = sum(float((vs[i][k].double() * vs[j][k].double()).sum()) for k in vs[i])
+            ni, nj = vec_rows[i]["euclidean_norm"], vec_rows[j]["euclidean_norm"]
+            pair_rows.append({"donor": d, "receiver_vector": r,
+                              "euclidean_cosine": ip / (ni * nj) if ni * nj > 0 else float("nan"),
+                              "metric_cosine": cos[i, j], "optimal_scale": lam[i, j],
+                              "recovered_fraction": cos[i, j] ** 2,
+                              "euclidean_scale": ip / ni**2 if ni > 0 else float("nan"),
+                              "indefinite": bool(math.isnan(cos[i, j])),
+                              "probe_warning": "; ".join(op.info["probe_warnings"])})
+    return vec_rows, pair_rows
+
+
+def _geometry_tables(log: Output, op, vec_rows: list[dict], pair_rows: list[dict]) -> None:
+    """Print the vectors and the pairs tables."""
+    log.expect_tables(2)
+    t = Table("vector", "‖ρ‖", "ρᵀMρ", "ρᵀ∇L", title=f"{op!r}")
+    for row in vec_rows:
+        t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),
+                  _fmt(row["directional_gradient"]))
+    log.table("vectors", t)
+    t = Table("donor", "onto", "cos", "cos_M", "λ*", "cos²_M")
+    for row in pair_rows:
+        t.add_row(row["donor"], row["receiver_vector"], _fmt(row["euclidean_cosine"]),
+                  _fmt(row["metric_cosine"]), _fmt(row["optimal_scale"]), _fmt(row["recovered_fraction"]))
+    log.table("pairs", t)
+
+
+@clean_errors
+def geometry_cmd(
+    receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
+                                              "with --model)"),
+    vectors: list[Path] = typer.Argument(..., help="vectors ρ (.safetensors): donors' and the receiver's own"),
+    task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
+    data_root: Optional[str] = O.data_root(),
+    metric: str = COMMON["metric"], objective: str = COMMON["objective"], bits: Optional[str] = O.bits(BITS),
+    scope: Optional[str] = O.scope("compare the vectors on this scope (backbone, quantized or all); "
+                                   "default: every tensor they hold"),
+    split: str = COMMON["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
+    probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
+    dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
+    device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
+) -> None:
+    """Norms, cosines (Euclidean and metric), λ*, recovered fractions and directional gradients
+    of quantization vectors under the receiver's curvature."""
+    out = O.table_dir(out)
+    O.apply_runtime(device, threads)
+    from qgeom.curvature.geometry import directional_gradients, gram  # lazy: torch-free --help
+
+    log = Output(format, quiet)
+    names, vs = _read_vectors(vectors, scope)
+    op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
+                   probe_seed, data_seed, dtype, data_root, log)
+    K = gram(op, dict(zip(names, vs)))
+    dg = directional_gradients(op, dict(zip(names, vs)))
+    vec_rows, pair_rows = _geometry_rows(op, K, dg, names, vectors, vs)
+    _geometry_tables(log, op, vec_rows, pair_rows)
+    if K.indefinite:
+        log.warn(K.message)
+    if out is not None:
+        _write(out, "geometry_vectors.csv", vec_rows)
+        _write(out, "geometry_pairs.csv", pair_rows)
+        _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows,
+                                           "pairs": pair_rows, "gram": K.to_dict(), "message": K.message})
+        log.info(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
+    log.close()
+
+
+# --------------------------------------------------------------------------------------------
+# qgeom spectrum
+# --------------------------------------------------------------------------------------------
+
+
+@clean_errors
+def spectrum_cmd(
+    receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
+                                              "with --model)"),
+    task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
+    data_root: Optional[str] = O.data_root(),
+    metric: str = COMMON["metric"], objective: str = COMMON["objective"], bits: Optional[str] = O.bits(BITS),
+    scope: Optional[str] = O.scope("backbone (the paper's, the default), quantized or all"),
+    k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
+    lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
+    tol: Optional[float] = typer.Option(None, help="relative Ritz-residual tolerance (default: by the operator's "
+                                                  "dtype, 1e-5 float32, 1e-10 float64)"),
+    hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
+    slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
+    slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),
+    seed: int = O.seed("seed of the Lanczos start vector and the probes"),
+    split: str = COMMON["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
+    probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
+    dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
+    device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
+) -> None:
+    """Top-k eigenvalues, Hutchinson trace and SLQ spectral density of the receiver's curvature."""
+    out = O.table_dir(out)
+    if tol is not None:
+        check_finite_option(tol, "--tol", positive=True)
+    O.apply_runtime(device, threads)
+    from qgeom.spectra.density import hutchinson_trace, spectral_density  # lazy: torch-free --help
+    from qgeom.spectra.eigsh import eigsh  # lazy: torch-free --help
+
+    log = Output(format, quiet)
+    op = _operator(receiver, task, preset, metric, objective, bits, scope or "backbone", split, n_probe,
+                   batch_size, probe_seed, data_seed, dtype, data_root, log)
+    eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
+    tr = hutchinson_trace(op, n_probes=hutchinson_probes, seed=seed)
+    sd = spectral_density(op, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
+    t = Table("rank", "eigenvalue", "residual", title=f"{op!r}")
+    for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1):
+        t.add_row(str(i), f"{lam:.6g}", f"{res:.2e}")
+    log.table("eigenvalues", t)
+    log.result(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
+               f"(Hutchinson, {hutchinson_probes} probes); SLQ trace ≈ {sd.trace_estimate[0]:.6g}")
+    if out is not None:
+        _write(out, "spectrum_eigenvalues.csv", [{"rank": i + 1, "eigenvalue": float(lam), "residual": float(r)}
+                                                 for i, (lam, r) in enumerate(zip(eig.eigenvalues, eig.residuals))])
+        _write(out, "spectrum_density.csv", [{"x": float(x), "density": float(d)} for x, d in zip(sd.grid, sd.density)])
+        summary = {"info": op.info, "eigen": eig.to_dict(), "trace": tr.to_dict(),
+                   "slq": {k_: v for k_, v in sd.to_dict().items() if k_ not in ("grid", "density")}}
+        _write_json(out, "spectrum.json", summary)
+        log.info(f"wrote {out}/spectrum_eigenvalues.csv, spectrum_density.csv, spectrum.json")
+    log.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add ``geometry`` and ``spectrum`` to ``app``."""
-
-    common = dict(  # options of geometry and spectrum only; the shared ones come from qgeom.commands.options
-        metric=typer.Option("ggn", help="ggn (PSD, the default), hessian or fisher"),
-        objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
-        probe_split=typer.Option("train", "--probe-split", help="split the probe set is drawn from: train, val or test"),
-    )
-    BITS = "bit width of Q_b for --objective ste, 2–8 (default: the checkpoint's, else 2)"
-
-    @app.command("geometry")
-    @clean_errors
-    def geometry_cmd(
-        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
-                                                  "with --model)"),
-        vectors: list[Path] = typer.Argument(..., help="vectors ρ (.safetensors): donors' and the receiver's own"),
-        task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
-        data_root: Optional[str] = O.data_root(),
-        metric: str = common["metric"], objective: str = common["objective"], bits: Optional[str] = O.bits(BITS),
-        scope: Optional[str] = O.scope("compare the vectors on this scope (backbone, quantized or all); "
-                                       "default: every tensor they hold"),
-        split: str = common["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
-        probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
-        dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
-        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
-    ) -> None:
-        """Norms, cosines (Euclidean and metric), λ*, recovered fractions and directional gradients
-        of quantization vectors under the receiver's curvature."""
-        out = O.table_dir(out)
-        O.apply_runtime(device, threads)
-        from qgeom.curvature.geometry import directional_gradients, gram
-        from qgeom.params import check_compatible, norm, select
-        from qgeom.io import load_params
-
-        log = Output(format, quiet)
-        names, vs = [], []
-        for p in vectors:
-            v, _ = load_params(p)
-            if scope is not None:
-                v = select(v, scope)
-                if not v:
-                    raise typer.BadParameter(f"{p} holds no tensor of scope {scope}", param_hint="--scope")
-            if vs:
-                check_compatible(vs[0], v, check_dtype=False, names=(str(vectors[0]), str(p)))
-            names.append(p.stem if p.stem not in names else f"{p.stem}#{len(names)}")
-            vs.append(v)
-        op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
-                       probe_seed, data_seed, dtype, data_root, log)
-        K = gram(op, dict(zip(names, vs)))
-        dg = directional_gradients(op, dict(zip(names, vs)))
-        Ks, cos, lam = K.terms["K_sym"], K.terms["cosines"], K.terms["scales"]
-        vec_rows = [{"vector": n, "path": str(p), "euclidean_norm": norm(v), "metric_form": Ks[i, i],
-                     "metric_norm": math.sqrt(Ks[i, i]) if Ks[i, i] > 0 else float("nan"),
-                     "directional_gradient": dg.value[i]} for i, (n, p, v) in enumerate(zip(names, vectors, vs))]
-        pair_rows = []
-        for i, d in enumerate(names):
-            for j, r in enumerate(names):
-                if i == j:
-                    continue
-                ip = sum(float((vs[i][k].double() * vs[j][k].double()).sum()) for k in vs[i])
-                ni, nj = vec_rows[i]["euclidean_norm"], vec_rows[j]["euclidean_norm"]
-                pair_rows.append({"donor": d, "receiver_vector": r,
-                                  "euclidean_cosine": ip / (ni * nj) if ni * nj > 0 else float("nan"),
-                                  "metric_cosine": cos[i, j], "optimal_scale": lam[i, j],
-                                  "recovered_fraction": cos[i, j] ** 2,
-                                  "euclidean_scale": ip / ni**2 if ni > 0 else float("nan"),
-                                  "indefinite": bool(math.isnan(cos[i, j])),
-                                  "probe_warning": "; ".join(op.info["probe_warnings"])})
-        log.expect_tables(2)
-        t = Table("vector", "‖ρ‖", "ρᵀMρ", "ρᵀ∇L", title=f"{op!r}")
-        for row in vec_rows:
-            t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),
-                      _fmt(row["directional_gradient"]))
-        log.table("vectors", t)
-        t = Table("donor", "onto", "cos", "cos_M", "λ*", "cos²_M")
-        for row in pair_rows:
-            t.add_row(row["donor"], row["receiver_vector"], _fmt(row["euclidean_cosine"]),
-                      _fmt(row["metric_cosine"]), _fmt(row["optimal_scale"]), _fmt(row["recovered_fraction"]))
-        log.table("pairs", t)
-        if K.indefinite:
-            log.warn(K.message)
-        if out is not None:
-            _write(out, "geometry_vectors.csv", vec_rows)
-            _write(out, "geometry_pairs.csv", pair_rows)
-            _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows,
-                                               "pairs": pair_rows, "gram": K.to_dict(), "message": K.message})
-            log.info(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
-        log.close()
-
-    @app.command("spectrum")
-    @clean_errors
-    def spectrum_cmd(
-        receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
-                                                  "with --model)"),
-        task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
-        data_root: Optional[str] = O.data_root(),
-        metric: str = common["metric"], objective: str = common["objective"], bits: Optional[str] = O.bits(BITS),
-        scope: Optional[str] = O.scope("backbone (the paper's, the default), quantized or all"),
-        k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
-        lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
-        tol: Optional[float] = typer.Option(None, help="relative Ritz-residual tolerance (default: by the operator's "
-                                                      "dtype, 1e-5 float32, 1e-10 float64)"),
-        hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
-        slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
-        slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),
-        seed: int = O.seed("seed of the Lanczos start vector and the probes"),
-        split: str = common["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
-        probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
-        dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
-        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
-    ) -> None:
-        """Top-k eigenvalues, Hutchinson trace and SLQ spectral density of the receiver's curvature."""
-        out = O.table_dir(out)
-        if tol is not None:
-            check_finite_option(tol, "--tol", positive=True)
-        O.apply_runtime(device, threads)
-        from qgeom.spectra.lanczos import eigsh, hutchinson_trace, spectral_density
-
-        log = Output(format, quiet)
-        op = _operator(receiver, task, preset, metric, objective, bits, scope or "backbone", split, n_probe,
-                       batch_size, probe_seed, data_seed, dtype, data_root, log)
-        eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
-        tr = hutchinson_trace(op, n_probes=hutchinson_probes, seed=seed)
-        sd = spectral_density(op, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
-        t = Table("rank", "eigenvalue", "residual", title=f"{op!r}")
-        for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1):
-            t.add_row(str(i), f"{lam:.6g}", f"{res:.2e}")
-        log.table("eigenvalues", t)
-        log.result(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
-                      f"(Hutchinson, {hutchinson_probes} probes); SLQ trace ≈ {sd.trace_estimate[0]:.6g}")
-        if out is not None:
-            _write(out, "spectrum_eigenvalues.csv", [{"rank": i + 1, "eigenvalue": float(lam), "residual": float(r)}
-                                                     for i, (lam, r) in enumerate(zip(eig.eigenvalues, eig.residuals))])
-            _write(out, "spectrum_density.csv", [{"x": float(x), "density": float(d)} for x, d in zip(sd.grid, sd.density)])
-            summary = {"info": op.info, "eigen": eig.to_dict(), "trace": tr.to_dict(),
-                       "slq": {k_: v for k_, v in sd.to_dict().items() if k_ not in ("grid", "density")}}
-            _write_json(out, "spectrum.json", summary)
-            log.info(f"wrote {out}/spectrum_eigenvalues.csv, spectrum_density.csv, spectrum.json")
-        log.close()
+    app.command("geometry")(geometry_cmd)
+    app.command("spectrum")(spectrum_cmd)

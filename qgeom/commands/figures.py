@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
 from qgeom.commands import check_writable, clean_errors
 from qgeom.commands import options as O
+from qgeom.commands.output import Output
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,10 @@ def render_all(run_dir: str | Path, out: str | Path = "paper_figures", *, bits: 
     for the lowest one. ``scope`` defaults to ``backbone`` (the paper's); a non-default scope is
     added to the file names. ``overrides``: smaller parameters per checkpoint-table function.
     """
-    import matplotlib
+    import matplotlib  # lazy: --help without matplotlib
 
     matplotlib.use("Agg")
-    from qgeom.figures import catalogue
+    from qgeom.figures import catalogue  # lazy: torch-free --help
 
     run_dir, out = Path(run_dir), Path(out)
     T = catalogue.load_run(run_dir)
@@ -84,7 +86,7 @@ def render_comparisons(run_dirs: list[Path], out: Path, *, bits: list[int] | Non
                        log: Callable[[str], None] = lambda msg: None) -> list[Made]:
     """The figures across settings (:data:`qgeom.figures.COMPARISONS`): every run at every bit
     width (or ``bits``), labelled from the runs' configs."""
-    from qgeom import figures as F
+    from qgeom import figures as F  # lazy: torch-free --help
 
     runs = F.settings(run_dirs, bits)
     made = []
@@ -111,54 +113,55 @@ def render_runs(run_dirs: list[Path], out: Path, **kw) -> list[Made]:
 
 
 def _manifest(made: list[Made], run_dirs: list[Path], out: Path) -> list[Made]:
+    from qgeom.io import atomic_write, jsonable  # lazy: torch-free --help
+
     out.mkdir(parents=True, exist_ok=True)
     runs = " ".join(str(r) for r in run_dirs)
     doc = {"run_dir": runs, "command": f"qgeom figures {runs} --out-dir {out}",
            "figures": [{"name": m.name, "files": [f"{m.name}.{e}" for e in ("pdf", "png", "csv")],
                         "about": m.about, "seconds": m.seconds} for m in made],
            "seconds": round(sum(m.seconds for m in made), 1)}
-    (out / "manifest.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    text = json.dumps(jsonable(doc), indent=1, ensure_ascii=False, allow_nan=False) + "\n"  # strict: NaN → null
+    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
     return made
 
 
+def figures_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="finished run directories (qgeom run / qgeom demo); "
+                                                    "several: each run's figures in OUT/RUN_NAME and the figures across "
+                                                    "them in OUT"),
+    out: Optional[Path] = O.out_dir("output directory: PDF, PNG and CSV per figure (default: the first "
+                                    "RUN_DIR/figures)"),
+    bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (default: all of the run's)"),
+    scope: Optional[str] = O.scope("patch scope (default: backbone, the paper's)"),
+    recompute: bool = typer.Option(False, help="recompute the cached checkpoint tables"),
+    cheap: bool = typer.Option(False, help="only the figures drawn from the run's tables (no curvature)"),
+    device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
+) -> None:
+    """Regenerate every figure of finished runs (and, for several, the figures across them): PDF + PNG
+    + the CSV each was drawn from."""
+    for run_dir in run_dirs:
+        if not (run_dir / "accuracy.csv").exists():
+            raise typer.BadParameter(f"{run_dir} has no accuracy.csv: run `qgeom run` first")
+    out = out if out is not None else run_dirs[0] / "figures"
+    check_writable(out, directory=True)
+    bit_list = list(bits) if bits else None
+    log = Output(format, quiet)
+    if not cheap:
+        O.apply_runtime(device, threads)
+    t0 = time.perf_counter()
+    made = render_runs(run_dirs, out, bits=bit_list, scope=scope,
+                       recompute=recompute, cheap=cheap, log=log.info)
+    table = Table(title=f"figures of {', '.join(map(str, run_dirs))} → {out}")
+    for col in ("figure", "seconds", "shows"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for m in made:
+        table.add_row(m.name, f"{m.seconds:.1f}", m.about)
+    log.table("figures", table)
+    log.info(f"{len(made)} figures in {time.perf_counter() - t0:.1f} s (manifest: {out / 'manifest.json'})")
+    log.close()
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("figures")
-    @clean_errors
-    def figures_cmd(
-        run_dirs: list[Path] = typer.Argument(..., help="finished run directories (qgeom run / qgeom demo); "
-                                              "several: each run's figures in OUT/RUN_NAME and the figures across "
-                                              "them in OUT"),
-        out: Optional[Path] = O.out_dir("output directory: PDF, PNG and CSV per figure (default: the first "
-                                        "RUN_DIR/figures)"),
-        bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (default: all of the run's)"),
-        scope: Optional[str] = O.scope("patch scope (default: backbone, the paper's)"),
-        recompute: bool = typer.Option(False, help="recompute the cached checkpoint tables"),
-        cheap: bool = typer.Option(False, help="only the figures drawn from the run's tables (no curvature)"),
-        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
-    ) -> None:
-        """Regenerate every figure of finished runs (and, for several, the figures across them): PDF + PNG
-        + the CSV each was drawn from."""
-        from rich.table import Table
-
-        from qgeom.commands.output import Output
-
-        for run_dir in run_dirs:
-            if not (run_dir / "accuracy.csv").exists():
-                raise typer.BadParameter(f"{run_dir} has no accuracy.csv: run `qgeom run` first")
-        out = out if out is not None else run_dirs[0] / "figures"
-        check_writable(out, directory=True)
-        bit_list = list(bits) if bits else None
-        log = Output(format, quiet)
-        if not cheap:
-            O.apply_runtime(device, threads)
-        t0 = time.perf_counter()
-        made = render_runs(run_dirs, out, bits=bit_list, scope=scope,
-                           recompute=recompute, cheap=cheap, log=log.info)
-        table = Table(title=f"figures of {', '.join(map(str, run_dirs))} → {out}")
-        for col in ("figure", "seconds", "shows"):
-            table.add_column(col, justify="right" if col == "seconds" else "left")
-        for m in made:
-            table.add_row(m.name, f"{m.seconds:.1f}", m.about)
-        log.table("figures", table)
-        log.info(f"{len(made)} figures in {time.perf_counter() - t0:.1f} s (manifest: {out / 'manifest.json'})")
-        log.close()
+    """Add ``figures`` to ``app``."""
+    app.command("figures")(clean_errors(figures_cmd))

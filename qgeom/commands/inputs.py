@@ -18,6 +18,8 @@ from pathlib import Path
 
 import typer
 
+from qgeom.commands.output import Output
+
 MODEL_HELP = "architecture: a preset (micro, tiny, small, base, large) or timm:NAME (default: the checkpoint's metadata)"
 DATA_HELP = ("task: an offline name (qgeom tasks), imagefolder:NAME=DIR, or a real dataset name under --data-root "
              "(default: the checkpoint's metadata)")
@@ -26,8 +28,8 @@ DATA_ROOT_HELP = "folder of the torchvision datasets (for real dataset names)"
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(parameters, qgeom metadata or {}) of a checkpoint, without executing code."""
-    from qgeom.models import load_checkpoint
-    from qgeom.io import load_params
+    from qgeom.io import load_params  # lazy: torch-free --help
+    from qgeom.models import load_checkpoint  # lazy: torch-free --help
 
     if Path(path).suffix == ".safetensors":
         return load_params(path)
@@ -38,7 +40,7 @@ def build_model(path: Path, params: dict, meta: dict, model: str | None, num_cla
     """The architecture for ``params``: ``model`` or the metadata's; classes from the head (or given).
 
     The backbone must fit (:func:`qgeom.models.check_fits`); errors name the offending keys."""
-    from qgeom.models import check_fits, create_model
+    from qgeom.models import check_fits, create_model  # lazy: torch-free --help
 
     arch = model or meta.get("preset")
     if arch is None:
@@ -67,7 +69,60 @@ def task_spec(data: str | None, meta: dict, path: Path) -> str:
 
 def load_data(spec: str, seed: int, model=None, data_root: str | Path | None = None, **sizes):
     """The task ``spec`` names; streamed tasks go through ``model``'s timm transform."""
-    from qgeom.data import load_task, model_transform, parse_task
+    from qgeom.data import load_task, model_transform, parse_task  # lazy: torch-free --help
 
     transform = model_transform(model) if model is not None and parse_task(spec).streamed else None
     return load_task(spec, seed, data_root, transform=transform, **sizes)
+
+
+def load(path: Path) -> tuple[dict, dict]:
+    """(parameters, metadata) of a qgeom safetensors file."""
+    from qgeom.io import load_params  # lazy: torch-free --help
+
+    return load_params(path)
+
+
+def save(path: Path, params: dict, meta: dict, out: Output, **extra) -> None:
+    """Write ``params`` with ``meta`` (less its hash and version) and ``extra`` as metadata."""
+    from qgeom.io import save_params  # lazy: torch-free --help
+    from qgeom.params import numel  # lazy: torch-free --help
+
+    meta = {k: v for k, v in meta.items() if k not in ("content_hash", "qgeom_version")}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    save_params(path, params, meta)
+    out.info(f"wrote [bold]{path}[/] ({numel(params):,} values)")
+
+
+def pct(acc: float) -> str:
+    """Accuracies in one unit everywhere: Top-1 in percent, one decimal."""
+    return f"{100 * acc:.1f}"
+
+
+def task_for(spec: str, seed: int, model=None, data_root: str | None = None, **sizes: int):
+    """The task a specification (or a checkpoint's metadata) names, as it was made: an offline
+    task (``sizes``: n_train/n_val/n_test when recorded), a streamed one through ``model``'s
+    transform, or the pretext mixture ``pretext:a+b`` of θ_0. Commands call it through this module
+    (``inputs.task_for``), so tests can shrink the data by replacing it."""
+    from qgeom.data import pretext_task  # lazy: torch-free --help
+
+    if spec.startswith("pretext:"):
+        return pretext_task(spec.split(":", 1)[1].split("+"), seed=seed, **sizes)
+    return load_data(spec, seed, model, data_root, **sizes)
+
+
+def data_provenance(meta: dict) -> tuple[int, dict]:
+    """(data seed, split sizes) recorded in a checkpoint's metadata (defaults: 0, the task's)."""
+    return int(meta.get("data_seed", "0")), json.loads(meta.get("data_sizes", "{}"))
+
+
+def refuse_vector(path: Path, meta: dict) -> None:
+    """Refuse a quantization vector where a model checkpoint is expected."""
+    if meta.get("stage") == "quantization_vector":
+        raise ValueError(f"{path} is a quantization vector (stage quantization_vector), not a model checkpoint: "
+                         f"patch it into a receiver first (qgeom patch)")
+
+
+def arch_meta(net, arch: str, meta: dict) -> dict:
+    """Metadata that rebuilds ``net``: architecture, overrides, classes."""
+    overrides = json.loads(meta.get("model_overrides", "{}")) if arch == meta.get("preset") else {}
+    return dict(preset=arch, model_overrides=overrides, num_classes=int(net.num_classes))

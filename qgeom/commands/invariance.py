@@ -18,6 +18,7 @@ from rich.table import Table
 
 from qgeom.commands import check_finite_option, clean_errors
 from qgeom.commands import options as O
+from qgeom.commands.inputs import build_model, load_data, read_checkpoint
 from qgeom.commands.output import Output
 
 
@@ -25,9 +26,8 @@ def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], num_cla
                       init_values: Optional[float]):
     """(model, θ, description): a preset with seeded random weights, or a checkpoint (qgeom's, or
     timm-format with --model)."""
-    from qgeom.commands.inputs import build_model, read_checkpoint
-    from qgeom.models import create_model
-    from qgeom.params import from_model
+    from qgeom.models import create_model  # lazy: torch-free --help
+    from qgeom.params import from_model  # lazy: torch-free --help
 
     if checkpoint is None:
         extra = {} if init_values is None else {"init_values": init_values}
@@ -41,7 +41,7 @@ def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], num_cla
 
 
 def _kinds(symmetry: str) -> list[str]:
-    from qgeom.symmetry import KINDS
+    from qgeom.symmetry import KINDS  # lazy: torch-free --help
 
     kinds = list(KINDS) if symmetry == "all" else [k.strip() for k in symmetry.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
@@ -96,105 +96,126 @@ def _full(rows: list[dict]) -> Table:
     return table
 
 
+def _levels(levels: str) -> list[str]:
+    from qgeom.symmetry.invariance import LEVELS  # lazy: torch-free --help
+
+    lv = list(LEVELS) if levels == "all" else [x.strip() for x in levels.split(",") if x.strip()]
+    if set(lv) - set(LEVELS):
+        raise typer.BadParameter(f"unknown levels {sorted(set(lv) - set(LEVELS))}", param_hint="--levels")
+    return lv
+
+
+def _probe_setup(preset: Optional[str], checkpoint: Optional[Path], bits: Optional[str], task: Optional[str],
+                 data_root: Optional[str], n_probe: int, seed: int, init_values: Optional[float]):
+    """(model, θ, source, probe batches, task, bit width, device): the model and θ on the default
+    device, the probe set from the task's validation split (task and bits default to the
+    checkpoint's)."""
+    from qgeom.data import parse_task, probe_batches  # lazy: torch-free --help
+    from qgeom.models import default_device  # lazy: torch-free --help
+
+    meta = read_checkpoint(checkpoint)[1] if checkpoint is not None else {}
+    task = task or meta.get("task") or "shape"
+    bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="check-invariance")
+    streamed = parse_task(task).streamed
+    sizes = {} if streamed else dict(n_train=1, n_val=max(n_probe, 1), n_test=1)
+    data = load_data(task, seed, None, data_root, **sizes)  # class count first; images below
+    model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
+    if streamed:  # through the model's own timm transform
+        data = load_data(task, seed, model, data_root)
+    classes = model.num_classes
+    dev = default_device()  # --device (QGEOM_DEVICE), else CUDA when present
+    model = model.to(dev)
+    params = {k: v.to(dev) for k, v in params.items()}
+    batches = [(x, y % classes) for x, y in probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)]
+    return model, params, source, batches, task, bits, dev
+
+
+def _vectors(rho_d: Optional[Path], rho_r: Optional[Path], dev):
+    """(ρ_D, ρ_R) from --rho-d/--rho-r on ``dev``, or None (random directions)."""
+    from qgeom.io import load_params  # lazy: torch-free --help
+
+    if rho_d is None and rho_r is None:
+        return None
+    if rho_d is None or rho_r is None:
+        raise typer.BadParameter("give both --rho-d and --rho-r")
+    return tuple({k: v.to(dev) for k, v in load_params(p)[0].items()} for p in (rho_d, rho_r))
+
+
+def _elements(model, kinds: list[str], symmetry: str, strength: float, seed: int, log: Output):
+    """(random elements of the applicable kinds, the kinds to run the QAT pipeline for or None)."""
+    from qgeom.symmetry import CATALOGUE, applicable_kinds, random_symmetry  # lazy: torch-free --help
+
+    why = applicable_kinds(model)
+    for k in [k for k in kinds if why[k]]:
+        log.info(f"[yellow]skipping {k}[/]: {why[k]}")
+    syms = [random_symmetry(model, k, strength=strength, seed=seed + i) for i, k in enumerate(kinds) if not why[k]]
+    if not syms:
+        raise typer.BadParameter("no applicable symmetry for this model", param_hint="--symmetry")
+    if symmetry == "all":  # signed permutations, and one rescaling to show where the pipeline breaks
+        return syms, [g.kind for g in syms if CATALOGUE[g.kind]["pipeline"]] + ["qk_scalar"]
+    return syms, None
+
+
+def check_invariance_cmd(
+    symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
+    strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),
+    dtype: str = O.dtype("float64 (the default: tolerance 1e-10 on the function) or float32"),
+    preset: Optional[str] = O.model("architecture: a preset (random weights when no --checkpoint; "
+                                    "default micro) or timm:NAME; with --checkpoint, default: its metadata"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint instead of random weights: qgeom's, or "
+                                                         "timm-format (.safetensors/.pth) with --model"),
+    bits: Optional[str] = O.bits("weight bit width of Q_b, 2–8, per-row symmetric RTN; one width (default: "
+                                 "the checkpoint's, else 2)"),
+    task: Optional[str] = O.data("task whose validation images form the probe set: an offline name, "
+                                 "imagefolder:NAME=DIR, or a real dataset name under --data-root "
+                                 "(default: the checkpoint's, else shape)"),
+    data_root: Optional[str] = O.data_root(),
+    n_probe: int = O.n_probe("probe images (validation split): every check's probe set"),
+    levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
+    metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
+    pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
+    rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
+    rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
+    init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
+    seed: int = O.seed("seeds the weights, the elements and the random vectors"),
+    out: Optional[Path] = O.out_dir("directory for invariance.csv and invariance.json; default: print only"),
+    full: bool = typer.Option(False, "--full", help="print every check, not the per-level summary"),
+    device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
+) -> None:
+    """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
+    import torch  # lazy: torch-free --help
+
+    from qgeom.quant import QuantSpec  # lazy: torch-free --help
+    from qgeom.symmetry.invariance import check_invariance  # lazy: torch-free --help
+
+    t0 = time.time()
+    out = O.table_dir(out)
+    check_finite_option(strength, "--strength")
+    O.apply_runtime(device, threads)
+    log = Output(format, quiet)
+    kinds, lv = _kinds(symmetry), _levels(levels)
+    model, params, source, batches, task, bits, dev = _probe_setup(preset, checkpoint, bits, task, data_root, n_probe,
+                                                                   seed, init_values)
+    vectors = _vectors(rho_d, rho_r, dev)
+    syms, pipe = _elements(model, kinds, symmetry, strength, seed, log)
+    report = check_invariance(model, params, syms, batches, vectors=vectors, spec=QuantSpec(bits=bits),
+                              dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],
+                              pipeline_steps=pipeline_steps, pipeline_for=pipe, seed=seed)
+    report.meta.update(source=source, task=task, strength=strength, kinds=[g.kind for g in syms])
+    log.table("checks" if full else "summary", _full(report.rows) if full else _summary(report.rows))
+    fails, surprises = report.failures(), report.surprises()
+    agree = sum(1 for r in report.rows if r["agrees"])
+    log.result(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "
+               f"{len(report.rows)} checks: {agree} agree, [red]{len(fails)} failed[/], "
+               f"[yellow]{len(surprises)} expected violations not measured[/] ({time.time() - t0:.1f} s)")
+    if out is not None:
+        csv, js = report.write(out / "invariance")
+        log.info(f"wrote [bold]{csv}[/] and [bold]{js}[/]")
+    log.close()
+    if fails:
+        raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``check-invariance`` to ``app``."""
-
-    @app.command("check-invariance")
-    @clean_errors
-    def check_invariance_cmd(
-        symmetry: str = typer.Option("all", help="a symmetry kind, a comma-separated list, or 'all'"),
-        strength: float = typer.Option(1.0, help="log condition number of GL blocks / log-spread of rescalings"),
-        dtype: str = O.dtype("float64 (the default: tolerance 1e-10 on the function) or float32"),
-        preset: Optional[str] = O.model("architecture: a preset (random weights when no --checkpoint; "
-                                                  "default micro) or timm:NAME; with --checkpoint, default: its metadata"),
-        checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint instead of random weights: qgeom's, or "
-                                                             "timm-format (.safetensors/.pth) with --model"),
-        bits: Optional[str] = O.bits("weight bit width of Q_b, 2–8, per-row symmetric RTN; one width (default: "
-                                     "the checkpoint's, else 2)"),
-        task: Optional[str] = O.data("task whose validation images form the probe set: an offline name, "
-                                                "imagefolder:NAME=DIR, or a real dataset name under --data-root "
-                                                "(default: the checkpoint's, else shape)"),
-        data_root: Optional[str] = O.data_root(),
-        n_probe: int = O.n_probe("probe images (validation split): every check's probe set"),
-        levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
-        metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
-        pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
-        rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
-        rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
-        init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
-        seed: int = O.seed("seeds the weights, the elements and the random vectors"),
-        out: Optional[Path] = O.out_dir("directory for invariance.csv and invariance.json; default: print only"),
-        full: bool = typer.Option(False, "--full", help="print every check, not the per-level summary"),
-        device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
-    ) -> None:
-        """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
-        import torch
-
-        from qgeom.commands.inputs import load_data
-        from qgeom.data import parse_task, probe_batches
-        from qgeom.symmetry.invariance import LEVELS, check_invariance
-        from qgeom.io import load_params
-        from qgeom.quant import QuantSpec
-        from qgeom.symmetry import CATALOGUE, applicable_kinds, random_symmetry
-
-        t0 = time.time()
-        out = O.table_dir(out)
-        check_finite_option(strength, "--strength")
-        O.apply_runtime(device, threads)
-        from qgeom.models import default_device
-
-        log = Output(format, quiet)
-        kinds = _kinds(symmetry)
-        lv = list(LEVELS) if levels == "all" else [x.strip() for x in levels.split(",") if x.strip()]
-        if set(lv) - set(LEVELS):
-            raise typer.BadParameter(f"unknown levels {sorted(set(lv) - set(LEVELS))}", param_hint="--levels")
-        meta = {}
-        if checkpoint is not None:
-            from qgeom.commands.inputs import read_checkpoint
-
-            meta = read_checkpoint(checkpoint)[1]
-        task = task or meta.get("task") or "shape"
-        bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="check-invariance")
-        streamed = parse_task(task).streamed
-        sizes = {} if streamed else dict(n_train=1, n_val=max(n_probe, 1), n_test=1)
-        data = load_data(task, seed, None, data_root, **sizes)  # class count first; images below
-        model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
-        if streamed:  # through the model's own timm transform
-            data = load_data(task, seed, model, data_root)
-        classes = model.num_classes
-        dev = default_device()  # --device (QGEOM_DEVICE), else CUDA when present
-        model = model.to(dev)
-        params = {k: v.to(dev) for k, v in params.items()}
-        batches = [(x, y % classes) for x, y in probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)]
-        vectors = None
-        if rho_d is not None or rho_r is not None:
-            if rho_d is None or rho_r is None:
-                raise typer.BadParameter("give both --rho-d and --rho-r")
-            vectors = tuple({k: v.to(dev) for k, v in load_params(p)[0].items()} for p in (rho_d, rho_r))
-        why = applicable_kinds(model)
-        for k in [k for k in kinds if why[k]]:
-            log.info(f"[yellow]skipping {k}[/]: {why[k]}")
-        syms = [random_symmetry(model, k, strength=strength, seed=seed + i) for i, k in enumerate(kinds) if not why[k]]
-        if not syms:
-            raise typer.BadParameter("no applicable symmetry for this model", param_hint="--symmetry")
-        spec = QuantSpec(bits=bits)
-        if symmetry == "all":  # signed permutations, and one rescaling to show where the pipeline breaks
-            pipe = [g.kind for g in syms if CATALOGUE[g.kind]["pipeline"]] + ["qk_scalar"]
-        else:
-            pipe = None
-        report = check_invariance(model, params, syms, batches, vectors=vectors, spec=spec,
-                                  dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],
-                                  pipeline_steps=pipeline_steps, pipeline_for=pipe, seed=seed)
-        report.meta.update(source=source, task=task, strength=strength, kinds=[g.kind for g in syms])
-        log.table("checks" if full else "summary", _full(report.rows) if full else _summary(report.rows))
-        fails, surprises = report.failures(), report.surprises()
-        agree = sum(1 for r in report.rows if r["agrees"])
-        log.result(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "
-                      f"{len(report.rows)} checks: {agree} agree, [red]{len(fails)} failed[/], "
-                      f"[yellow]{len(surprises)} expected violations not measured[/] ({time.time() - t0:.1f} s)")
-        if out is not None:
-            csv, js = report.write(out / "invariance")
-            log.info(f"wrote [bold]{csv}[/] and [bold]{js}[/]")
-        log.close()
-        if fails:
-            raise typer.Exit(code=1)
+    app.command("check-invariance")(clean_errors(check_invariance_cmd))

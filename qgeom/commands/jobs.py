@@ -9,6 +9,7 @@ from rich.table import Table
 
 from qgeom.commands import clean_errors
 from qgeom.commands import options as O
+from qgeom.commands.output import Output
 
 
 def register(app: typer.Typer) -> None:
@@ -23,9 +24,8 @@ def register(app: typer.Typer) -> None:
         """List the stages of a run: done, running (job id), failed or missing."""
         from collections import Counter
 
-        from qgeom.commands.output import Output
-        from qgeom.experiment.jobs import status
-        from qgeom.experiment.stages import load_run_config
+        from qgeom.experiment.jobs import status  # lazy: torch-free --help
+        from qgeom.experiment.layout import load_run_config  # lazy: torch-free --help
 
         log = Output(format, quiet)
         rows = status(load_run_config(run_dir), run_dir, geometry)

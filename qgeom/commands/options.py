@@ -25,8 +25,11 @@ from typing import Any
 import click
 import typer
 
+from qgeom.commands.inputs import DATA_HELP, DATA_ROOT_HELP, MODEL_HELP
+from qgeom.files import check_writable
+from qgeom.vocabulary import SCOPES
+
 DTYPES = ("float32", "float64")
-SCOPES = ("backbone", "quantized", "all")
 FORMATS = ("table", "csv", "json")
 BIT_RANGE = (2, 8)
 
@@ -69,21 +72,15 @@ def _choice(values: tuple[str, ...], what: str):
 
 
 def model(help: str | None = None) -> Any:
-    from qgeom.commands.inputs import MODEL_HELP
-
     return typer.Option(None, "--model", help=help or MODEL_HELP)
 
 
 def data(help: str | None = None) -> Any:
     """``--data`` (``--task`` is the same option: the stage commands' historical name)."""
-    from qgeom.commands.inputs import DATA_HELP
-
     return typer.Option(None, "--data", "--task", help=help or DATA_HELP)
 
 
 def data_root(help: str | None = None) -> Any:
-    from qgeom.commands.inputs import DATA_ROOT_HELP
-
     return typer.Option(None, "--data-root", help=help or DATA_ROOT_HELP)
 
 
@@ -209,8 +206,6 @@ def apply_runtime(device: str = "auto", threads: int = 1) -> None:
 
 def table_dir(path: Path | None) -> Path | None:
     """``--out-dir``, checked writable before any work (``None``: print only)."""
-    from qgeom.commands import check_writable
-
     if path is not None:
         check_writable(path, directory=True)
     return path

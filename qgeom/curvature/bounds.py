@@ -29,9 +29,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from torch import nn
 
-from qgeom.curvature.operator import Batch, CurvatureOperator
+from qgeom.curvature.operator import CurvatureOperator
+from qgeom.curvature.probe import Batch
 from qgeom.params import Params, Scope, inner, norm
 
 NAN = float("nan")
@@ -162,8 +164,6 @@ def gap_decomposition(geometry, metric: str = "ggn", scope: str | None = None):
     remainder, surrogate, explained = 1 − |R − κ − (curvature + gradient)| / |R − κ| (how much of
     the gap the two measured terms account for; negative when they overshoot).
     """
-    import pandas as pd
-
     g = geometry if scope is None else geometry[geometry.scope == scope]
     keys = ["seed", "bits", "scope", "receiver", "donor"]
     p2 = g[(g.objective == "prop2") & (g.metric == metric)]

@@ -1,4 +1,4 @@
-"""Geometry of quantization vectors under a curvature metric M (DESIGN.md §2).
+"""Geometry of quantization vectors under a curvature metric M (proofs/01_optimal_scale.md).
 
 ⟨u, v⟩_M = uᵀ M v;  cos_M(u, v) = ⟨u, v⟩_M / √(⟨u, u⟩_M ⟨v, v⟩_M);
 λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M (the minimizer of the quadratic model along ρ_D);
@@ -29,20 +29,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from qgeom.curvature.operator import Batch, CurvatureOperator
+from qgeom.curvature.operator import CurvatureOperator
+from qgeom.curvature.probe import Batch
 from qgeom.params import Params, Scope, check_compatible, inner, norm
 from qgeom.quant import QuantSpec
 
 NAN = float("nan")
 
 
-def _jsonable(x: Any) -> Any:
+def _builtins(x: Any) -> Any:
+    """numpy arrays → lists, numpy scalars → Python numbers, recursively; NaN is kept (not strict JSON)."""
     if isinstance(x, np.ndarray):
         return x.tolist()
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: _builtins(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [_builtins(v) for v in x]
     if isinstance(x, (np.floating, np.integer, np.bool_)):
         return x.item()
     return x
@@ -64,7 +66,7 @@ class GeometryResult:
         return float(self.value)
 
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
+        return _builtins(asdict(self))
 
 
 def _named(vectors: Sequence[Params] | Mapping[str, Params]) -> tuple[list[str], list[Params]]:
@@ -107,9 +109,7 @@ def _scale(dr: float, dd: float, name: str = "ρ_D", floor: float = 0.0) -> tupl
     return dr / dd, False, ""
 
 
-# --------------------------------------------------------------------------------------------
-# inner products, cosines, scales
-# --------------------------------------------------------------------------------------------
+# ---- inner products, cosines, scales -------------------------------------------------------
 
 
 def metric_inner(op: CurvatureOperator, u: Params, v: Params) -> GeometryResult:
@@ -150,9 +150,7 @@ def recovered_fraction(op: CurvatureOperator, rho_D: Params, rho_R: Params) -> G
     return GeometryResult("recovered_fraction", c.value**2, c.indefinite, c.message, c.terms, c.info)
 
 
-# --------------------------------------------------------------------------------------------
-# N vectors
-# --------------------------------------------------------------------------------------------
+# ---- N vectors -----------------------------------------------------------------------------
 
 
 GRAM_ROUTES = ("auto", "jvp", "products")
@@ -189,6 +187,31 @@ def gram_matrix(op: CurvatureOperator, vectors: Sequence[Params], route: str = "
     return K, null_thresholds(op, vectors, MV), route
 
 
+@dataclass(frozen=True)
+class FormQuantities:
+    """What a Gram matrix K = VᵀMV says, read once with its roundoff floors (N × N arrays,
+    row D, column R): ``K_sym`` = (K + Kᵀ)/2; ``ok`` ⟨v_i, v_i⟩_M above its floor; ``cosines``
+    K_DR/√(K_DD K_RR) and ``scales`` λ* = K_DR/K_DD, NaN where a form they divide by is not ok;
+    ``eigenvalues`` of K_sym, ascending."""
+
+    K_sym: np.ndarray
+    ok: np.ndarray
+    cosines: np.ndarray
+    scales: np.ndarray
+    eigenvalues: np.ndarray
+
+
+def form_quantities(K: np.ndarray, floors: Sequence[float]) -> FormQuantities:
+    """Cosines and optimal scales of every pair from K and the floors of :func:`gram_matrix`."""
+    Ks = 0.5 * (K + K.T)
+    d = np.diag(Ks)
+    ok = d > np.array(floors)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(np.outer(ok, ok), Ks / np.sqrt(np.outer(np.abs(d), np.abs(d))), NAN)
+        scales = np.where(ok[:, None], Ks / d[:, None], NAN)
+    return FormQuantities(Ks, ok, cos, scales, np.linalg.eigvalsh(Ks))
+
+
 def gram(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params], route: str = "auto",
          chunk_size: int | None = None) -> GeometryResult:
     """K = Vᵀ M V (N × N, float64) by :func:`gram_matrix`: N JVPs per batch for the GGN and
@@ -197,22 +220,17 @@ def gram(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params]
     terms: ``names``, ``route``, ``K_sym`` = (K + Kᵀ)/2, its ``eigenvalues`` (ascending),
     ``asymmetry`` ‖K − Kᵀ‖_F / ‖K‖_F (a diagnostic: 0 in exact arithmetic, and by construction
     on the JVP route), and from K_sym the ``cosines`` and ``scales`` (row D, column R: λ* of D
-    onto R) with NaN where indefinite.
+    onto R) with NaN where indefinite (:func:`form_quantities`).
     """
     names, vs = _named(vectors)
     K, floors, route = gram_matrix(op, vs, route, chunk_size)
-    Ks = 0.5 * (K + K.T)
-    d = np.diag(Ks)
-    ok = d > np.array(floors)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(np.outer(ok, ok), Ks / np.sqrt(np.outer(np.abs(d), np.abs(d))), NAN)
-        scales = np.where(ok[:, None], Ks / d[:, None], NAN)
-    bad = [n for n, good in zip(names, ok) if not good]
+    q = form_quantities(K, floors)
+    bad = [n for n, good in zip(names, q.ok) if not good]
     msg = (f"indefinite: ⟨v,v⟩_M ≤ 0 or at roundoff level for {', '.join(bad)} — their cosines and scales are NaN"
            if bad else "")
     nk = np.linalg.norm(K)
-    terms = {"names": names, "route": route, "K_sym": Ks, "eigenvalues": np.linalg.eigvalsh(Ks), "cosines": cos,
-             "scales": scales, "asymmetry": float(np.linalg.norm(K - K.T) / nk) if nk > 0 else 0.0}
+    terms = {"names": names, "route": route, "K_sym": q.K_sym, "eigenvalues": q.eigenvalues, "cosines": q.cosines,
+             "scales": q.scales, "asymmetry": float(np.linalg.norm(K - K.T) / nk) if nk > 0 else 0.0}
     return GeometryResult("gram", K, bool(bad), msg, terms, dict(op.info))
 
 
@@ -228,7 +246,7 @@ def directional_gradients(op: CurvatureOperator, vectors: Sequence[Params] | Map
 def eigenbasis_projection(op: CurvatureOperator, vectors: Sequence[Params] | Mapping[str, Params],
                           eig: Any) -> GeometryResult:
     """How much of each ρ lies in the top-k eigenbasis {(λ_i, u_i)} of M (``eig``: an
-    :class:`qgeom.spectra.lanczos.EigenResult` with Params eigenvectors).
+    :class:`qgeom.spectra.eigsh.EigenResult` with Params eigenvectors).
 
     value (N, 2): [Σ_i c_i² / ‖ρ‖², Σ_i λ_i c_i² / ρᵀMρ] with c_i = u_iᵀρ; terms: the
     per-direction coefficients (N, k). The curvature fraction is NaN where ρᵀMρ ≤ 0.
@@ -265,9 +283,7 @@ def quadratic_model(op: CurvatureOperator, rho_D: Params, lambdas: Sequence[floa
                           {"L0": L0, "g_dot_rho": gd, "rho_M_rho": dd, "argmin": lmin}, dict(op.info))
 
 
-# --------------------------------------------------------------------------------------------
-# one donor / receiver pair
-# --------------------------------------------------------------------------------------------
+# ---- one donor / receiver pair -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -291,7 +307,7 @@ class PairGeometry:
     info: dict
 
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
+        return _builtins(asdict(self))
 
 
 def geometry_of_pair(op: CurvatureOperator, rho_D: Params, rho_R: Params) -> PairGeometry:
@@ -329,21 +345,3 @@ def pair_geometry(model: nn.Module, theta_R: Params, rho_D: Params, rho_R: Param
 __all__ = ["GeometryResult", "PairGeometry", "directional_gradients", "eigenbasis_projection", "geometry_of_pair",
            "gram", "gram_matrix", "hessian_cosine", "metric_cosine", "metric_inner", "null_thresholds", "optimal_scale",
            "pair_geometry", "quadratic_model", "recovered_fraction"]
-
-
-PROBE_FACTOR = 2  # a probe set below PROBE_FACTOR × (number of classes) images is flagged
-
-
-def probe_warnings(requested: int, available: int, num_classes: int, factor: int = PROBE_FACTOR) -> list[str]:
-    """Sanity of a probe set: warnings (empty when fine) for a request larger than the split
-    (the probe is silently the whole split) and for a probe set smaller than ``factor`` ×
-    ``num_classes`` images — the GGN/Fisher of n images has rank ≤ n·(C − 1), so a few images
-    make cosines of a handful of vectors meaninglessly close to ±1."""
-    out = []
-    used = min(requested, available)
-    if requested > available:
-        out.append(f"probe size {requested} exceeds the split's {available} images: using {available}")
-    if used < factor * num_classes:
-        out.append(f"probe set of {used} images is below {factor} × {num_classes} classes: the metric has rank "
-                   f"≤ {used * max(num_classes - 1, 1)}, cosines are degenerate")
-    return out

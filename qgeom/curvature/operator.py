@@ -2,7 +2,7 @@
 
 All three are matrices over the coordinates of a *scope* (the variables; every other tensor of
 the model is held fixed at the expansion point θ), for the loss of one of two objectives on a
-fixed probe set {(x_b, y_b)} of N = Σ_b n_b samples (DESIGN.md §2):
+fixed probe set {(x_b, y_b)} of N = Σ_b n_b samples:
 
 * ``fp``:  L(θ) = (1/N) Σ_i ℓ(f(θ, x_i), y_i), ℓ the softmax cross-entropy, eval mode;
 * ``ste``: L(Q_b(θ)) with Q_b's Jacobian taken as the identity (:func:`qgeom.quant.fake_quantize`
@@ -19,8 +19,9 @@ Metrics (P = number of scoped coordinates, K = classes, J_i = ∂f(θ, x_i)/∂�
   batch formula F v = (1/N) Σ_i J_iᵀ r_i (r_iᵀ J_i v), one JVP and one VJP per batch, no
   per-sample gradients (the tests check it against vmap-ed per-sample gradients).
 
-Each batch contributes its mean, weighted n_b / N by :func:`reduce_over_probe` — the one place a
-data-parallel mode (all-reduce of the weighted sums) would slot in. Products with several
+Each batch contributes its mean (the formulas of one batch are :mod:`qgeom.curvature.products`),
+weighted n_b / N by :func:`qgeom.curvature.probe.reduce_over_probe` — the one place the
+data-parallel mode (an all-reduce of the weighted sums) slots in. Products with several
 vectors at once (:meth:`CurvatureOperator.matmat`) share the forward/backward of the expansion
 point and batch the tangents with ``torch.func.vmap``.
 
@@ -35,177 +36,33 @@ uncached route is within noise of that baseline. What made PyHessian's own produ
 that it keeps the ∇L graph: with ``cache_graph`` (default for a one-batch probe set) a product
 is one backward pass, ~1.4–1.6× faster (benchmarks/README.md).
 
-Known PyTorch defect this module steers around: ``torch.func.hessian`` (jacfwd∘jacrev) and any
-jvp∘vmap∘vjp composition give *wrong* second derivatives through ``F.layer_norm`` in torch
-2.14 (cf. pytorch/pytorch#196700). The compositions used here (vmap∘jvp∘grad, double backward)
+Known PyTorch defect the products (:mod:`qgeom.curvature.products`) steer around:
+``torch.func.hessian`` (jacfwd∘jacrev) and any jvp∘vmap∘vjp composition give *wrong* second
+derivatives through ``F.layer_norm`` in torch 2.14 (cf. pytorch/pytorch#196700). The compositions used here (vmap∘jvp∘grad, double backward)
 are correct; the tests compare them with a dense Hessian of a decomposed LayerNorm.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad
 
-
-def _load_jvp_decompositions() -> None:
-    """Import torch's forward-AD decompositions once, without their FutureWarning.
-
-    The first forward-mode product (``torch.func.jvp``, used by the GGN) makes torch import
-    ``torch._decomp.decompositions_for_jvp``, which registers its decompositions with
-    ``torch.jit.script`` — deprecated in torch ≥ 2.9, so every command that computed a GGN printed
-    "`torch.jit.script` is deprecated". The call is inside torch (qgeom never scripts anything),
-    so it cannot be silenced at its source here; it is filtered where qgeom triggers it: that one
-    import, under a filter scoped to this message, so a user's own ``torch.jit.script`` still warns.
-    Same condition as torch's own loader (``torch.autograd.forward_ad._maybe_load_decompositions``).
-    """
-    import os
-    import warnings
-
-    if os.environ.get("PYTORCH_JIT", "1") != "1" or not __debug__:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|interface)` is deprecated",
-                                category=FutureWarning)
-        try:
-            from torch._decomp import decompositions_for_jvp  # noqa: F401
-        except ImportError:  # a torch without the module: nothing to register, nothing to warn
-            pass
-
-
-_load_jvp_decompositions()
-from torch.utils._pytree import tree_map
-
-from qgeom.models import supports_forward_ad
+from qgeom.vocabulary import METRICS, OBJECTIVES
+from qgeom.curvature.probe import Batch, check_eval_mode, check_forward_ad, probe_hash, reduce_over_probe
+from qgeom.curvature.products import (Graph, batch_jvp_gram, grad_graph, hvp_double, hvp_forward, hvp_through_graph,
+                                      outer_vp)
 from qgeom.params import Params, Scope, check_compatible, check_finite, content_hash, flatten, scope_keys, unflatten
 from qgeom.quant import QuantSpec, fake_quantize
 
-Batch = tuple[Tensor, Tensor]
-T = TypeVar("T")
-METRICS = ("hessian", "ggn", "fisher")
-OBJECTIVES = ("fp", "ste")
 METHODS = ("auto", "forward-over-reverse", "double-backward")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-class TrainingModeError(ValueError):
-    """The model has a stochastic layer (dropout, drop-path, batch-norm) in training mode."""
-
-
-class ForwardADError(ValueError):
-    """The model's attention cannot be forward- or twice-differentiated (fused SDPA)."""
-
-
-# --------------------------------------------------------------------------------------------
-# checks, hashing, the one reduction over the probe set
-# --------------------------------------------------------------------------------------------
-
-
-def check_eval_mode(model: nn.Module) -> None:
-    """Raise :class:`TrainingModeError` if a stochastic layer would act in the forward pass.
-
-    Curvature is defined for the deterministic eval-mode function: Dropout with p > 0, timm's
-    DropPath / PatchDropout with a positive rate, and BatchNorm are refused in training mode.
-    """
-    bad = []
-    for name, m in model.named_modules():
-        if not m.training:
-            continue
-        rate = getattr(m, "p", None) if isinstance(m, nn.modules.dropout._DropoutNd) else None
-        rate = rate if rate is not None else getattr(m, "drop_prob", None) or getattr(m, "prob", None)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(rate, float) and rate > 0):
-            bad.append(f"{name or type(m).__name__} ({type(m).__name__})")
-    if bad:
-        raise TrainingModeError(
-            f"model has stochastic layers in training mode: {', '.join(bad[:5])}; curvature is "
-            "defined for the eval-mode function — call model.eval() first")
-
-
-def check_forward_ad(model: nn.Module, route: str) -> None:
-    """Raise :class:`ForwardADError` if fused attention blocks ``route`` (see FINDINGS.md)."""
-    if not supports_forward_ad(model):
-        raise ForwardADError(
-            f"the {route} route needs second-order derivatives through attention, but the model "
-            "uses fused scaled_dot_product_attention (no forward-mode AD, no double backward); "
-            "build it with qgeom.models.create_model or call qgeom.models.disable_fused_attention")
-
-
-def probe_hash(batches: Sequence[Batch]) -> str:
-    """SHA-256 over the batches' shapes, dtypes and bytes, in order (the probe set's identity)."""
-    h = hashlib.sha256()
-    for x, y in batches:
-        for t in (x, y):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def init_data_parallel() -> tuple[int, int]:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment), once:
-    NCCL with one GPU per rank (``LOCAL_RANK``) when CUDA is present, else gloo. Returns
-    (rank, world size); without ``torchrun`` nothing happens and it returns (0, 1)."""
-    if (int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.distributed.is_available()
-            and not torch.distributed.is_initialized()):
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return data_parallel()
-
-
-def data_parallel() -> tuple[int, int]:
-    """(rank, world size) of the default ``torch.distributed`` process group; (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def reduce_over_probe(fn: Callable[[Tensor, Tensor], T], batches: Sequence[Batch]) -> T:
-    """Σ_b (n_b / N) fn(x_b, y_b) over a pytree of tensors (Params, lists of them, scalars).
-
-    fn returns a per-batch *mean*, so the result is the mean over all N samples. Accumulates in
-    float64 (results are float64; callers cast).
-
-    Data-parallel: under a ``torch.distributed`` process group of W ranks (``torchrun``), rank r
-    evaluates the batches r, r + W, r + 2W, … (any number of batches; a rank may get none) and
-    the weighted sums are all-reduced in float64, so every rank returns the same result, equal
-    to the single-process one up to the order of the float64 additions. Every rank must hold
-    the same probe set (as :func:`qgeom.data.probe_batches` gives with the same seed).
-    """
-    n_total = sum(int(y.shape[0]) for _, y in batches)
-    if n_total == 0:
-        raise ValueError("the probe set is empty")
-    rank, world = data_parallel()
-    mine = list(batches)[rank::world] if world > 1 else batches
-    total = None
-    for x, y in mine:
-        w = int(y.shape[0]) / n_total
-        out = fn(x, y)
-        if total is None:
-            total = tree_map(lambda a: a.detach().double() * w, out)
-        else:
-            total = tree_map(lambda t, a: t + a.detach().double() * w, total, out)
-    if world == 1:
-        return total
-    if total is None:  # more ranks than batches: contribute zeros of the right structure
-        x, y = batches[0]
-        total = tree_map(lambda a: torch.zeros_like(a.detach(), dtype=torch.float64), fn(x[:1], y[:1]))
-    leaves, spec = torch.utils._pytree.tree_flatten(total)
-    flat = torch.cat([t.reshape(-1) for t in leaves])
-    torch.distributed.all_reduce(flat)
-    out, i = [], 0
-    for t in leaves:
-        out.append(flat[i : i + t.numel()].view_as(t))
-        i += t.numel()
-    return torch.utils._pytree.tree_unflatten(out, spec)
 
 
 def default_method(device: torch.device, dtype: torch.dtype) -> str:
@@ -219,6 +76,7 @@ def _as_scope(scope: Scope | Sequence[str]) -> tuple[Scope, str]:
         names = frozenset(scope)
         return (lambda k, _t: k in names), f"{len(names)} named tensors"
     return scope, scope if isinstance(scope, str) else getattr(scope, "__name__", "callable")
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +137,7 @@ class CurvatureOperator:
         # the ∇L_b graph of each batch, kept between products (double backward only; see the class doc)
         self.cache_graph = (len(self.batches) == 1 if cache_graph is None else bool(cache_graph)) \
             and self.method == "double-backward"
-        self._graphs: dict[int, tuple[list[Tensor], list[Tensor], list[int]]] = {}
+        self._graphs: dict[int, Graph] = {}
         self.n_params = sum(v.numel() for v in self.theta.values())
         self.info: dict[str, Any] = {
             "metric": metric, "objective": objective, "scope": scope_name, "method": self.method,
@@ -349,90 +207,25 @@ class CurvatureOperator:
         """M_b V for stacked tangents V (k, *shape) on one batch (mean over its samples)."""
         if self.metric == "hessian":
             if self.method == "forward-over-reverse":
-                return self._hvp_forward(V, x, y)
-            return self._hvp_double(V, x, y)
-        return self._outer_vp(V, x, y)
-
-    def _hvp_forward(self, V: Params, x: Tensor, y: Tensor) -> Params:
-        """H_b V by jvp(grad): vmap over the tangents (k = 1 skips vmap)."""
-        g = grad(self.batch_loss)
-
-        def hv(t: Params) -> Params:
-            return jvp(lambda th: g(th, x, y), (self.theta,), (t,))[1]
-
-        if next(iter(V.values())).shape[0] == 1:
-            return {k: v.unsqueeze(0) for k, v in hv({k: t[0] for k, t in V.items()}).items()}
-        return vmap(hv)(V)
+                return hvp_forward(self.batch_loss, self.theta, V, x, y)
+            if self.cache_graph:
+                return hvp_through_graph(self._grad_graph(x, y), self.keys, V)
+            return hvp_double(self.batch_loss, self.theta, self.keys, V, x, y)
+        return outer_vp(self.logits, self.theta, self.metric, V, x, y)
 
     def clear_cache(self) -> None:
         """Free the cached ∇L_b graphs (``cache_graph``); the next product rebuilds them."""
         self._graphs.clear()
 
-    def _grad_graph(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor], list[int]]:
-        """(leaves, ∇L_b with its graph, indices of the gradients that depend on θ) of one batch."""
+    def _grad_graph(self, x: Tensor, y: Tensor) -> Graph:
+        """One batch's ∇L_b graph (:func:`qgeom.curvature.products.grad_graph`), kept when ``cache_graph``."""
         key = id(x)
         if key in self._graphs:
             return self._graphs[key]
-        leaves = [self.theta[k].detach().requires_grad_(True) for k in self.keys]
-        with torch.enable_grad():
-            loss = self.batch_loss(dict(zip(self.keys, leaves)), x, y)
-            gs = torch.autograd.grad(loss, leaves, create_graph=True)
-        live = [i for i, g in enumerate(gs) if g.requires_grad]
-        out = (leaves, [gs[i] for i in live], live)
+        out = grad_graph(self.batch_loss, self.theta, self.keys, x, y)
         if self.cache_graph:
             self._graphs[key] = out
         return out
-
-    def _hvp_cached(self, V: Params, x: Tensor, y: Tensor) -> Params:
-        """H_b V as backward passes through the cached ∇L_b graph (k > 1: batched, one call)."""
-        leaves, gs, live = self._grad_graph(x, y)
-        cols = []
-        for j in range(next(iter(V.values())).shape[0]):  # a loop: measured as fast as is_grads_batched
-            with torch.enable_grad():
-                cols.append(torch.autograd.grad(gs, leaves, [V[self.keys[i]][j] for i in live], retain_graph=True,
-                                                allow_unused=True, materialize_grads=True))
-        return {key: torch.stack([c[i] for c in cols]) for i, key in enumerate(self.keys)}
-
-    def _hvp_double(self, V: Params, x: Tensor, y: Tensor) -> Params:
-        """H_b V by reverse-over-reverse: one graph of ∇L_b, backpropagated once per tangent.
-
-        k = 1: ``torch.autograd.grad(create_graph=True)`` then a backward with v. k > 1: the same
-        two passes through ``torch.func`` (vjp of grad), the second vmapped over the tangents —
-        measured faster than a loop with ``retain_graph`` or ``is_grads_batched``.
-        """
-        if self.cache_graph:
-            return self._hvp_cached(V, x, y)
-        if next(iter(V.values())).shape[0] > 1:
-            _, pullback = vjp(lambda th: grad(self.batch_loss)(th, x, y), self.theta)
-            return vmap(lambda t: pullback(t)[0])(V)
-        leaves = [self.theta[k].detach().requires_grad_(True) for k in self.keys]
-        with torch.enable_grad():
-            loss = self.batch_loss(dict(zip(self.keys, leaves)), x, y)
-            gs = torch.autograd.grad(loss, leaves, create_graph=True)
-            live = [i for i, g in enumerate(gs) if g.requires_grad]
-            hv = torch.autograd.grad([gs[i] for i in live], leaves, [V[self.keys[i]][0] for i in live],
-                                     allow_unused=True, materialize_grads=True)
-        return {key: h.unsqueeze(0) for key, h in zip(self.keys, hv)}
-
-    def _outer_vp(self, V: Params, x: Tensor, y: Tensor) -> Params:
-        """Jᵀ (C J V) / n_b with C = diag(p) − ppᵀ (``ggn``) or r rᵀ, r = p − e_y (``fisher``)."""
-        f = lambda th: self.logits(th, x)  # noqa: E731
-        z, pullback = vjp(f, self.theta)
-        single = next(iter(V.values())).shape[0] == 1  # k = 1: no vmap (measurably faster)
-        if single:
-            JV = jvp(f, (self.theta,), ({k: t[0] for k, t in V.items()},))[1].unsqueeze(0)
-        else:
-            JV = vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(V)  # (k, n, K)
-        p = torch.softmax(z.detach(), dim=-1)
-        if self.metric == "ggn":
-            U = p * JV - p * (p * JV).sum(-1, keepdim=True)
-        else:
-            r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
-            U = r * (r * JV).sum(-1, keepdim=True)
-        U = U / y.shape[0]
-        if single:
-            return {k: t.unsqueeze(0) for k, t in pullback(U[0])[0].items()}
-        return vmap(lambda u: pullback(u)[0])(U)
 
     # ---- Gram matrices from forward-mode products alone -------------------------------------
 
@@ -459,34 +252,9 @@ class CurvatureOperator:
         step = chunk_size or len(vs)
         chunks = [{k: torch.stack([v[k] for v in vs[i : i + step]]) for k in self.keys}
                   for i in range(0, len(vs), step)]
-        K = reduce_over_probe(lambda x, y: self._batch_jvp_gram(chunks, x, y), self.batches)
+        K = reduce_over_probe(lambda x, y: batch_jvp_gram(self.logits, self.theta, self.metric, chunks, x, y),
+                              self.batches)
         return (0.5 * (K + K.T)).cpu().numpy()  # symmetric by the formula; BLAS rounds ab and ba apart
-
-    def _tangent_logits(self, V: Params, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(θ, x) (n, K), J V (k, n, K)) for stacked tangents V (k, *shape): forward mode only."""
-        f = lambda th: self.logits(th, x)  # noqa: E731
-        if next(iter(V.values())).shape[0] == 1:
-            z, JV = jvp(f, (self.theta,), ({k: t[0] for k, t in V.items()},))
-            return z, JV.unsqueeze(0)
-        z, JV = vmap(lambda t: jvp(f, (self.theta,), (t,)), out_dims=(None, 0))(V)
-        return z, JV
-
-    def _batch_jvp_gram(self, chunks: list[Params], x: Tensor, y: Tensor) -> Tensor:
-        """The batch's mean (1/n_b) Σ_i (J_i V)ᵀ C_i (J_i V) (float64, N_v × N_v)."""
-        z, parts = None, []
-        with torch.no_grad():
-            for V in chunks:
-                z, JV = self._tangent_logits(V, x)
-                parts.append(JV.detach().double())
-        JV = torch.cat(parts)  # (N_v, n, K)
-        p = torch.softmax(z.detach().double(), dim=-1)
-        n = y.shape[0]
-        if self.metric == "ggn":
-            s = (JV * p).sum(-1)  # (N_v, n): p_iᵀ J_i v_a
-            return (torch.einsum("ank,bnk->ab", JV * p, JV) - s @ s.T) / n
-        r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
-        t = (JV * r).sum(-1)  # (N_v, n): r_iᵀ J_i v_a
-        return t @ t.T / n
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -571,8 +339,5 @@ def fisher_vp(model: nn.Module, params: Params, v: Params, batches: Sequence[Bat
                              spec=spec).matvec(v)
 
 
-__all__ = [
-    "Batch", "CurvatureOperator", "ForwardADError", "TrainingModeError", "check_eval_mode",
-    "check_forward_ad", "default_method", "fisher_vp", "ggn_vp", "hvp", "probe_hash",
-    "reduce_over_probe",
-]
+__all__ = ["CurvatureOperator", "DTYPES", "METHODS", "METRICS", "OBJECTIVES", "default_method", "fisher_vp", "ggn_vp",
+           "hvp"]

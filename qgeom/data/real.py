@@ -27,13 +27,9 @@ import torch
 from torch import Tensor
 
 from qgeom.data.splits import StreamSplit, Task
+from qgeom.paper import REAL_TASKS  # noqa: F401  (re-exported by qgeom.data)
 
-#: The 22 real tasks of the paper (arXiv 2604.03420).
-REAL_TASKS = (
-    "Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN", "CIFAR10",
-    "CIFAR100", "STL10", "Food101", "Flowers102", "FER2013", "PCAM", "OxfordIIITPet",
-    "RenderedSST2", "EMNIST", "FashionMNIST", "KMNIST", "TinyImageNet", "ImageNet",
-)  # fmt: skip
+
 
 #: name → (torchvision class, keyword arguments per split it ships, extra keyword arguments,
 #: the folder under the data root that torchvision reads). Splits not listed are carved.

@@ -56,6 +56,18 @@ def parse_task(spec: str) -> TaskSpec:
                      f"{', '.join(REAL_TASKS)}; or imagefolder:NAME=DIR")
 
 
+def task_names(specs) -> dict[str, str]:
+    """Task name → specification, in the given order; two specifications with one name (what
+    artifacts are filed under) are a ``ValueError`` naming both."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name = parse_task(spec).name
+        if name in out:
+            raise ValueError(f"tasks: two tasks are named {name!r} ({out[name]!r}, {spec!r})")
+        out[name] = spec
+    return out
+
+
 def check_task_name(spec: str) -> None:
     """Raise ``ValueError`` unless ``spec`` is a task specification a run accepts (syntax and name;
     whether a real dataset is on disk is checked when the run resolves its tasks, before any work)."""

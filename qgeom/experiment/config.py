@@ -1,24 +1,11 @@
-"""Run configuration of the transfer experiment: a dataclass, presets, YAML/JSON, overrides.
+"""What a transfer run is: :class:`RunConfig`, coercion of JSON/YAML/CLI values, overrides, validation.
 
 A run is fully described by a :class:`RunConfig`; it is written into the run directory
-(``config.json``) and a resumed run must ask for the same one. Presets:
-
-* ``demo`` — 2 CPU cores, < 10 minutes: micro ViT, 6 tasks, 2 bits, 3 seeds (one random draw
-  per seed and cell).
-* ``tiny`` — the tests' end-to-end configuration: 3 tasks, a few steps, seconds.
-* ``paper`` (= ``paper-vit-b16``), ``paper-vit-l16``, ``paper-vit-h14`` — the paper's setting:
-  timm's ``vit_{base,large}_patch16_224.orig_in21k`` / ``vit_huge_patch14_224.orig_in21k`` as θ_0,
-  its 22 datasets under ``data_root`` (torchvision classes; RESISC45 and TinyImageNet as
-  ImageFolders), AdamW lr 1e-5, weight decay 0.1, 500 warm-up steps then cosine, batch 128,
-  grad-norm clip 1.0 for fine-tuning and QAT, 3 bits, the λ grid 0.15–1.5. Needs a GPU, the
-  datasets on disk and the weights (network or a local file: ``theta0=FILE``).
-* ``gpu``  — a lent H100/H200: ViT-S width (384, 6 heads) at depth 6, patch 8, 8 tasks, 3×
-  more data, 3 seeds, 2 bits; sized by estimate (≈ 13.5 k optimizer steps + ≈ 5 k
-  evaluations) to finish inside 8 minutes, *not yet run on a GPU* (no device was lent to the
-  session that wrote it). ``bits=2,3`` doubles the QAT, evaluation and geometry stages.
-
-Every field can be overridden from the CLI as ``key=value`` (nested with dots:
-``finetune.steps=300``; lists comma-separated: ``bits=2,3``).
+(``config.json``, :mod:`qgeom.experiment.layout`) and a resumed run must ask for the same one.
+Named configurations (``demo``, ``tiny``, the paper's scales, …) are data in
+:mod:`qgeom.experiment.presets`. Every field can be overridden as ``key=value`` (nested with
+dots: ``finetune.steps=300``; lists comma-separated: ``bits=2,3``). :func:`validate` checks a
+whole config in milliseconds, touching no file, before anything is written.
 """
 
 from __future__ import annotations
@@ -30,10 +17,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from qgeom.data.real import REAL_TASKS
+from qgeom.curvature.operator import METRICS
+from qgeom.io import dumps_json
+from qgeom.data import check_task_name, parse_task, task_names
+from qgeom.models import preset_config
+from qgeom.paper import PAPER_LAMBDAS
+from qgeom.params import SCOPES
+from qgeom.vocabulary import RUN_CONTROLS
+from qgeom.tracking import check_trackers
 from qgeom.train import TrainConfig
 
-PAPER_LAMBDAS = (0.15, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the paper's validation grid for λ
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,7 @@ class RunConfig:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return dumps_json(self.to_dict(), indent=2, sort_keys=True)
 
 
 class ConfigError(ValueError):
@@ -168,16 +161,16 @@ def _from_dict(data: dict, base: RunConfig) -> RunConfig:
 
 
 def from_dict(data: dict, base: RunConfig | None = None) -> RunConfig:
-    """A validated config from a (possibly partial) dict; unknown keys are an error that lists
-    the known ones, a bad value a :class:`ConfigError` naming its key (see :func:`validate`)."""
-    cfg = _from_dict(data, base or RunConfig())
-    validate(cfg)
-    return cfg
+    """A config from a (possibly partial) dict, each value coerced to its field's type; unknown
+    keys are an error that lists the known ones, a value that does not convert a
+    :class:`ConfigError` naming its key. Ranges are checked by :func:`validate`, once, where a
+    run starts (:func:`qgeom.experiment.presets.resolve_config`, :class:`TransferRun`)."""
+    return _from_dict(data, base or RunConfig())
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``key=value`` strings (``finetune.steps=300`` sets a nested field), then validate
-    the result once (intermediate states are not checked)."""
+    """Apply ``key=value`` strings (``finetune.steps=300`` sets a nested field), coerced like
+    :func:`from_dict` (the result is validated where the run starts)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -194,44 +187,17 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             cfg = dataclasses.replace(cfg, **{outer: sub.with_(**{inner: _coerce(value, getattr(sub, inner), key)})})
         else:
             cfg = _from_dict({key: value}, cfg)
-    validate(cfg)
     return cfg
-
-
-#: The controls a run can add (qgeom.experiment.controls, plus donors fine-tuned from another θ_0).
-RUN_CONTROLS = ("random_rows", "row_permuted", "negated", "other_basin")
-PAPER_TASKS = REAL_TASKS  # the paper's 22 tasks, in its order
-
-#: One preset per ViT scale of the paper's code: run name → timm model.
-PAPER_SCALES = {
-    "paper-vit-b16": "vit_base_patch16_224.orig_in21k",
-    "paper-vit-l16": "vit_large_patch16_224.orig_in21k",
-    "paper-vit-h14": "vit_huge_patch14_224.orig_in21k",
-}
-
-
-def paper_preset(name: str = "paper-vit-b16") -> RunConfig:
-    """The paper's recipe (../shared/FINDINGS.md) at one ViT scale.
-
-    Where the paper is silent qgeom chooses: 2 000 steps of fine-tuning and of QAT per task
-    (the task-vector literature's budget at batch 128), every image of every split (no caps),
-    a probe set of 1 024 validation images, 8 loader workers, validation Top-1 every 500 steps.
-    """
-    timm_name = PAPER_SCALES[name]
-    recipe = TrainConfig(steps=2000, batch_size=128, lr=1e-5, weight_decay=0.1, warmup_steps=500, clip_grad_norm=1.0)
-    return RunConfig(
-        name=name, preset=f"timm:{timm_name}", theta0=f"timm:{timm_name}", pretext_tasks=(), tasks=PAPER_TASKS,
-        data_root="data", n_train=0, n_val=0, n_test=0, finetune=recipe, qat=recipe, bits=(3,), seeds=(0,),
-        lambdas=PAPER_LAMBDAS, probe_size=1024, probe_batch=64, eval_batch=256, num_workers=8, val_every=500,
-    )
 
 
 # --------------------------------------------------------------------------------------------
 # validation: one pass over every field, before any work and before config.json is written
 # --------------------------------------------------------------------------------------------
 
-SCOPES = ("backbone", "quantized")  # the patch never touches the head, so "all" is not a run scope
-METRICS = ("ggn", "hessian", "fisher")
+#: A run's scopes: every scope of :data:`qgeom.params.SCOPES` but "all" (the patch never touches the head).
+RUN_SCOPES = tuple(sorted(s for s in SCOPES if s != "all"))
+#: A run's metrics: those of :data:`qgeom.curvature.operator.METRICS`, the default (the GGN) first.
+RUN_METRICS = tuple(sorted(METRICS, key=lambda m: m != "ggn"))
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -277,8 +243,6 @@ def _check_train(key: str, t: Any) -> None:
 
 
 def _check_task(key: str, name: Any) -> None:
-    from qgeom.data import check_task_name
-
     try:
         check_task_name(name)
     except ValueError as e:
@@ -302,10 +266,6 @@ def validate(cfg: RunConfig) -> None:
     steps > 0 and finite learning rates, known presets, scopes and metrics. Runs in
     milliseconds and touches no file, so a run refuses a bad config before any work.
     """
-    from qgeom.data import parse_task
-    from qgeom.models import preset_config
-    from qgeom.tracking import check_trackers
-
     _check(isinstance(cfg, RunConfig), f"expected a RunConfig, got {type(cfg).__name__}")
     _check(isinstance(cfg.name, str) and cfg.name.strip() != "" and "/" not in cfg.name and cfg.name not in (".", ".."),
            f"name: {cfg.name!r} must be a non-empty name without '/' (it names the default run directory)")
@@ -336,8 +296,10 @@ def validate(cfg: RunConfig) -> None:
     if cfg.theta0 == "pretrain":  # the pretext mixture is only read when θ_0 is pretrained here
         _check_list("pretext_tasks", cfg.pretext_tasks, _check_task)
     _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
-    names = [parse_task(t).name for t in cfg.tasks]
-    _check(len(set(names)) == len(names), f"tasks: two tasks share a name in {list(cfg.tasks)}")
+    try:
+        task_names(cfg.tasks)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     offline = any(not parse_task(t).streamed for t in cfg.tasks)
     for key in ("n_train", "n_val", "n_test"):  # for real tasks a cap; 0 = every image
         _check_int(key, getattr(cfg, key), 1 if offline else 0)
@@ -354,73 +316,5 @@ def validate(cfg: RunConfig) -> None:
     _check_list("bits", cfg.bits, _check_bits)
     _check_list("seeds", cfg.seeds, lambda k, s: _check_int(k, s, 0))
     _check_list("lambdas", cfg.lambdas, _check_lambda)
-    _check_list("scopes", cfg.scopes, lambda k, s: _check(s in SCOPES, f"{k}: {s!r} is not one of {', '.join(SCOPES)}"))
-    _check_list("metrics", cfg.metrics, lambda k, m: _check(m in METRICS, f"{k}: {m!r} is not one of {', '.join(METRICS)}"))
-
-
-def preset(name: str) -> RunConfig:
-    """A named configuration: ``demo``, ``tiny``, ``gpu``, ``paper`` or ``paper-vit-{b16,l16,h14}``."""
-    if name == "paper":
-        return paper_preset("paper-vit-b16")
-    if name in PAPER_SCALES:
-        return paper_preset(name)
-    if name in ("demo", "demo-controls"):
-        # 3 seeds (every verdict is over seeds); one random draw per seed and cell: the random
-        # control of a cell is still the mean of 3 draws once averaged over the 3 seeds. A probe
-        # set of 128 validation images (one batch): the geometry stage with Proposition 2′'s
-        # Hessian terms took 34 s per receiver at 256, 16.5 s at 128 (6.1 s once its Hessian
-        # products were computed once). Fine-tuning 120 steps and QAT 70 (the defaults: 150, 100)
-        # size the demo for a *loaded* 2-core machine: with 150/100 it took 422 s alone and 610 s
-        # beside one CPU-bound process, where training is 60 % of the compute and runs at full
-        # throughput already (one thread per worker, ~70 % of a core's peak FLOP rate).
-        demo = dict(seeds=(0, 1, 2), random_draws=1, probe_size=128,
-                    finetune=TrainConfig(steps=120, lr=1e-3, warmup_steps=12),
-                    qat=TrainConfig(steps=70, lr=5e-4, warmup_steps=7))
-        if name == "demo":
-            return RunConfig(**demo)
-        # the demo plus every control and the grid/values decomposition (issue 15): the other-basin
-        # donors double the training, so it does not fit the demo's 10-minute budget
-        return RunConfig(name="demo-controls", controls=RUN_CONTROLS, decomposition=True, **demo)
-    if name == "tiny":
-        return RunConfig(
-            name="tiny", controls=RUN_CONTROLS, decomposition=True, model_overrides={"embed_dim": 32, "depth": 2, "num_heads": 2},
-            pretext_tasks=("shape", "hue", "position"), tasks=("shape", "hue", "position"),
-            n_pretext_per_task=200, n_train=256, n_val=64, n_test=64,
-            pretrain=TrainConfig(steps=20, batch_size=64, lr=2e-3, warmup_steps=2),
-            finetune=TrainConfig(steps=10, batch_size=64, lr=1e-3, warmup_steps=2),
-            qat=TrainConfig(steps=8, batch_size=64, lr=5e-4, warmup_steps=2),
-            lambdas=(0.5, 1.0, 1.5), random_draws=2, probe_size=64, probe_batch=32, permutations=200,
-        )
-    if name == "gpu":
-        return RunConfig(
-            name="gpu", model_overrides={"embed_dim": 384, "depth": 6, "num_heads": 6},
-            tasks=("shape", "stripes", "count", "hue", "texture", "position", "size", "digits"),
-            n_pretext_per_task=10000, n_train=10000, n_val=1000, n_test=2000,
-            pretrain=TrainConfig(steps=1500, batch_size=256, lr=1e-3, warmup_steps=100),
-            finetune=TrainConfig(steps=300, batch_size=256, lr=5e-4, warmup_steps=30),
-            qat=TrainConfig(steps=200, batch_size=256, lr=2.5e-4, warmup_steps=20),
-            bits=(2,), seeds=(0, 1, 2), probe_size=1024, probe_batch=256,
-        )
-    raise ConfigError(f"unknown run preset {name!r} (and not a .json/.yaml file); known: demo, demo-controls, tiny, gpu, paper, "
-                      f"{', '.join(PAPER_SCALES)}")
-
-
-def load_config(source: str | Path) -> RunConfig:
-    """A preset name, or a ``.json`` / ``.yaml`` file (partial; missing fields from ``demo``)."""
-    path = Path(source)
-    if path.suffix in (".json", ".yaml", ".yml"):
-        text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
-        base = preset(data.pop("preset_base", "demo"))
-        try:
-            return from_dict(data, base)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    return preset(str(source))
+    _check_list("scopes", cfg.scopes, lambda k, s: _check(s in RUN_SCOPES, f"{k}: {s!r} is not one of {', '.join(RUN_SCOPES)}"))
+    _check_list("metrics", cfg.metrics, lambda k, m: _check(m in RUN_METRICS, f"{k}: {m!r} is not one of {', '.join(RUN_METRICS)}"))

@@ -1,6 +1,6 @@
 """A run's stages as cluster jobs, through submitit (Slurm, or local subprocesses).
 
-:func:`run_jobs` submits :func:`qgeom.experiment.stages.run_stage` once per stage that is not done, wave
+:func:`run_jobs` submits :func:`qgeom.experiment.run.run_stage_job` once per stage that is not done, wave
 by wave (:func:`qgeom.experiment.stages.waves`: a stage starts when what it reads exists), at most
 ``max_parallel`` at a time, retrying a failed or pre-empted job ``retries`` times. The run
 directory stays the one source of truth: a job whose outputs exist is never submitted again,
@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qgeom.io import atomic_write
-from qgeom.experiment.stages import Stage, plan, run_stage, waves
+from qgeom.experiment.layout import RunLayout
+from qgeom.experiment.run import run_stage_job
+from qgeom.experiment.stages import Stage, plan, waves
+from qgeom.io import write_json
 
 EXECUTORS = ("none", "local", "slurm")
 
@@ -42,7 +44,7 @@ def check_executor(executor: str) -> None:
     if executor == "none":
         return
     try:
-        import submitit  # noqa: F401
+        import submitit  # noqa: F401  # lazy: optional dependency (qgeom[cluster])
     except ImportError:
         raise ExecutorUnavailableError("the job executors need submitit: pip install submitit "
                                        "(or qgeom[cluster])") from None
@@ -51,26 +53,22 @@ def check_executor(executor: str) -> None:
                                        "cluster's login node, or use --executor local")
 
 
-def _state_path(run_dir: Path) -> Path:
-    return run_dir / "jobs" / "state.json"
-
-
 def read_state(run_dir: str | Path) -> dict:
     """``{stage key: {"job_id", "state", "attempt"}}`` as last recorded by :func:`run_jobs`."""
-    path = _state_path(Path(run_dir))
+    path = RunLayout(run_dir).job_state
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_state(run_dir: Path, state: dict) -> None:
-    atomic_write(_state_path(run_dir), lambda tmp: Path(tmp).write_text(json.dumps(state, indent=1, sort_keys=True)))
+    write_json(RunLayout(run_dir).job_state, state, indent=1, sort_keys=True)
 
 
 def make_executor(run_dir: Path, executor: str, *, partition: str | None = None, gpus_per_job: int = 0,
                   timeout_min: int = 60, cpus_per_job: int | None = None, name: str = "qgeom"):
     """A configured ``submitit.AutoExecutor`` writing its files under ``run_dir/jobs``."""
-    import submitit
+    import submitit  # lazy: optional dependency (qgeom[cluster])
 
-    ex = submitit.AutoExecutor(folder=str(run_dir / "jobs" / "%j"), cluster=executor)
+    ex = submitit.AutoExecutor(folder=str(RunLayout(run_dir).job_dir()), cluster=executor)
     params = dict(name=name, timeout_min=timeout_min, gpus_per_node=gpus_per_job, tasks_per_node=1, nodes=1)
     if cpus_per_job:
         params["cpus_per_task"] = cpus_per_job
@@ -87,10 +85,10 @@ def run_jobs(cfg, run_dir: str | Path, executor: str = "local", geometry: bool =
     """Run every stage of ``cfg`` that is not done as a job; returns the stages that ran.
 
     The run directory must already hold ``cfg`` (``config.json``, written by
-    :class:`~qgeom.experiment.run.TransferRun`). A job that fails ``retries + 1`` times stops the run
+    :class:`~qgeom.experiment.transfer.TransferRun`). A job that fails ``retries + 1`` times stops the run
     with its log's path (the stages already done stay done).
     """
-    import submitit
+    import submitit  # lazy: optional dependency (qgeom[cluster])
 
     check_executor(executor)
     run_dir = Path(run_dir)
@@ -107,7 +105,7 @@ def run_jobs(cfg, run_dir: str | Path, executor: str = "local", geometry: bool =
             while todo and len(running) < max_parallel:
                 stage = todo.pop(0)
                 attempts[stage] += 1
-                job = ex.submit(run_stage, str(run_dir), stage, threads)
+                job = ex.submit(run_stage_job, str(run_dir), stage, threads)
                 running[job] = stage
                 state[stage.key] = {"job_id": str(job.job_id), "state": "running", "attempt": attempts[stage]}
                 _write_state(run_dir, state)
@@ -134,7 +132,7 @@ def run_jobs(cfg, run_dir: str | Path, executor: str = "local", geometry: bool =
                     for other in running:
                         other.cancel(check=False)
                     raise StageFailedError(f"stage {stage.key} failed {attempts[stage]} times (last job {job.job_id}: "
-                                       f"{why}); logs in {run_dir / 'jobs' / str(job.job_id)}; re-run the same "
+                                       f"{why}); logs in {RunLayout(run_dir).job_dir(str(job.job_id))}; re-run the same "
                                        "command to continue")
     return ran
 

@@ -3,10 +3,11 @@
 A :class:`Stage` names one unit of work — θ_0, one fine-tuning, one QAT (with its ρ), one
 receiver's evaluation or geometry — the files it writes (``outputs``, relative to the run
 directory) and the stages whose files it reads (``inputs``). :func:`plan` lists a config's
-stages; :func:`waves` groups them so that every stage's inputs lie in earlier waves; :func:`run_stage`
-is the one function that computes a stage, in this process or as a job anywhere that sees the
-run directory (:mod:`qgeom.experiment.jobs`). A stage is done when all its outputs exist: they are written
-atomically, so a file that exists is whole, and a killed stage is simply run again.
+stages; :func:`waves` groups them so that every stage's inputs lie in earlier waves; ``run_stage``
+(:mod:`qgeom.experiment.run`) is the one function that computes a stage, in this process or as a
+job anywhere that sees the run directory (:mod:`qgeom.experiment.jobs`). A stage is done when all
+its outputs exist: they are written atomically, so a file that exists is whole, and a killed stage
+is simply run again.
 
 ====================  ===============================================  =========================
 stage                 outputs                                          inputs
@@ -21,10 +22,12 @@ geometry  (s, b, R)   ``seed{s}/geometry{b}/{R}.csv``                  qat (s, b
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from qgeom.experiment.config import RunConfig
+from qgeom.experiment.layout import RunLayout
+from qgeom.experiment.tasks import task_specs
 
 KINDS = ("theta0", "finetune", "qat", "evaluate", "geometry")
 
@@ -49,15 +52,8 @@ class Stage:
 
     def outputs(self) -> list[str]:
         """The files this stage writes, relative to the run directory."""
-        s, b, t = self.seed, self.bits, self.task
-        files = {
-            "theta0": ["theta0.safetensors"],
-            "finetune": [f"seed{s}/finetune/{t}.safetensors"],
-            "qat": [f"seed{s}/qat{b}/{t}.safetensors", f"seed{s}/qat{b}/rho_{t}.safetensors"],
-            "evaluate": [f"seed{s}/eval{b}/{t}.csv"],
-            "geometry": [f"seed{s}/geometry{b}/{t}.csv"],
-        }[self.kind]
-        return [f"{self.basin}/{f}" for f in files] if self.basin else files
+        paths = RunLayout(".").outputs(self.kind, self.seed, self.bits, self.task, self.basin)
+        return [p.as_posix() for p in paths]
 
     def inputs(self, tasks: list[str], basins: tuple[str, ...] = ("",)) -> list["Stage"]:
         """The stages whose outputs this one reads (``tasks``: every task name of the run;
@@ -79,15 +75,13 @@ class Stage:
         return all((Path(run_dir) / p).exists() for p in self.outputs())
 
 
-def basins(cfg) -> tuple[str, ...]:
+def basins(cfg: RunConfig) -> tuple[str, ...]:
     """The run's basins: its own θ_0, and "other" when the other-basin control is on."""
     return ("", "other") if "other_basin" in cfg.controls else ("",)
 
 
-def plan(cfg, geometry: bool = True) -> list[Stage]:
+def plan(cfg: RunConfig, geometry: bool = True) -> list[Stage]:
     """Every stage of a run of ``cfg``, in an order that respects the inputs."""
-    from qgeom.experiment.run import task_specs
-
     names = list(task_specs(cfg))
     jobs = [(s, b) for s in cfg.seeds for b in cfg.bits]
     out = [Stage("theta0", basin=b) for b in basins(cfg)]
@@ -115,57 +109,15 @@ def waves(stages: list[Stage], tasks: list[str]) -> list[list[Stage]]:
     return out
 
 
-def load_run_config(run_dir: str | Path):
-    """The :class:`~qgeom.experiment.config.RunConfig` a run directory holds (``config.json``)."""
-    from qgeom.experiment.config import from_dict
-
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: not a qgeom run directory")
-    return from_dict(json.loads(path.read_text()))
-
-
-def run_stage(run_dir: str | Path, stage: Stage, threads: int | None = None) -> list[str]:
-    """Compute ``stage`` of the run in ``run_dir`` (skipped where its outputs exist); the outputs.
-
-    The job body of :mod:`qgeom.experiment.jobs`: it reads only the run directory (its ``config.json`` and
-    the inputs' files) and writes only the stage's outputs, atomically. ``threads`` sets torch's
-    intra-op threads, so a job computes bit for bit what the submitting process would.
-    ``QGEOM_KILL_STAGE=<key>`` (a fault injection for tests) kills the process once, half-way
-    through that stage: after a QAT checkpoint is written and before its ρ.
-    """
-    import torch
-
-    from qgeom.experiment.run import TransferRun
-
-    if threads:
-        torch.set_num_threads(threads)
-    run = TransferRun(load_run_config(run_dir), run_dir, progress=False)
-    if stage.kind == "theta0":
-        run.theta0(stage.basin)
-    elif stage.kind == "finetune":
-        run.finetuned(stage.seed, stage.task, stage.basin)
-    elif stage.kind == "qat":
-        run.qat(stage.seed, stage.bits, stage.task, stage.basin)
-        _maybe_kill(run_dir, stage)
-        run.rho(stage.seed, stage.bits, stage.task, stage.basin)
-    elif stage.kind == "evaluate":
-        run.evaluate(stage.seed, stage.bits, stage.task)
-    elif stage.kind == "geometry":
-        run.geometry(stage.seed, stage.bits, stage.task)
-    else:
-        raise ValueError(f"unknown stage kind {stage.kind!r}; known: {', '.join(KINDS)}")
-    return stage.outputs()
-
-
-def _maybe_kill(run_dir: str | Path, stage: Stage) -> None:
-    if os.environ.get("QGEOM_KILL_STAGE") != stage.key:
-        return
-    marker = Path(run_dir) / "jobs" / f"killed-{stage.key.replace('/', '_')}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("killed once by QGEOM_KILL_STAGE\n")
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
+def chains(cfg: RunConfig, geometry: bool = True) -> tuple[list[list[Stage]], list[list[Stage]]]:
+    """The units of work of the two parallel phases of an in-process run, each a list of stages run
+    one after the other by one process: *training* — per (seed, task), in every basin, fine-tune
+    then QAT (and ρ) at every bit width; *receiving* — per (seed, bits, receiver), evaluate then
+    geometry."""
+    names = list(task_specs(cfg))
+    train = [[st for b in basins(cfg)
+              for st in [Stage("finetune", s, -1, t, b)] + [Stage("qat", s, bits, t, b) for bits in cfg.bits]]
+             for s in cfg.seeds for t in names]
+    receive = [[Stage("evaluate", s, b, t)] + ([Stage("geometry", s, b, t)] if geometry else [])
+               for s in cfg.seeds for b in cfg.bits for t in names]
+    return train, receive

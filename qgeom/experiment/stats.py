@@ -25,7 +25,7 @@ def off_diagonal(mat: np.ndarray) -> np.ndarray:
     return mat[~np.eye(len(mat), dtype=bool)]
 
 
-def _corr(x: np.ndarray, y: np.ndarray, method: str) -> float:
+def corr(x: np.ndarray, y: np.ndarray, method: str) -> float:
     """Spearman (Pearson of average ranks, as scipy's) or Pearson over the pairs where both are
     finite; NaN with fewer than 3 pairs or a constant side. numpy only: ~10× faster than
     ``scipy.stats.spearmanr`` on 30 cells, which matters inside bootstraps and permutations."""
@@ -86,7 +86,7 @@ def _null_correlations(x: np.ndarray, y: np.ndarray, perms: np.ndarray, method: 
     (m, n, n), correlate rows. With missing cells the kept set changes with π: a loop."""
     xo, yo = off_diagonal(x), off_diagonal(y)
     if not (np.isfinite(xo).all() and np.isfinite(yo).all()):
-        return np.array([_corr(off_diagonal(x[np.ix_(p, p)]), yo, method) for p in perms])
+        return np.array([corr(off_diagonal(x[np.ix_(p, p)]), yo, method) for p in perms])
     if np.ptp(xo) == 0 or np.ptp(yo) == 0:
         return np.full(len(perms), np.nan)
     n = len(x)
@@ -138,7 +138,7 @@ def qap_correlation(x: np.ndarray, y: np.ndarray, method: str = "spearman", perm
     if x.shape != y.shape or x.ndim != 2 or x.shape[0] != x.shape[1]:
         raise ValueError(f"need two square matrices of the same shape, got {x.shape} and {y.shape}")
     n = len(x)
-    r = _corr(off_diagonal(x), off_diagonal(y), method)
+    r = corr(off_diagonal(x), off_diagonal(y), method)
     perms, exact = _relabellings(n, permutations, seed)
     null = _null_correlations(x, y, perms, method)
     null = null[np.isfinite(null)]
@@ -151,7 +151,7 @@ def qap_correlation(x: np.ndarray, y: np.ndarray, method: str = "spearman", perm
     loo = []
     for t in range(n):
         keep = [i for i in range(n) if i != t]
-        loo.append(_corr(off_diagonal(x[np.ix_(keep, keep)]), off_diagonal(y[np.ix_(keep, keep)]), method))
+        loo.append(corr(off_diagonal(x[np.ix_(keep, keep)]), off_diagonal(y[np.ix_(keep, keep)]), method))
     loo = np.array([v for v in loo if math.isfinite(v)])
     min_p = 1 / len(perms) if exact else 1 / (1 + len(perms))
     return QAPResult(method, r, p_value, n * (n - 1), len(perms), exact,
@@ -241,7 +241,7 @@ def correlation_difference(x1: np.ndarray, x2: np.ndarray, y: np.ndarray, method
     X1, X2, Y = resampled(x1), resampled(x2), resampled(y)
     d = _corr_rows(X1, Y, method) - _corr_rows(X2, Y, method)
     diffs = d[np.isfinite(d)]
-    est = _corr(off_diagonal(x1), off_diagonal(y), method) - _corr(off_diagonal(x2), off_diagonal(y), method)
+    est = corr(off_diagonal(x1), off_diagonal(y), method) - corr(off_diagonal(x2), off_diagonal(y), method)
     if not len(diffs):
         return Interval(est, float("nan"), float("nan"), n * (n - 1), "task bootstrap")
     lo, hi = np.quantile(diffs, [0.5 - confidence / 2, 0.5 + confidence / 2])

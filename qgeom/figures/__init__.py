@@ -22,9 +22,11 @@ Modules, one purpose each (every public name is re-exported here):
 =========================  ==============================================================
 module                     what it holds
 =========================  ==============================================================
-theme                      the look: palette, setting/task colours, bare figure, heatmap
+theme                      the look: palette, setting/task colours, bare figure (new_figure),
+                           lighter colour, donor × receiver heatmap (pair_heatmap)
 files                      load_run, read_table, save_figure, cached_table
-selection                  choose_bits, choose_scope (one bit width, one scope per figure)
+selection                  choose_bits, choose_scope, select_rows (one bit width, one scope per
+                           figure); pair_frame (donor × receiver matrix of a column)
 accuracy                   baselines, Δ heatmaps, radar (λ = 1 and tuned webs), normalized improvement
 sweeps                     λ curves, λ sensitivity pooled over pairs, λ calibration (λ_val vs λ*)
 comparison                 across settings (runs × bit widths): baselines, improvement, Δ heatmaps,
@@ -32,7 +34,6 @@ comparison                 across settings (runs × bit widths): baselines, impr
 catalogue                  every figure by name and file name: what ``qgeom figures`` and the
                            notebooks both draw (``draw("baselines", RUN, OUT)``)
 alignment                  alignment heatmaps and scatter (cosine vs transfer)
-artifacts                  RunArtifacts: read-only checkpoints and task data of a run
 checkpoint_tables          the four tables above, computed on checkpoints
 diagnostics                Proposition 1, spectrum, landscape and invariance figures
 =========================  ==============================================================
@@ -57,7 +58,6 @@ from qgeom.figures.alignment import (
     ALIGNMENT_LABELS, TARGET_LABELS, TARGET_SHORT, alignment_heatmaps, alignment_scatter, alignment_scatter_table,
     alignment_table,
 )
-from qgeom.figures.artifacts import RunArtifacts
 from qgeom.figures.catalogue import COMPARISONS, SPECS, draw
 from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
 from qgeom.figures.controls import controls, controls_table
@@ -67,22 +67,24 @@ from qgeom.figures.comparison import (
     runs_delta_table, runs_improvement, runs_improvement_table, settings,
 )
 from qgeom.figures.files import RUN_TABLES, cached_table, load_run, read_table, save_figure
-from qgeom.figures.selection import choose_bits, choose_scope
+from qgeom.figures.selection import choose_bits, choose_scope, pair_frame, select_rows
 from qgeom.figures.sweeps import (
     lambda_calibration, lambda_calibration_table, lambda_curves, lambda_sensitivity, lambda_sensitivity_table,
     lambda_split, lambda_table,
 )
-from qgeom.figures.theme import CB, DOUBLE, MIN_PT, SETTING_COLORS, SINGLE, robust_range, style, task_colors
+from qgeom.figures.theme import (
+    CB, DOUBLE, MIN_PT, SETTING_COLORS, SINGLE, lighter, new_figure, pair_heatmap, robust_range, style, task_colors,
+)
 
 __all__ = [
     "ALIGNMENT_LABELS", "BASELINE_SETTINGS", "CB", "COMPARISONS", "DOUBLE", "MIN_PT", "SINGLE", "SPECS", "draw",
     "lambda_calibration", "lambda_calibration_table", "lambda_sensitivity", "lambda_sensitivity_table",
     "lambda_split", "proportion_bars", "proportion_table", "run_labels", "runs_baseline_table", "runs_baselines",
     "runs_delta_heatmaps", "runs_delta_table", "runs_improvement", "runs_improvement_table", "settings", "RUN_TABLES", "SETTING_COLORS", "TARGET_LABELS", "TARGET_SHORT",
-    "RunArtifacts", "alignment_heatmaps", "alignment_scatter", "alignment_scatter_table", "alignment_table",
+    "alignment_heatmaps", "alignment_scatter", "alignment_scatter_table", "alignment_table",
     "baseline_bars", "baseline_table", "cached_table", "choose_bits", "choose_scope", "delta_heatmaps",
     "delta_table", "improvement_bars", "improvement_table", "invariance", "invariance_table", "lambda_curves",
-    "lambda_table", "landscape", "landscape_table", "load_run", "proposition1", "proposition1_table", "proposition2_gap", "proposition2_gap_table", "controls", "controls_table",
-    "quadratic_model_table", "radar", "radar_table", "read_table", "robust_range", "save_figure", "spectrum",
+    "lambda_table", "landscape", "landscape_table", "lighter", "load_run", "new_figure", "pair_frame", "pair_heatmap", "proposition1", "proposition1_table", "proposition2_gap", "proposition2_gap_table", "controls", "controls_table",
+    "quadratic_model_table", "radar", "radar_table", "read_table", "robust_range", "save_figure", "select_rows", "spectrum",
     "spectrum_table", "style", "task_colors",
 ]

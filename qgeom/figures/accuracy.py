@@ -14,9 +14,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from qgeom.figures.selection import _matrix, _select, choose_bits
+from qgeom.figures.selection import choose_bits, pair_frame, select_rows
 from qgeom.figures.theme import (
-    DOUBLE, SETTING_COLORS, SINGLE, _figure, _heatmap, _lighter, caption, grid_label, robust_range, style,
+    DOUBLE, SETTING_COLORS, SINGLE, caption, grid_label, lighter, new_figure, pair_heatmap, robust_range, style,
 )
 
 ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
@@ -40,7 +40,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
     """Grouped bars per task: FT, FT+PTQ, QAT, QAT+PTQ (test Top-1, %); hatched bars = float."""
     tab = baseline_table(acc, bits)
     tasks, settings = sorted(tab.task.unique()), list(BASELINE_SETTINGS.values())
-    fig = _figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
+    fig = new_figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
     with style():
         ax = fig.add_subplot()
         w = 0.8 / len(settings)
@@ -49,7 +49,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
             d = tab[tab.setting == s].set_index("task").reindex(tasks)
             fp = not s.endswith("PTQ")
             c = SETTING_COLORS[s]
-            ax.bar(x + (i - 1.5) * w, d.top1, w, label=s, color=_lighter(c) if fp else c, edgecolor=c,
+            ax.bar(x + (i - 1.5) * w, d.top1, w, label=s, color=lighter(c) if fp else c, edgecolor=c,
                    hatch="///" if fp else None, linewidth=0.6,
                    yerr=d.sd if (d.n_seeds > 1).any() else None, capsize=1.5, error_kw={"lw": 0.8})
         ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 else 0)
@@ -68,7 +68,7 @@ def delta_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | None 
     """donor × receiver Δ post-PTQ Top-1 (points, test, mean over seeds) at λ = 1 and at the
     validation λ; ``lam``: the median over seeds of the λ chosen on validation (a grid value for
     an odd number of seeds, where a mean would print 0.9167)."""
-    p, bits, scope = _select(pairs, bits, scope)
+    p, bits, scope = select_rows(pairs, bits, scope)
     g = p.groupby(["donor", "receiver"], as_index=False)[["gain_unit", "gain_tuned"]].mean()
     g = g.merge(p.groupby(["donor", "receiver"], as_index=False).lam_val.median(), on=["donor", "receiver"])
     unit = g.assign(lam_choice="λ = 1", delta=g.gain_unit, lam=1.0)
@@ -89,14 +89,14 @@ def delta_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | No
     names = sorted(set(tab.donor) | set(tab.receiver))
     lim = robust_range(tab[~tab.diagonal].delta)
     n = len(names)
-    fig = _figure(DOUBLE, 3.3)
+    fig = new_figure(DOUBLE, 3.3)
     with style():
         axes = fig.subplots(1, 2)
         for ax, choice in zip(axes, ["λ = 1", "λ on val"]):
             d = tab[tab.lam_choice == choice]
-            lam = _matrix(d, "lam", names).map(lambda v: f"λ={grid_label(v)}") if choice != "λ = 1" else None
-            _heatmap(ax, _matrix(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", text=lam,
-                     annotate=n <= ANNOTATE_MAX)
+            lam = pair_frame(d, "lam", names).map(lambda v: f"λ={grid_label(v)}") if choice != "λ = 1" else None
+            pair_heatmap(ax, pair_frame(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", text=lam,
+                         annotate=n <= ANNOTATE_MAX)
             ax.set_title(f"Δ post-PTQ Top-1, {choice}")
         axes[1].set_ylabel("")
         sm = ScalarMappable(Normalize(-lim, lim), "RdBu")
@@ -118,7 +118,7 @@ def radar_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | N
     """Per task and seed: FT+PTQ, the best single donor (chosen on val) + PTQ at λ = 1 (from
     ``pairs``; omitted without it) and at its val λ, and QAT+PTQ (test %); ``seed`` = "mean" rows
     hold the seed means the webs draw."""
-    r, bits, scope = _select(receivers, bits, scope)
+    r, bits, scope = select_rows(receivers, bits, scope)
     r = r.copy()
     cols = {"FT+PTQ": "base_ptq", "patch+PTQ": "best_donor_tuned_ptq", "QAT+PTQ": "qat_ptq"}
     if pairs is not None and len(pairs):
@@ -146,7 +146,7 @@ def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = 
     mean, per_seed = tab[tab.seed == "mean"], tab[tab.seed != "mean"]
     tasks = sorted(mean.task.unique())
     ang = np.linspace(0, 2 * np.pi, len(tasks), endpoint=False)
-    fig = _figure(SINGLE, 3.7)
+    fig = new_figure(SINGLE, 3.7)
     fig.set_layout_engine("none")  # polar tick labels escape the constrained layout: place the web by hand
     styles = {"FT+PTQ": ("-", SETTING_COLORS["FT+PTQ"]), "patch+PTQ, λ = 1": (":", SETTING_COLORS["patch+PTQ"]),
               "patch+PTQ": ("-", SETTING_COLORS["patch+PTQ"]), "QAT+PTQ": ("--", SETTING_COLORS["QAT+PTQ"])}
@@ -184,7 +184,7 @@ def improvement_table(receivers: pd.DataFrame, bits: int | None = None, scope: s
     """(patch+PTQ − FT+PTQ) / QAT+PTQ per task for the best single donor and the mean of the
     other donors (both at their validation λ), and the QAT ceiling (QAT+PTQ − FT+PTQ) / QAT+PTQ:
     ``improvement`` from the seed means, ``sd`` over the seeds' own ratios (NaN with one seed)."""
-    r, bits, scope = _select(receivers, bits, scope)
+    r, bits, scope = select_rows(receivers, bits, scope)
     cols = ["base_ptq", "qat_ptq", "best_donor_tuned_ptq", "multi_tuned_ptq"]
     g = r.groupby("receiver")[cols].mean()
     rows = []
@@ -206,7 +206,7 @@ def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: st
     tab = improvement_table(receivers, bits, scope)
     tasks = sorted(tab.task.unique())
     seeds = int(tab.n_seeds.max())
-    fig = _figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
+    fig = new_figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
     with style():
         ax = fig.add_subplot()
         x = np.arange(len(tasks))

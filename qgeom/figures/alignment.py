@@ -12,8 +12,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from qgeom.figures.selection import _matrix, _select
-from qgeom.figures.theme import DOUBLE, _figure, _heatmap, caption, style, task_colors
+from qgeom.experiment.stats import qap_correlation
+from qgeom.figures.selection import pair_frame, select_rows
+from qgeom.figures.theme import DOUBLE, caption, new_figure, pair_heatmap, style, task_colors
 
 ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
 ALIGNMENT_LABELS = {"euclidean": "Euclidean cosine", "ggn_fp": r"GGN cosine (fp, at $\theta_R$)",
@@ -37,7 +38,7 @@ def _alignments(df: pd.DataFrame) -> list[str]:
 
 def alignment_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
     """Long table donor, receiver, alignment, cosine (seed mean) for every ``cos_*`` column."""
-    p, bits, scope = _select(pairs, bits, scope)
+    p, bits, scope = select_rows(pairs, bits, scope)
     cols = [f"cos_{a}" for a in _alignments(p)]
     g = p.groupby(["donor", "receiver"], as_index=False)[cols].mean()
     out = g.melt(id_vars=["donor", "receiver"], var_name="alignment", value_name="cosine")
@@ -54,12 +55,12 @@ def alignment_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str 
     n = len(names)
     ncol = min(3, len(aligns))
     nrow = -(-len(aligns) // ncol)
-    fig = _figure(DOUBLE, 2.45 * nrow + 0.4)
+    fig = new_figure(DOUBLE, 2.45 * nrow + 0.4)
     with style():
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
         for i, (ax, a) in enumerate(zip(axes, aligns)):
-            _heatmap(ax, _matrix(tab[tab.alignment == a], "cosine", names), vmin=-1, vmax=1, cmap="PuOr",
-                     fmt="{:.2f}", annotate=n <= ANNOTATE_MAX)
+            pair_heatmap(ax, pair_frame(tab[tab.alignment == a], "cosine", names), vmin=-1, vmax=1, cmap="PuOr",
+                         fmt="{:.2f}", annotate=n <= ANNOTATE_MAX)
             ax.set_title(ALIGNMENT_LABELS.get(a, a))
             if i % ncol:
                 ax.set_ylabel("")
@@ -77,16 +78,14 @@ def alignment_scatter_table(pairs: pd.DataFrame, corr: pd.DataFrame | None = Non
     """Off-diagonal (donor, receiver) points: each alignment's cosine against each target, with the
     panel's Spearman r and QAP p-value (from ``corr`` = correlations.csv, else computed with
     :func:`qgeom.experiment.stats.qap_correlation` on the seed-mean matrices)."""
-    from qgeom.experiment.stats import qap_correlation
-
-    p, bits, scope = _select(pairs, bits, scope)
+    p, bits, scope = select_rows(pairs, bits, scope)
     names = sorted(set(p.donor) | set(p.receiver))
     targets = [t for t in targets if t in p.columns]
     rows = []
     for a in _alignments(p):
-        x = _matrix(p, f"cos_{a}", names)
+        x = pair_frame(p, f"cos_{a}", names)
         for t in targets:
-            y = _matrix(p, t, names)
+            y = pair_frame(p, t, names)
             c = None if corr is None else corr[(corr.bits == bits) & (corr.scope == scope) & (corr.alignment == a)
                                                & (corr.target == t) & (corr.method == "spearman")]
             if c is not None and len(c):
@@ -110,7 +109,7 @@ def alignment_scatter(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bit
     tab = alignment_scatter_table(pairs, corr, bits, scope, targets)
     aligns, targets = list(dict.fromkeys(tab.alignment)), list(dict.fromkeys(tab.target))
     colors = task_colors(sorted(set(tab.receiver) | set(tab.donor)))
-    fig = _figure(DOUBLE, 1.75 * len(aligns) + 0.7)
+    fig = new_figure(DOUBLE, 1.75 * len(aligns) + 0.7)
     with style():
         axes = fig.subplots(len(aligns), len(targets), squeeze=False)
         for i, a in enumerate(aligns):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+import qgeom.figures
 from qgeom.figures import accuracy as A
 from qgeom.figures import alignment as AL
 from qgeom.figures import comparison as C
@@ -78,8 +79,6 @@ def _t(ctx: Context, name: str):
 def _table_fn(name: str) -> Callable:
     """A checkpoint-table function looked up when called (``qgeom.figures.NAME``), so that one
     replaced there — smaller grids in a test — is the one used."""
-    import qgeom.figures
-
     return getattr(qgeom.figures, name)
 
 

@@ -1,5 +1,6 @@
 """The four tables computed on a run's checkpoints (listed in the package docstring; torch is
-imported inside each; kept cheap: small probe sets, small grids).
+imported inside each, so that ``import qgeom.figures`` needs no torch; kept cheap: small probe
+sets, small grids).
 
 Losses in nats (mean cross-entropy), Top-1 in percent. :func:`qgeom.figures.cached_table` keeps
 them beside their figures.
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from qgeom.figures.artifacts import RunArtifacts
 
 
 def quadratic_model_table(run_dir: str | Path, *, receivers: Sequence[str] | None = None, seed: int | None = None,
@@ -35,9 +34,11 @@ def quadratic_model_table(run_dir: str | Path, *, receivers: Sequence[str] | Non
     Cost per receiver: one gradient, one product with all the run's vectors, len(lambdas) ×
     tasks forward passes on the probe set. Default receivers: the first two tasks.
     """
-    from qgeom.curvature.operator import CurvatureOperator
-    from qgeom.params import inner, patch
-    from qgeom.quant import QuantSpec
+    from qgeom.curvature.operator import CurvatureOperator  # lazy: torch only when a table is computed
+    from qgeom.params import inner, patch  # lazy: torch only when a table is computed
+    from qgeom.quant import QuantSpec  # lazy: torch only when a table is computed
+
+    from qgeom.experiment.artifacts import RunArtifacts  # lazy: torch only when a table is computed
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
@@ -85,11 +86,14 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
 
     Vectors: the receiver's own ρ_R and every donor's ρ_D (names ``ρ_R (task)``, ``ρ_D (task)``).
     """
-    from qgeom.curvature.operator import CurvatureOperator
-    from qgeom.curvature.geometry import eigenbasis_projection
-    from qgeom.spectra.lanczos import eigsh, spectral_density
-    from qgeom.params import norm
-    from qgeom.quant import QuantSpec
+    from qgeom.curvature.operator import CurvatureOperator  # lazy: torch only when a table is computed
+    from qgeom.curvature.geometry import eigenbasis_projection  # lazy: torch only when a table is computed
+    from qgeom.spectra.density import spectral_density  # lazy: torch only when a table is computed
+    from qgeom.spectra.eigsh import eigsh  # lazy: torch only when a table is computed
+    from qgeom.params import norm  # lazy: torch only when a table is computed
+    from qgeom.quant import QuantSpec  # lazy: torch only when a table is computed
+
+    from qgeom.experiment.artifacts import RunArtifacts  # lazy: torch only when a table is computed
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
@@ -130,9 +134,11 @@ def landscape_table(run_dir: str | Path, *, receiver: str | None = None, donor: 
     (receivers.csv), else the first other task. (0, 0) is FT+PTQ, (1, 0) the zero-shot patch,
     (0, 1) the receiver's QAT backbone with its FT head.
     """
-    from qgeom.params import lincomb, patch
-    from qgeom.quant import QuantSpec
-    from qgeom.train import accuracy
+    from qgeom.params import lincomb, patch  # lazy: torch only when a table is computed
+    from qgeom.quant import QuantSpec  # lazy: torch only when a table is computed
+    from qgeom.train import accuracy  # lazy: torch only when a table is computed
+
+    from qgeom.experiment.artifacts import RunArtifacts  # lazy: torch only when a table is computed
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)
@@ -179,12 +185,14 @@ def invariance_table(run_dir: str | Path, *, receiver: str | None = None, donor:
     Long table: kind, strength, condition_number, quantity (``euclidean_cosine``,
     ``metric_cosine``, ``ptq_top1_receiver``, ``ptq_top1_patched``, Top-1 in % on val), value.
     """
-    from qgeom.curvature.operator import CurvatureOperator
-    from qgeom.curvature.geometry import metric_cosine
-    from qgeom.params import cosine, patch
-    from qgeom.quant import QuantSpec
-    from qgeom.symmetry import random_symmetry
-    from qgeom.train import accuracy
+    from qgeom.curvature.operator import CurvatureOperator  # lazy: torch only when a table is computed
+    from qgeom.curvature.geometry import metric_cosine  # lazy: torch only when a table is computed
+    from qgeom.params import cosine, patch  # lazy: torch only when a table is computed
+    from qgeom.quant import QuantSpec  # lazy: torch only when a table is computed
+    from qgeom.symmetry import random_symmetry  # lazy: torch only when a table is computed
+    from qgeom.train import accuracy  # lazy: torch only when a table is computed
+
+    from qgeom.experiment.artifacts import RunArtifacts  # lazy: torch only when a table is computed
 
     run = RunArtifacts(run_dir)
     seed, bits = run.defaults(seed, bits)

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 
 from qgeom.figures.accuracy import baseline_table, delta_table, improvement_table
 from qgeom.figures.files import load_run
-from qgeom.figures.selection import _matrix, choose_scope
+from qgeom.figures.selection import choose_scope, pair_frame
 from qgeom.figures.theme import (
-    CB, DOUBLE, SETTING_COLORS, SINGLE, _figure, _heatmap, _lighter, caption, robust_range, style,
+    CB, DOUBLE, SETTING_COLORS, SINGLE, caption, lighter, new_figure, pair_heatmap, robust_range, style,
 )
 
 Settings = Mapping[str, Mapping[str, pd.DataFrame]]
@@ -112,7 +112,7 @@ def proportion_bars(pairs, scope: str | None = None, neutral: float = 1.0) -> Fi
     tab = proportion_table(pairs, scope, neutral)
     labels = list(dict.fromkeys(tab.setting))
     bars = [(s, c) for s in labels for c in ("λ = 1", "λ on val")]
-    fig = _figure(SINGLE if len(labels) <= 2 else DOUBLE, 2.6)
+    fig = new_figure(SINGLE if len(labels) <= 2 else DOUBLE, 2.6)
     with style():
         ax = fig.add_subplot()
         x = np.arange(len(bars)) + np.repeat(np.arange(len(labels)) * 0.5, 2)
@@ -169,14 +169,14 @@ def runs_baselines(runs: Settings) -> Figure:
     tab = runs_baseline_table(runs)
     labels = list(runs)
     kinds = ["FT", "FT+PTQ", "QAT", "QAT+PTQ"]
-    fig = _figure(SINGLE if len(labels) <= 2 else DOUBLE, 2.6)
+    fig = new_figure(SINGLE if len(labels) <= 2 else DOUBLE, 2.6)
     with style():
         ax = fig.add_subplot()
         x, w = np.arange(len(labels)), 0.2
         for i, k in enumerate(kinds):
             m = tab[(tab.task == "mean") & (tab.baseline == k)].set_index("setting").reindex(labels)
             c, fp = SETTING_COLORS[k], not k.endswith("PTQ")
-            ax.bar(x + (i - 1.5) * w, m.top1, w, color=_lighter(c) if fp else c, edgecolor=c, hatch="///" if fp else None,
+            ax.bar(x + (i - 1.5) * w, m.top1, w, color=lighter(c) if fp else c, edgecolor=c, hatch="///" if fp else None,
                    lw=0.6, label=k, yerr=m.sd if (m.n_seeds > 1).any() else None, capsize=1.5, error_kw={"lw": 0.8})
             t = tab[(tab.task != "mean") & (tab.baseline == k)]
             ax.scatter(x[[labels.index(s) for s in t.setting]] + (i - 1.5) * w, t.top1, s=3, color="0.2", lw=0,
@@ -202,7 +202,7 @@ def runs_improvement(runs: Settings, scope: str | None = None) -> Figure:
     tab = runs_improvement_table(runs, scope)
     labels = list(dict.fromkeys(tab.setting))
     tasks = sorted(tab.task.unique())
-    fig = _figure(DOUBLE if len(tasks) > 4 else SINGLE, 2.5)
+    fig = new_figure(DOUBLE if len(tasks) > 4 else SINGLE, 2.5)
     with style():
         ax = fig.add_subplot()
         for i, label in enumerate(labels):
@@ -238,13 +238,13 @@ def runs_delta_heatmaps(runs: Settings, scope: str | None = None) -> Figure:
     lim = robust_range(tab[~tab.diagonal].delta)
     ncol = min(3, len(labels))
     nrow = math.ceil(len(labels) / ncol)
-    fig = _figure(DOUBLE, 2.4 * nrow + 0.5)
+    fig = new_figure(DOUBLE, 2.4 * nrow + 0.5)
     with style():
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
         for i, (ax, label) in enumerate(zip(axes, labels)):
             d = tab[tab.setting == label]
             names = sorted(set(d.donor) | set(d.receiver))
-            _heatmap(ax, _matrix(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", annotate=len(names) <= 5)
+            pair_heatmap(ax, pair_frame(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", annotate=len(names) <= 5)
             ax.set_title(label)
             if i % ncol:
                 ax.set_ylabel("")

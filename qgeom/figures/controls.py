@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qgeom.figures.selection import _select
-from qgeom.figures.theme import CB, DOUBLE, _figure, caption, style
+from qgeom.figures.selection import select_rows
+from qgeom.figures.theme import CB, DOUBLE, caption, new_figure, style
 
 SERIES = [("unit", "donor $\\rho_D$", CB[2]), ("random", "random, per-tensor norms", CB[7]),
           ("random_rows", "random, per-row norms", CB[5]), ("row_permuted", "$\\rho_D$ permuted in rows", CB[4]),
@@ -25,7 +25,7 @@ SERIES = [("unit", "donor $\\rho_D$", CB[2]), ("random", "random, per-tensor nor
 def controls_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
     """Per receiver and series (donor patch, controls, hybrids): mean and s.d. of the post-PTQ gain
     at λ = 1 in points over the off-diagonal donor × seed cells, and the cell count."""
-    p, bits, scope = _select(pairs, bits, scope)
+    p, bits, scope = select_rows(pairs, bits, scope)
     off = p[~p.diagonal]
     rows = []
     for key, label, _ in SERIES:
@@ -44,7 +44,7 @@ def controls(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = N
     (b) the patch's gain beside its grid-only and values-only hybrids (when the run has them)."""
     tab = controls_table(pairs, bits, scope)
     has_split = tab.series.isin(["grid_only", "values_only"]).any()
-    fig = _figure(DOUBLE, 4.6 if has_split else 2.6)
+    fig = new_figure(DOUBLE, 4.6 if has_split else 2.6)
     groups = [[k for k, _, _ in SERIES if k not in ("grid_only", "values_only")]]
     if has_split:
         groups.append(["unit", "grid_only", "values_only"])

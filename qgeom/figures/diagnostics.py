@@ -1,7 +1,8 @@
-"""Figures of the diagnostics: Proposition 1's assumptions, the curvature spectrum, the post-PTQ
-landscape and invariance under symmetries. Each draws a table: :func:`proposition1` the run's
-``geometry`` table (and :func:`~qgeom.figures.checkpoint_tables.quadratic_model_table`), the
-others the table of the same name in :mod:`qgeom.figures.checkpoint_tables`."""
+"""Figures of the diagnostics: Proposition 1's assumptions, Proposition 2′'s gap, the curvature
+spectrum, the post-PTQ landscape and invariance under symmetries. Each draws a table:
+:func:`proposition1` the run's ``geometry`` table (and
+:func:`~qgeom.figures.checkpoint_tables.quadratic_model_table`), :func:`proposition2_gap` the
+``geometry`` table, the others the table of the same name in :mod:`qgeom.figures.checkpoint_tables`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from qgeom.figures.alignment import ALIGNMENT_LABELS
-from qgeom.figures.selection import _select
-from qgeom.figures.theme import CB, DOUBLE, SETTING_COLORS, SINGLE, _figure, caption, style, task_colors
+from qgeom.figures.selection import select_rows
+from qgeom.figures.theme import CB, DOUBLE, SETTING_COLORS, SINGLE, caption, new_figure, style, task_colors
 
 FP_AT, STE_AT = r"fp at $\theta_R$", r"STE at $\theta_{R,\mathrm{QAT}}$"
 
@@ -27,7 +28,7 @@ def proposition1_table(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = 
     * ``stationarity``: receiver, donor, objective, value = ρ_Dᵀ∇L / ρ_DᵀGρ_D (same objective);
     * ``quadratic``: the rows of :func:`quadratic_model_table` (lam, measured, quadratic, …).
     """
-    g, bits, scope = _select(geometry, bits, scope)
+    g, bits, scope = select_rows(geometry, bits, scope)
     eig = g[g.quantity.str.startswith("K_eig_")].copy()
     eig["alignment"] = np.where(eig.metric == "euclidean", "euclidean", eig.metric + "_" + eig.objective)
     eig["index"] = eig.quantity.str[6:].astype(int)
@@ -60,7 +61,7 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
     eig, st, q = (tab[tab.panel == k] for k in ("K_eigenvalue", "stationarity", "quadratic"))
     recs = sorted(set(eig.receiver) | set(st.receiver))
     panels = 3 if len(q) else 2
-    fig = _figure(DOUBLE, 2.7)
+    fig = new_figure(DOUBLE, 2.7)
     with style():
         axes = fig.subplots(1, panels)
         order = [a for a in ALIGNMENT_LABELS if a in set(eig.alignment)]
@@ -115,9 +116,9 @@ def proposition2_gap_table(geometry: pd.DataFrame, metric: str = "ggn", bits: in
     """Proposition 2′ per off-diagonal pair (mean over seeds), sorted by R − κ: the gap between the
     loss recovery R and κ = cos²_M split into the bound's terms ÷ G_R (curvature, gradient, cubic
     remainder, PTQ-vs-surrogate mismatch; :func:`qgeom.curvature.bounds.gap_decomposition`)."""
-    from qgeom.curvature.bounds import gap_decomposition
+    from qgeom.curvature.bounds import gap_decomposition  # lazy: torch only for this table (figures import without it)
 
-    g, bits, scope = _select(geometry, bits, scope)
+    g, bits, scope = select_rows(geometry, bits, scope)
     parts = []
     for seed, gs in g.groupby("seed"):
         parts.append(gap_decomposition(gs, metric).dropna(subset=["R", "kappa"]))
@@ -136,7 +137,7 @@ def proposition2_gap(geometry: pd.DataFrame, metric: str = "ggn", bits: int | No
     tab = proposition2_gap_table(geometry, metric, bits, scope)
     parts = [("curvature", "curvature $(H - M)$", CB[0]), ("gradient", "gradient $s^\\top(\\ldots)$", CB[1]),
              ("remainder", "cubic remainder", CB[2]), ("surrogate", "PTQ loss vs STE surrogate", CB[3])]
-    fig = _figure(DOUBLE, 3.0)
+    fig = new_figure(DOUBLE, 3.0)
     with style():
         ax = fig.subplots()
         x = np.arange(len(tab))
@@ -178,7 +179,7 @@ def spectrum(table: pd.DataFrame) -> Figure:
     vecs = list(dict.fromkeys(table[table.part == "norm_share"].vector))
     colors = task_colors([v[5:-1] for v in vecs])  # "ρ_D (task)" → task: the colours of the other figures
     col = {v: ("black" if v.startswith("ρ_R") else colors[v[5:-1]]) for v in vecs}
-    fig = _figure(DOUBLE, 2.7)
+    fig = new_figure(DOUBLE, 2.7)
     dropped, above_one = [], False
     with style():
         axes = fig.subplots(1, 3)
@@ -240,7 +241,7 @@ def landscape(table: pd.DataFrame) -> Figure:
     the zero-shot patch (1, 0) and the own QAT vector (0, 1)."""
     r, d = table.receiver.iloc[0], table.donor.iloc[0]
     grid = table.pivot_table(index="b", columns="a", values="ptq_top1")
-    fig = _figure(SINGLE, 3.4)
+    fig = new_figure(SINGLE, 3.4)
     with style():
         ax = fig.add_subplot()
         A, B = np.meshgrid(grid.columns.to_numpy(), grid.index.to_numpy())
@@ -277,7 +278,7 @@ def invariance(table: pd.DataFrame) -> Figure:
     kinds = list(dict.fromkeys(table.kind))
     pal = dict(zip(kinds, [CB[i] for i in (0, 3, 2, 4, 5, 8, 9)]))
     metric = table.metric.iloc[0].upper() if "metric" in table else "M"
-    fig = _figure(DOUBLE, 2.9)
+    fig = new_figure(DOUBLE, 2.9)
     orthogonal = [k for k in kinds if k.endswith("_mixing")]
     with style():
         axes = fig.subplots(1, 2)

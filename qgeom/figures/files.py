@@ -84,6 +84,8 @@ def cached_table(out_dir: str | Path | None, name: str, run_dir: str | Path,
     and a fingerprint of the run (its config.json and accuracy.csv); any difference recomputes
     and rewrites both files. ``out_dir=None`` always computes.
     """
+    from qgeom.io import write_json  # lazy: qgeom.io loads torch; qgeom.figures imports without it
+
     if out_dir is None:
         return fn(run_dir, **kwargs)
     out, run = Path(out_dir), Path(run_dir)
@@ -104,5 +106,5 @@ def cached_table(out_dir: str | Path | None, name: str, run_dir: str | Path,
     df = fn(run_dir, **kwargs)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False)
-    js.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    write_json(js, meta, indent=1)
     return df

@@ -28,13 +28,13 @@ def choose_scope(df: pd.DataFrame, scope: str | None) -> str:
     return scope
 
 
-def _select(df: pd.DataFrame, bits: int | None, scope: str | None) -> tuple[pd.DataFrame, int, str]:
+def select_rows(df: pd.DataFrame, bits: int | None, scope: str | None) -> tuple[pd.DataFrame, int, str]:
     """The rows of ``df`` at one bit width and one scope (:func:`choose_bits`, :func:`choose_scope`),
     with the bit width and scope chosen."""
     bits, scope = choose_bits(df, bits), choose_scope(df, scope)
     return df[(df.bits == bits) & (df.scope == scope)], bits, scope
 
 
-def _matrix(df: pd.DataFrame, col: str, names: Sequence[str]) -> pd.DataFrame:
+def pair_frame(df: pd.DataFrame, col: str, names: Sequence[str]) -> pd.DataFrame:
     """donor × receiver matrix of ``col`` (mean over seeds), rows and columns in ``names`` order."""
     return pd.DataFrame(pair_matrix(df, col, list(names)), index=list(names), columns=list(names))

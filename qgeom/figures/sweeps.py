@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from scipy.stats import spearmanr
 
-from qgeom.figures.selection import _select, choose_bits, choose_scope
-from qgeom.figures.theme import CB, DOUBLE, SINGLE, _figure, caption, grid_label, style, task_colors
+from qgeom.figures.selection import choose_bits, choose_scope, select_rows
+from qgeom.figures.theme import CB, DOUBLE, SINGLE, caption, grid_label, new_figure, style, task_colors
 
 LAM_STAR_LABELS = {"ggn_ste": "GGN, STE at $\\theta_{R,\\mathrm{QAT}}$", "ggn_fp": "GGN, fp at $\\theta_R$",
                    "hessian_ste": "Hessian, STE", "hessian_fp": "Hessian, fp", "fisher_ste": "Fisher, STE",
@@ -87,7 +88,7 @@ def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: in
     colors = task_colors(sorted(set(tab.donor) | set(recs)))
     ncol = min(3, len(recs))
     nrow = math.ceil(len(recs) / ncol)
-    fig = _figure(DOUBLE if ncol > 1 else SINGLE, 1.75 * nrow + 0.9)
+    fig = new_figure(DOUBLE if ncol > 1 else SINGLE, 1.75 * nrow + 0.9)
     split, seeds = tab.split.iloc[0], int(tab.n_seeds.max())
     with style():
         axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, squeeze=False)).ravel()
@@ -142,9 +143,7 @@ def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: in
 def lambda_calibration_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
     """Off-diagonal pairs (seed means): the λ chosen on validation (``lam_val``) against each λ*
     the run computed (``lam_star_*`` columns: ``estimator``), with the Spearman r over pairs."""
-    from scipy.stats import spearmanr
-
-    p, bits, scope = _select(pairs, bits, scope)
+    p, bits, scope = select_rows(pairs, bits, scope)
     p = p[~p.diagonal.astype(bool)]
     ests = [c[9:] for c in p.columns if c.startswith("lam_star_")]
     rows = []
@@ -167,7 +166,7 @@ def lambda_calibration(pairs: pd.DataFrame, bits: int | None = None, scope: str 
     ests = list(dict.fromkeys(tab.estimator))
     grid = sorted(set(tab.lam_val.dropna()))
     lo, hi = lam_range or (min([0.0, *grid]) - 0.25, max([1.0, *grid]) + 0.25)
-    fig = _figure(SINGLE, 3.0)
+    fig = new_figure(SINGLE, 3.0)
     with style():
         ax = fig.add_subplot()
         ax.plot([lo, hi], [lo, hi], "--", color="0.5", lw=0.8, label="$\\lambda^* = \\lambda_{\\mathrm{val}}$")
@@ -243,7 +242,7 @@ def lambda_sensitivity(accs, pairs=None, scope: str | None = None) -> Figure:
     tab = lambda_sensitivity_table(accs, pairs, scope)
     labels = list(dict.fromkeys(tab.setting))
     tuned = tab[tab.panel == "tuned"]
-    fig = _figure(DOUBLE if len(tuned) else SINGLE, 2.4)
+    fig = new_figure(DOUBLE if len(tuned) else SINGLE, 2.4)
     with style():
         axes = fig.subplots(1, 2 if len(tuned) else 1, squeeze=False).ravel()
         for i, label in enumerate(labels):

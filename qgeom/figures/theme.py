@@ -49,7 +49,7 @@ def style():
         yield
 
 
-def _figure(width: float = DOUBLE, height: float = 2.6, **kw) -> Figure:
+def new_figure(width: float = DOUBLE, height: float = 2.6, **kw) -> Figure:
     """A bare :class:`~matplotlib.figure.Figure` (no pyplot: no global registry, any backend),
     ``width`` inches wide: :data:`SINGLE` or :data:`DOUBLE`."""
     if width not in (SINGLE, DOUBLE):
@@ -80,7 +80,8 @@ def task_colors(names: Sequence[str]) -> dict[str, tuple]:
     return {n: pal[i % 10] for i, n in enumerate(sorted(names))}
 
 
-def _lighter(color, amount: float = 0.55):
+def lighter(color, amount: float = 0.55):
+    """``color`` mixed with white: 1 − amount·(1 − c) per RGB channel (the fill of full-precision bars)."""
     return tuple(1 - amount * (1 - c) for c in to_rgb(color))
 
 
@@ -92,8 +93,8 @@ def robust_range(values, q: float = 0.95) -> float:
     return lim if lim > 0 else (float(v.max()) if len(v) and v.max() > 0 else 1.0)
 
 
-def _heatmap(ax, mat: pd.DataFrame, *, vmin: float, vmax: float, cmap: str, fmt: str = "{:+.1f}",
-             text: pd.DataFrame | None = None, annotate: bool = True) -> None:
+def pair_heatmap(ax, mat: pd.DataFrame, *, vmin: float, vmax: float, cmap: str, fmt: str = "{:+.1f}",
+                 text: pd.DataFrame | None = None, annotate: bool = True) -> None:
     """Annotated donor (rows) × receiver (columns) heatmap; diagonal cells framed (numbers only
     when ``annotate``: at print size a cell holds them up to about 8 tasks per panel)."""
     sns.heatmap(mat, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, center=0, cbar=False, square=True,

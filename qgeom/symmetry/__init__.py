@@ -1,4 +1,4 @@
-"""Reparameterization symmetries of timm Vision Transformers, as values (DESIGN.md §2).
+"""Reparameterization symmetries of timm Vision Transformers, as values (proofs/04_vit_symmetries.md).
 
 A symmetry element ``g`` is an invertible *linear* map on parameter dicts that acts tensor by
 tensor: each touched tensor ``t`` is multiplied along some of its axes by invertible matrices
@@ -34,7 +34,8 @@ residual_permutation P   every axis of length D that is the residual stream: pat
 ``signed_permutation``. Which levels an element should satisfy (function, quantizer, optimizer,
 pipeline, Euclidean cosine) is *computed from its matrices* by :meth:`Symmetry.expectations`
 (e.g. Q_b per row commutes with monomial row maps and scalar × signed-permutation column maps);
-:data:`CATALOGUE` states the same for generic random elements, as in DESIGN.md's table.
+:data:`CATALOGUE` states the same for generic random elements (level 2: the catalogue table
+of proofs/05_quantizer.md; levels 3–4: proofs/06_optimizer_pipeline.md).
 """
 
 from qgeom.symmetry.catalogue import (

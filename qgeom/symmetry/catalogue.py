@@ -9,6 +9,7 @@ element of each kind satisfies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -175,8 +176,6 @@ def residual_permutation(model, perm: Tensor) -> Symmetry:
     """P ∈ S_D on the residual stream: every tensor axis that is the stream (see the package
     docstring). Exact because LayerNorm/RmsNorm statistics are permutation invariant. Refused
     for a tensor qgeom does not know, and without a head (the output would be permuted)."""
-    import re
-
     L = layout_of(model)
     if not L.has_head:
         raise UnsupportedSymmetryError("residual permutation needs a Linear head (num_classes > 0)")
@@ -201,12 +200,12 @@ def _levels(quantizer: bool, sgd: bool, adamw: bool) -> dict[str, bool]:
             "pipeline": adamw and quantizer, "euclidean": sgd}
 
 
-#: Expected levels of a *generic* random element of each kind (per-row symmetric Q_b; H ≥ 2),
-#: DESIGN.md's table as data. Elements compute their own (exact) expectations; a degenerate
-#: element may satisfy more. Column scalings of quantized weights are level 2 "no, unless
-#: uniform": a column map commutes with per-row Q_b iff it is c × (signed permutation), so
-#: vo_scalar with one common c·I on every head (or one head), and layernorm_folding with
-#: s = c·1, are quantizer-equivariant (proofs/05_quantizer.md, item 4; checked on elements by
+#: Expected levels of a *generic* random element of each kind (per-row symmetric Q_b; H ≥ 2), as
+#: data (level 2: proofs/05_quantizer.md's table; levels 3–4: proofs/06). Elements compute their own
+#: (exact) expectations; a degenerate element may satisfy more. Column scalings of quantized weights
+#: are level 2 "no, unless uniform": a column map commutes with per-row Q_b iff it is c × (signed
+#: permutation), so vo_scalar with one common c·I on every head (or one head), and layernorm_folding
+#: with s = c·1, are quantizer-equivariant (proofs/05_quantizer.md, item 4; checked on elements by
 #: proofs/check_05_quantizer.py::check_catalogue_elements).
 CATALOGUE: dict[str, dict[str, bool]] = {
     "head_permutation": _levels(True, True, True),

@@ -48,6 +48,7 @@ def layout_of(model) -> ViTLayout:
     """
     if isinstance(model, ViTLayout):
         return model
+    # lazy: timm only when a model is read (qgeom.symmetry imports without it)
     from timm.layers import Attention, LayerScale, Mlp, RmsNorm
     from timm.models.vision_transformer import Block, VisionTransformer
     from torch import nn

@@ -2,7 +2,7 @@
 
 Two parameter dicts of the same architecture that differ by an unknown permutation symmetry
 (:mod:`qgeom.symmetry`) — or two models fine-tuned from the same start, which differ by little
-more — are aligned by the weight matching of Git Re-Basin (Ainsworth, Hayase & Srinivasa, ICLR
+more — are matched by the weight matching of Git Re-Basin (Ainsworth, Hayase & Srinivasa, ICLR
 2023): maximize Σ_t ⟨T_t, (ĝ S)_t⟩ over ĝ = P_res ∘ Π_heads ∘ Σ_mlp by coordinate ascent. With
 all permutations but one fixed, the objective is linear in the remaining permutation matrix X:
 
@@ -13,8 +13,8 @@ current permutations applied. Heads are matched as blocks: a head's slice is its
 and v (and its d columns of proj) together. Sweeps visit the variables in a seeded random order
 until none changes.
 
-:func:`alignment_demo` is the transfer experiment under a planted permutation of the receiver:
-patching ρ_D into the permuted receiver without alignment against patching ĝ ρ_D.
+:func:`matching_demo` is the transfer experiment under a planted permutation of the receiver:
+patching ρ_D into the permuted receiver as it is against patching ĝ ρ_D (the matched patch).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import pandas as pd
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ from qgeom.quant import QuantSpec, ptq
 from qgeom.symmetry import (
     Symmetry, ViTLayout, compose, head_permutation, layout_of, mlp_permutation, random_symmetry, residual_permutation,
 )
+from qgeom.symmetry.invariance import evaluate
 
 Variable = tuple[str, int]  # ("residual", -1), ("heads", block), ("mlp", block)
 
@@ -131,41 +133,38 @@ def random_permutation_element(model, seed: int = 0) -> Symmetry:
     return replace(compose(*parts), kind="permutation")
 
 
-def aligned_patch(model, receiver: Mapping[str, Tensor], donor: Mapping[str, Tensor], rho_D: Mapping[str, Tensor],
+def matched_patch(model, receiver: Mapping[str, Tensor], donor: Mapping[str, Tensor], rho_D: Mapping[str, Tensor],
                   lam: float = 1.0, **matching_kwargs) -> tuple[Params, Matching]:
     """θ_R + λ ĝ ρ_D with ĝ from :func:`weight_matching` of the donor onto the receiver."""
     m = weight_matching(model, donor, receiver, **matching_kwargs)
     return patch(receiver, m.symmetry(rho_D), lam), m
 
 
-def alignment_demo(model: nn.Module, donor_ft: Mapping[str, Tensor], donor_qat: Mapping[str, Tensor],
-                   receiver_ft: Mapping[str, Tensor], batches: Sequence[tuple[Tensor, Tensor]], *,
-                   spec: QuantSpec | None = None, lam: float = 1.0, scope: Scope = "backbone", seed: int = 0) -> dict:
+def matching_demo(model: nn.Module, donor_ft: Mapping[str, Tensor], donor_qat: Mapping[str, Tensor],
+                  receiver_ft: Mapping[str, Tensor], batches: Sequence[tuple[Tensor, Tensor]], *,
+                  spec: QuantSpec | None = None, lam: float = 1.0, scope: Scope = "backbone", seed: int = 0) -> dict:
     """Transfer into a receiver that was permuted by a random g (the same function):
 
     * ``receiver``                 θ_R, FP and after PTQ;
     * ``patch, same basis``        θ_R + λρ_D (the usual transfer, ρ_D = θ_D,QAT − θ_D on ``scope``);
     * ``permuted, no alignment``   gθ_R + λρ_D — ρ_D lands in the wrong basis;
-    * ``permuted, aligned``        gθ_R + λĝρ_D with ĝ = weight matching of θ_D onto gθ_R.
+    * ``permuted, aligned``        gθ_R + λĝρ_D with ĝ = weight matching of θ_D onto gθ_R
+                                   (the matched patch).
 
-    When ĝ = g the aligned patch *is* g(θ_R + λρ_D), so its FP and PTQ numbers equal the
+    When ĝ = g the matched patch *is* g(θ_R + λρ_D), so its FP and PTQ numbers equal the
     same-basis patch's (g is a function and quantizer symmetry). ``model`` is the receiver's
     architecture (its head); ``batches`` its evaluation data. Returns a dict: ``table`` (pandas:
     variant, fp_loss, fp_acc, ptq_loss, ptq_acc), ``recovered`` (ĝ = g on the scope),
     ``identity_error`` ‖gθ_R + λĝρ_D − g(θ_R + λρ_D)‖ / ‖g(θ_R + λρ_D)‖, ``matching``.
     """
-    import pandas as pd
-
-    from qgeom.symmetry.invariance import evaluate
-
     spec = spec or QuantSpec()
     rho_D = quantization_vector(donor_qat, donor_ft, scope)
     g = random_permutation_element(model, seed)
     permuted = g(receiver_ft)
-    aligned, m = aligned_patch(model, permuted, donor_ft, rho_D, lam, scope=scope, seed=seed)
+    matched, m = matched_patch(model, permuted, donor_ft, rho_D, lam, scope=scope, seed=seed)
     reference = patch(receiver_ft, rho_D, lam)
     variants = {"receiver": receiver_ft, "receiver, permuted": permuted, "patch, same basis": reference,
-                "permuted, no alignment": patch(permuted, rho_D, lam), "permuted, aligned": aligned}
+                "permuted, no alignment": patch(permuted, rho_D, lam), "permuted, aligned": matched}
     rows = []
     for name, theta in variants.items():
         _, fl, fa = evaluate(model, theta, batches)
@@ -175,4 +174,4 @@ def alignment_demo(model: nn.Module, donor_ft: Mapping[str, Tensor], donor_qat: 
     src = select(dict(receiver_ft), scope)
     recovered = all(torch.equal(a, b) for a, b in zip(m.symmetry(src).values(), g(src).values()))
     return dict(table=pd.DataFrame(rows), recovered=recovered,
-                identity_error=norm(sub(aligned, gref)) / max(norm(gref), 1e-300), matching=m)
+                identity_error=norm(sub(matched, gref)) / max(norm(gref), 1e-300), matching=m)

@@ -2,7 +2,7 @@
 
 The pipeline runs in-process (typer's CliRunner) on a one-block micro model (pretrain's
 ``--model-overrides``, carried by every later checkpoint's metadata) with 2 optimizer steps per
-stage, and with the tasks the commands load shrunk to 64/16/64 images (``qgeom.cli._task`` is
+stage, and with the tasks the commands load shrunk to 64/16/64 images (``qgeom.commands.inputs.task_for`` is
 patched: the default 4000/500/1000 would dominate the suite's run time). It checks files,
 metadata and that each command computes what the library does, not accuracy.
 """
@@ -82,7 +82,7 @@ def test_tasks_lists_the_offline_and_real_tasks():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("qgeom.cli._task", small_task)
+        mp.setattr("qgeom.commands.inputs.task_for", small_task)
         yield pipeline(tmp_path_factory.mktemp("cli"))
 
 

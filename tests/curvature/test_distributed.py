@@ -16,7 +16,7 @@ CASE = Path(__file__).with_name("_distributed_case.py")
 
 
 def test_two_ranks_give_the_single_process_numbers(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir(), multi.mkdir()
     subprocess.run([sys.executable, str(CASE), str(single)], check=True, env=env, capture_output=True)
@@ -37,7 +37,7 @@ def test_geometry_command_under_torchrun_matches_one_process(tiny_run, tmp_path)
     rank writes, and the tables equal the single-process ones."""
     import json
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     receiver = tiny_run / "seed0" / "finetune" / "hue.safetensors"
     vectors = [tiny_run / "seed0" / "qat2" / f"rho_{t}.safetensors" for t in ("hue", "shape", "position")]
     args = ["geometry", str(receiver), *map(str, vectors), "--n-probe", "40", "--batch-size", "8", "--dtype", "float64"]

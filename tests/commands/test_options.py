@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from qgeom.cli import app
 from qgeom.commands import options as O
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 # Options that are stage hyperparameters, not vocabulary: their defaults differ on purpose.

@@ -15,7 +15,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.text import Text
 
 from qgeom import figures as F
-from tests.test_figures import TASKS, synth, synthetic_quadratic, synthetic_spectrum  # noqa: F401
+from tests.figures.test_figures import TASKS, synth, synthetic_quadratic, synthetic_spectrum  # noqa: F401
 
 
 def pdf_size_and_fonts(path: Path) -> tuple[float, float, list[float]]:

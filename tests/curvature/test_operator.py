@@ -22,8 +22,8 @@ from torch import nn
 
 from _cases_curvature import (SPEC, TINY, decomposed_layer_norm, dense_fisher, dense_ggn, dense_hessian,
                               flat_functions, random_vector, rel_err, sketch, tiny_case)
-from qgeom.curvature.operator import (CurvatureOperator, ForwardADError, TrainingModeError, check_eval_mode, fisher_vp,
-                             ggn_vp, hvp, probe_hash, reduce_over_probe)
+from qgeom.curvature.operator import CurvatureOperator, fisher_vp, ggn_vp, hvp
+from qgeom.curvature.probe import ForwardADError, TrainingModeError, check_eval_mode, probe_hash, reduce_over_probe
 from qgeom.models import create_model
 from qgeom.params import IncompatibleParamsError, from_model, scope_keys
 from qgeom.quant import ptq

@@ -1,5 +1,5 @@
 """A float64 curvature case computed in one process or under ``torchrun`` (gloo): the test
-``tests/test_distributed.py`` compares the two. Writes ``OUT/rank{r}.pt``."""
+``tests/curvature/test_distributed.py`` compares the two. Writes ``OUT/rank{r}.pt``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 def compute() -> dict:
     from qgeom.curvature.operator import CurvatureOperator
     from qgeom.curvature.geometry import gram
-    from qgeom.spectra.lanczos import eigsh
+    from qgeom.spectra.eigsh import eigsh
     from qgeom.models import create_model
     from qgeom.params import from_model
 

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 import torch
+from _cases_symmetry import assert_agrees, batches, draw_element, tiny_vit, vit_configs  # shared cases (tests/)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_symmetry import draw_element, tiny_vit, vit_configs  # noqa: F401  (shared cases; pytest puts tests/ on sys.path)
 
 from qgeom.symmetry.invariance import InvarianceReport, Tolerances, check_invariance
 from qgeom.params import select
@@ -15,19 +15,6 @@ from qgeom.quant import QuantSpec
 from qgeom.symmetry import KINDS, BlockLinear, Symmetry, applicable_kinds, random_symmetry
 
 TINY = dict(depth=2, num_heads=2, embed_dim=8, img_size=8, patch_size=4, mlp_ratio=2.0, init_values=0.5)
-
-
-def batches(cfg, n=6, classes=3, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, cfg["img_size"], cfg["img_size"], generator=g, dtype=dtype)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return [(x[: n // 2], y[: n // 2]), (x[n // 2 :], y[n // 2 :])]
-
-
-def assert_agrees(report: InvarianceReport) -> None:
-    bad = [r for r in report.rows if r["agrees"] is False]
-    assert not bad, "\n".join(f"{r['symmetry']} {r['level']} {r['quantity']}: expected {r['expected']}, "
-                              f"measured {r['measured']:.3g} (tol {r['tolerance']:.3g})" for r in bad)
 
 
 @settings(max_examples=15, deadline=None)

@@ -2,7 +2,7 @@
 
 import torch
 
-from qgeom.symmetry.weight_matching import alignment_demo, permutation_element, weight_matching
+from qgeom.symmetry.weight_matching import matching_demo, permutation_element, weight_matching
 from qgeom.models import create_model
 from qgeom.params import from_model, norm, select, sub
 
@@ -64,7 +64,7 @@ def test_aligned_transfer_patch_equals_g_applied_to_the_unpermuted_patch():
     receiver_ft = {**from_model(receiver_model), **near(theta0, 0.05)}
     x = torch.randn(16, 3, 16, 16, generator=g)
     y = torch.randint(0, 5, (16,), generator=g)
-    out = alignment_demo(receiver_model, donor_ft, donor_qat, receiver_ft, [(x, y)], lam=1.0, seed=4)
+    out = matching_demo(receiver_model, donor_ft, donor_qat, receiver_ft, [(x, y)], lam=1.0, seed=4)
     assert out["recovered"] and out["identity_error"] == 0.0
     t = out["table"].set_index("variant")
     same, aligned, naive = t.loc["patch, same basis"], t.loc["permuted, aligned"], t.loc["permuted, no alignment"]

@@ -1,29 +1,35 @@
-"""Read-only access to a finished run's checkpoints, quantization vectors and task data."""
+"""Read-only access to a finished run's checkpoints, quantization vectors and task data.
+
+Commands that only read a run (``align-demo``, the checkpoint figures) use :class:`RunArtifacts`:
+it never trains or writes, and a stage the run lacks is an error that says how to make it.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from qgeom.data import Task, parse_task, probe_batches
+from qgeom.experiment.layout import RunLayout, load_run_config
+from qgeom.experiment.tasks import load_run_task, task_specs
+from qgeom.io import load_params
+from qgeom.models import create_model
+from qgeom.params import Params, select
 
 
 class RunArtifacts:
     """Read-only access to a finished run's checkpoints and task data (the layout of
-    :mod:`qgeom.experiment.run`); nothing is ever trained or written."""
+    :class:`~qgeom.experiment.layout.RunLayout`); nothing is ever trained or written."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        from qgeom.experiment.config import from_dict
-
         self.dir = Path(run_dir)
-        path = self.dir / "config.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: not a qgeom run directory")
-        self.cfg = from_dict(json.loads(path.read_text()))
+        self.layout = RunLayout(self.dir)
+        self.cfg = load_run_config(self.dir)
         self._tasks: dict = {}
 
     def require(self, *, seed: int | None = None, bits: int | None = None, tasks: tuple[str, ...] = ()) -> None:
         """Raise ``ValueError`` naming the stage and how to make it unless the run's config has
         ``seed``, ``bits`` and ``tasks`` (a read-only command never trains what is missing)."""
-        c, how = self.cfg, f"qgeom run {self.dir / 'config.json'}"
+        c, how = self.cfg, f"qgeom run {self.layout.config}"
         if bits is not None and bits not in c.bits:
             want = ",".join(str(b) for b in sorted(set(c.bits) | {bits}))
             raise ValueError(f"{self.dir} has no {bits}-bit stage (its bits: {', '.join(map(str, c.bits))}); "
@@ -36,52 +42,38 @@ class RunArtifacts:
         if unknown:
             raise ValueError(f"{self.dir} has no task {', '.join(unknown)} (its tasks: {', '.join(c.tasks)})")
 
-    def _load(self, rel: str):
-        from qgeom.io import load_params
-
-        path = self.dir / rel
+    def _load(self, path: Path) -> Params:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: the run is unfinished; resume it with "
-                                    f"`qgeom run {self.dir / 'config.json'} --run-dir {self.dir}`")
+                                    f"`qgeom run {self.layout.config} --run-dir {self.dir}`")
         return load_params(path)[0]
 
     def finetuned(self, seed: int, task: str):
-        return self._load(f"seed{seed}/finetune/{task}.safetensors")
+        return self._load(self.layout.finetuned(seed, task))
 
     def qat(self, seed: int, bits: int, task: str):
-        return self._load(f"seed{seed}/qat{bits}/{task}.safetensors")
+        return self._load(self.layout.qat(seed, bits, task))
 
     def rho(self, seed: int, bits: int, task: str, scope: str = "backbone"):
-        from qgeom.params import select
-
-        return select(self._load(f"seed{seed}/qat{bits}/rho_{task}.safetensors"), scope)
+        return select(self._load(self.layout.rho(seed, bits, task)), scope)
 
     def model(self, params):
         """The run's architecture for a checkpoint (classes read from its head)."""
-        from qgeom.models import create_model
-
         return create_model(self.cfg.preset, int(params["head.weight"].shape[0]), **self.cfg.model_overrides)
 
     @property
     def names(self) -> list[str]:
         """The run's task names (what its artifacts are filed under)."""
-        from qgeom.experiment.run import task_specs
-
         return list(task_specs(self.cfg))
 
-    def task(self, name: str):
+    def task(self, name: str) -> Task:
         """The task's val and test splits as the run read them (offline: a token train split)."""
-        from qgeom.data import parse_task
-        from qgeom.experiment.run import load_run_task, task_specs
-
         if name not in self._tasks:
             small = {} if parse_task(task_specs(self.cfg)[name]).streamed else {"n_train": 8}
             self._tasks[name] = load_run_task(self.cfg, name, **small)
         return self._tasks[name]
 
     def probe(self, task: str, seed: int, n: int):
-        from qgeom.data import probe_batches
-
         return probe_batches(self.task(task).val, n, min(n, self.cfg.probe_batch), seed=seed)
 
     def defaults(self, seed: int | None, bits: int | None) -> tuple[int, int]:

@@ -111,7 +111,7 @@ def test_a_hybrid_row_is_the_accuracy_of_the_hybrid_itself(tiny_run):
     """The grid-only row is Top-1 of Q(θ_R; s(θ_R + ρ_D)) as it is — not re-quantized."""
     import pandas as pd
 
-    from qgeom.figures.artifacts import RunArtifacts
+    from qgeom.experiment.artifacts import RunArtifacts
     from qgeom.params import patch, select
     from qgeom.train import accuracy
 

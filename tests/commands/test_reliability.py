@@ -106,8 +106,9 @@ def test_a_malformed_config_file_names_the_file_and_key(tmp_path: Path) -> None:
 def test_validation_accepts_every_preset_and_the_api_refuses_too(tmp_path: Path) -> None:
     import dataclasses
 
-    from qgeom.experiment.config import ConfigError, preset, validate
-    from qgeom.experiment.run import TransferRun
+    from qgeom.experiment.config import ConfigError, validate
+    from qgeom.experiment.presets import preset
+    from qgeom.experiment.transfer import TransferRun
 
     for name in ("demo", "tiny", "gpu"):
         validate(preset(name))
@@ -205,7 +206,7 @@ def test_a_failing_write_names_the_path_and_keeps_the_old_file(tiny_run: Path, t
 
 
 def test_ctrl_c_says_the_run_can_be_resumed(run_copy: Path, monkeypatch) -> None:
-    import qgeom.experiment.run as T
+    import qgeom.experiment.transfer as T
 
     def interrupted(self, *a, **k):
         raise KeyboardInterrupt
@@ -248,7 +249,7 @@ def test_evaluate_and_geometry_read_every_artifact_of_a_run(tiny_run: Path, tmp_
 
 
 def _with_nan(src: Path, dst: Path, key: str = "blocks.0.attn.qkv.weight") -> Path:
-    from qgeom import io as qio, params as P
+    from qgeom import io as qio
 
     theta, meta = qio.load_params(src)
     theta[key] = theta[key].clone()
@@ -344,7 +345,7 @@ def test_patch_refuses_a_partial_vector_and_a_checkpoint_as_vector(tiny_run: Pat
 def test_geometry_flags_a_tiny_or_capped_probe_set(tiny_run: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from qgeom.curvature.geometry import probe_warnings
+    from qgeom.curvature.probe import probe_warnings
 
     assert probe_warnings(64, 64, 6) == []
     assert "exceeds the split's 64 images" in probe_warnings(100000, 64, 6)[0]
@@ -370,7 +371,7 @@ def test_temporaries_of_a_write_killed_by_sigkill_are_removed_by_the_next_write(
     code = ("import os, signal, sys; from qgeom.io import atomic_write\n"
             "def w(tmp):\n    open(tmp, 'w').write('half a'); os.kill(os.getpid(), signal.SIGKILL)\n"
             f"atomic_write({str(target)!r}, w)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True)
     assert proc.returncode == -9
     left = list(tmp_path.glob(".table.csv.*.tmp"))
     assert len(left) == 1 and not target.exists()  # the kill left a temporary, never the target

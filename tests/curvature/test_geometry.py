@@ -2,7 +2,7 @@
 the indefinite cases, the README example, and the ``geometry``/``spectrum`` commands.
 
 Tolerances. Quantities built from float64 products are compared with the same formulas on the
-dense float64 matrices to 1e-10 relative (see test_curvature: the products agree to < 1e-10;
+dense float64 matrices to 1e-10 relative (see test_operator: the products agree to < 1e-10;
 a cosine or ratio of such forms inherits that). λ* against scipy's bounded Brent search: 1e-6,
 the search's own x-tolerance (~1.5e-8 relative) with margin. The quadratic model against the
 measured loss: the gap is O(λ³) (third derivative), checked by its scaling, not a constant.
@@ -26,7 +26,7 @@ from qgeom.curvature.operator import CurvatureOperator
 from qgeom.curvature.geometry import (directional_gradients, eigenbasis_projection, geometry_of_pair, gram, hessian_cosine,
                             metric_cosine, metric_inner, optimal_scale, pair_geometry, quadratic_model,
                             recovered_fraction)
-from qgeom.spectra.lanczos import eigsh
+from qgeom.spectra.eigsh import eigsh
 from qgeom.params import IncompatibleParamsError
 from qgeom.io import save_params
 

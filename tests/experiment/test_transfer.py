@@ -15,9 +15,12 @@ import torch
 
 from qgeom.experiment import analysis
 from qgeom import params as P
-from qgeom.commands.run import run_experiment
-from qgeom.experiment.config import preset, with_overrides
-from qgeom.experiment.run import ConfigMismatchError, TransferRun, random_like
+from qgeom.experiment.driver import run_experiment
+from qgeom.experiment.config import with_overrides
+from qgeom.experiment.presets import preset
+from qgeom.experiment.controls import random_like
+from qgeom.experiment.layout import ConfigMismatchError
+from qgeom.experiment.transfer import TransferRun
 
 TABLES = ("accuracy.csv", "geometry.csv", "pairs.csv", "receivers.csv", "correlations.csv")
 
@@ -85,7 +88,7 @@ def test_lambda_is_chosen_on_validation_only(tiny_run: Path) -> None:
 
 def test_resume_after_kill_gives_identical_tables(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Kill a fresh run half-way (an exception in the geometry stage), resume, compare tables."""
-    import qgeom.experiment.run as T
+    import qgeom.experiment.transfer as T
 
     run_dir = tmp_path / "resumed"
     shutil.copytree(tiny_run, run_dir)

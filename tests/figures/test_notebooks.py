@@ -23,7 +23,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 EXPECTED = {  # the file names `qgeom figures` writes (bit width in the name)
     "01_baselines_and_heatmaps.ipynb": ["baselines_2bit", "delta_heatmaps_2bit", "radar_2bit", "improvement_2bit",
                                         "proportions_2bit"],

@@ -6,8 +6,9 @@ import shutil
 
 import pandas as pd
 
-from qgeom.experiment.config import preset
-from qgeom.experiment.stages import Stage, load_run_config, plan, waves
+from qgeom.experiment.presets import preset
+from qgeom.experiment.layout import load_run_config
+from qgeom.experiment.stages import Stage, plan, waves
 
 TABLES = ("accuracy.csv", "geometry.csv", "pairs.csv", "correlations.csv")
 
@@ -45,7 +46,7 @@ def test_slurm_unavailable_fails_at_once_before_any_work(tmp_path, monkeypatch):
 def test_local_jobs_give_the_in_process_tables_even_after_a_job_is_killed(tiny_run, tmp_path, monkeypatch):
     """Every stage a real subprocess (submitit's local executor); one QAT job is SIGKILLed after
     writing θ_QAT and before ρ, and is retried: the tables equal the in-process run's."""
-    from qgeom.commands.run import run_experiment
+    from qgeom.experiment.driver import run_experiment
     from qgeom.experiment.jobs import status
 
     monkeypatch.setenv("QGEOM_KILL_STAGE", "qat/seed0/2bit/hue")

@@ -8,62 +8,24 @@ import math
 
 import pytest
 import torch
+from _cases_symmetry import draw_element, inputs, rel_logit_error, tiny_vit, vit_configs  # shared cases (tests/)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.func import functional_call
 
 from qgeom.models import create_model
 from qgeom.params import IncompatibleParamsError, cosine, from_model, inner, norm, select, sub
 from qgeom.quant import QuantSpec, ptq
 from qgeom.symmetry import (
-    CATALOGUE, BlockLinear, Permutation, Scaling, Symmetry, UnsupportedSymmetryError, applicable_kinds,
-    classify, compose, head_permutation, layerscale_folding, mlp_permutation, qk_mixing, random_symmetry,
-    residual_permutation,
+    CATALOGUE, BlockLinear, Permutation, Scaling, Symmetry, UnsupportedSymmetryError, classify, compose,
+    head_permutation, layerscale_folding, mlp_permutation, qk_mixing, random_symmetry, residual_permutation,
 )
 
 FUNCTION_RTOL = 1e-10  # float64, relative to max |logits|
 
 
-@st.composite
-def vit_configs(draw, min_head_dim: int = 2) -> dict:
-    """Random tiny timm ViT keyword arguments (embed dim = heads × head_dim)."""
-    heads, head_dim = draw(st.integers(1, 4)), draw(st.integers(min_head_dim, 8))
-    pool = draw(st.sampled_from(["token", "avg", "avg+cls"]))
-    return dict(depth=draw(st.integers(1, 3)), num_heads=heads, embed_dim=heads * head_dim,
-                qkv_bias=draw(st.booleans()), init_values=draw(st.sampled_from([None, 0.5])),
-                global_pool="token" if pool == "token" else "avg", class_token=pool != "avg",
-                img_size=draw(st.sampled_from([8, 12])), patch_size=4, mlp_ratio=2.0)
-
-
-def tiny_vit(cfg: dict, seed: int = 0, num_classes: int = 3):
-    """(float64 model, θ) with every tensor perturbed, so norms, tokens and biases are generic."""
-    model = create_model("micro", num_classes, seed=seed, **cfg).double()
-    g = torch.Generator().manual_seed(seed)
-    theta = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in from_model(model).items()}
-    return model, theta
-
-
-def inputs(cfg: dict, n: int = 4, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, cfg["img_size"], cfg["img_size"], generator=g, dtype=torch.float64)
-
-
-def rel_logit_error(model, theta, g, x) -> float:
-    f0 = functional_call(model, theta, (x,))
-    f1 = functional_call(model, g(theta), (x,))
-    return float((f1 - f0).abs().max() / f0.abs().max())
-
-
 def random_like(theta, seed):
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in theta.items()}
-
-
-def draw_element(data, model, strength=None):
-    ok = [k for k, why in applicable_kinds(model).items() if why is None]
-    kind = data.draw(st.sampled_from(ok), label="kind")
-    strength = data.draw(st.floats(0.3, 2.0), label="strength") if strength is None else strength
-    return random_symmetry(model, kind, strength=strength, seed=data.draw(st.integers(0, 2**16), label="seed"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +97,7 @@ def test_quantizer_equivariance_where_expected_and_violation_elsewhere(cfg, bits
 @settings(max_examples=15, deadline=None)
 @given(cfg=vit_configs(), data=st.data())
 def test_computed_expectations_match_the_catalogue(cfg, data):
-    """DESIGN.md's table (CATALOGUE) agrees with what the matrices of generic elements imply."""
+    """The catalogue table as data (CATALOGUE) agrees with what the matrices of generic elements imply."""
     heads = max(cfg["num_heads"], 2)
     cfg = {**cfg, "num_heads": heads, "embed_dim": heads * 4}
     model, _ = tiny_vit(cfg)

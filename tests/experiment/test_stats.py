@@ -13,10 +13,11 @@ from scipy import stats as ss
 
 from qgeom.experiment import analysis
 from qgeom.experiment import stats as S
+from qgeom.experiment import summary
 
 
 def _loop_null(x, y, perms, method):
-    return np.array([S._corr(S.off_diagonal(x[np.ix_(p, p)]), S.off_diagonal(y), method) for p in perms])
+    return np.array([S.corr(S.off_diagonal(x[np.ix_(p, p)]), S.off_diagonal(y), method) for p in perms])
 
 
 @pytest.mark.parametrize("method", ["spearman", "pearson"])
@@ -32,7 +33,7 @@ def test_vectorised_qap_null_equals_the_loop(n, method):
     np.testing.assert_allclose(S._null_correlations(x, y, perms, method), _loop_null(x, y, perms, method), atol=1e-12)
     ref = ss.spearmanr if method == "spearman" else ss.pearsonr
     ok = np.isfinite(S.off_diagonal(x))
-    assert S._corr(S.off_diagonal(x), S.off_diagonal(y), method) == pytest.approx(
+    assert S.corr(S.off_diagonal(x), S.off_diagonal(y), method) == pytest.approx(
         ref(S.off_diagonal(x)[ok], S.off_diagonal(y)[ok]).statistic, abs=1e-12)
 
 
@@ -48,7 +49,7 @@ def test_vectorised_correlation_difference_equals_the_loop():
         idx = r.integers(0, 6, 6)
         mask = idx[:, None] != idx[None, :]
         sub = [a[np.ix_(idx, idx)][mask] for a in (x1, x2, y)]
-        d = S._corr(sub[0], sub[2], "spearman") - S._corr(sub[1], sub[2], "spearman")
+        d = S.corr(sub[0], sub[2], "spearman") - S.corr(sub[1], sub[2], "spearman")
         if math.isfinite(d):
             diffs.append(d)
     assert (got.low, got.high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])), abs=1e-12)
@@ -85,8 +86,8 @@ def test_combined_interval_equals_task_bootstrap_when_seeds_agree_and_widens_whe
 
 def test_verdicts_refuse_degenerate_intervals_and_untestable_correlations():
     flat = S.Interval(0.70, 0.70, 0.70, 6, "task bootstrap")
-    assert flat.degenerate and "too few tasks to tell" in analysis._verdict(flat, "a", "b")
-    assert "beats" in analysis._verdict(S.Interval(1.0, 0.5, 1.5, 30, "x"), "a", "b")
+    assert flat.degenerate and "too few tasks to tell" in summary.verdict(flat, "a", "b")
+    assert "beats" in summary.verdict(S.Interval(1.0, 0.5, 1.5, 30, "x"), "a", "b")
     # 3 tasks: 3! = 6 relabellings, so p ≥ 1/6 — a "better" verdict must not be printed
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
@@ -94,9 +95,9 @@ def test_verdicts_refuse_degenerate_intervals_and_untestable_correlations():
     assert res.min_p == pytest.approx(1 / 6) and math.isnan(res.loo_min)
     m = res.to_dict() | dict(r=0.9, n_seeds=1)
     e = res.to_dict() | dict(r=0.2, n_seeds=1)
-    v = analysis._alignment_verdict(e, m, "ggn_fp", (0.70, 0.70, 0.70))
+    v = summary.alignment_verdict(e, m, "ggn_fp", (0.70, 0.70, 0.70))
     assert "too few tasks to tell" in v and "predicts the gains better" not in v
     m6 = dict(r=0.9, p_value=0.01, min_p=1 / 720, n_seeds=3, seed_r_min=0.8, seed_r_max=0.95)
     e6 = dict(r=0.2, p_value=0.3, min_p=1 / 720, n_seeds=3, seed_r_min=0.1, seed_r_max=0.3)
-    v6 = analysis._alignment_verdict(e6, m6, "ggn_fp", (0.7, 0.2, 1.1))
+    v6 = summary.alignment_verdict(e6, m6, "ggn_fp", (0.7, 0.2, 1.1))
     assert v6.endswith("predicts the gains better") and "per seed +0.80 … +0.95" in v6

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from _cases_curvature import dense_hessian, random_vector, tiny_case
 from qgeom.curvature.operator import CurvatureOperator
-from qgeom.spectra.lanczos import (FlatOperator, as_flat_operator, default_tol, eigsh, hutchinson_trace, lanczos,
-                           spectral_density)
+from qgeom.spectra.density import hutchinson_trace, spectral_density
+from qgeom.spectra.eigsh import default_tol, eigsh
+from qgeom.spectra.lanczos import FlatOperator, as_flat_operator, lanczos
 from qgeom.params import flatten
 
 EIG_TOL = 1e-8

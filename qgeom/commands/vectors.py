@@ -1,0 +1,114 @@
+"""``qgeom extract``, ``patch`` and ``ptq``: weight arithmetic and the paper's quantizer on checkpoint files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from qgeom.commands import check_finite_option, check_writable, clean_errors, inputs
+from qgeom.commands import options as O
+from qgeom.commands.output import Output
+
+BITS_HELP = "weight bit width, 2–8 (per-row symmetric RTN, the paper's quantizer)"
+
+
+@clean_errors
+def extract(
+    qat_checkpoint: Path = typer.Option(..., "--qat", help="θ_t,QAT checkpoint"),
+    finetuned: Path = typer.Option(..., help="θ_t checkpoint"),
+    out: Path = O.out_file("where to write ρ_t (.safetensors)"),
+    scope: Optional[str] = O.scope("backbone (the paper's, the default), quantized, or all"),
+    threads: int = O.threads(), quiet: bool = O.quiet(),
+) -> None:
+    """Extract the quantization vector ρ_t = θ_t,QAT − θ_t on a scope."""
+    check_writable(out)
+    O.apply_runtime("auto", threads)
+    from qgeom import params as P  # lazy: torch-free --help
+
+    log = Output(quiet=quiet)
+    scope = scope or "backbone"
+    q, meta = inputs.load(qat_checkpoint)
+    theta, _ = inputs.load(finetuned)
+    rho = P.quantization_vector(q, theta, scope)
+    log.result(f"‖ρ‖ = {P.norm(rho):.4g} over {len(rho)} tensors")
+    inputs.save(out, rho, meta, log, stage="quantization_vector", scope=scope, parent=str(qat_checkpoint))
+
+
+MODEL_STAGES = ("pretrain", "finetune", "qat", "patch", "ptq")
+
+
+@clean_errors
+def patch(
+    receiver: Path = typer.Option(..., help="receiver θ_R checkpoint"),
+    vector: Path = typer.Option(..., help="vector ρ_D (.safetensors, e.g. from qgeom extract)"),
+    out: Path = O.out_file("where to write θ_R + λ ρ_D (.safetensors)"),
+    lam: float = typer.Option(1.0, "--lam", help="scale λ"),
+    scope: Optional[str] = O.scope("patch only this scope of the vector (backbone or quantized); "
+                                   "default: the scope its metadata declares"),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="accept a vector that lacks tensors of its scope (they stay θ_R's)"),
+    threads: int = O.threads(), quiet: bool = O.quiet(),
+) -> None:
+    """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head).
+
+    The vector must cover exactly the scope it declares (metadata ``scope``, or ``--scope``),
+    never the head; a model checkpoint passed as the vector is refused."""
+    check_writable(out)
+    check_finite_option(lam, "--lam")
+    O.apply_runtime("auto", threads)
+    from qgeom import params as P  # lazy: torch-free --help
+
+    log = Output(quiet=quiet)
+    if scope is not None:
+        if scope == "all":
+            raise typer.BadParameter("the head is never patched: use backbone or quantized", param_hint="--scope")
+    theta, meta = inputs.load(receiver)
+    inputs.refuse_vector(receiver, meta)
+    rho, rmeta = inputs.load(vector)
+    if rmeta.get("stage") in MODEL_STAGES:
+        raise ValueError(f"{vector} is a model checkpoint (stage {rmeta['stage']}), not a vector: "
+                         f"make ρ with qgeom extract --qat ... --finetuned ...")
+    declared = rmeta.get("scope")
+    if scope is None and declared in ("backbone", "quantized"):
+        scope = declared
+    try:
+        patched = P.patch(theta, rho, lam, scope=scope, allow_partial=allow_partial)
+    except P.IncompatibleParamsError as e:
+        raise P.IncompatibleParamsError(f"{vector} → {receiver}: {e}") from None
+    inputs.save(out, patched, meta, log, stage="patch", parent=str(receiver), vector=str(vector), lam=lam,
+          vector_scope=scope or "", partial=allow_partial)
+
+
+@clean_errors
+def ptq(
+    weights: Path = typer.Option(..., help="checkpoint to quantize"),
+    out: Path = O.out_file("where to write Q_b(θ) (.safetensors)"),
+    bits: Optional[str] = O.bits(BITS_HELP + "; one width (default: the checkpoint's, else 2)"),
+    granularity: str = typer.Option("row", help="row (default), tensor or group"),
+    threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
+) -> None:
+    """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
+    check_writable(out)
+    O.apply_runtime("auto", threads)
+    from qgeom.quant import QuantSpec, ptq as run, quantization_error  # lazy: torch-free --help
+
+    log = Output(format, quiet)
+    theta, meta = inputs.load(weights)
+    bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="ptq")
+    spec = QuantSpec(bits, granularity=granularity)
+    table = Table("tensor", "rel. error", "levels/row")
+    for row in quantization_error(theta, spec):
+        table.add_row(row["name"], f"{row['rel_error']:.3f}", f"{row['levels_used']:.1f}")
+    log.table("quantization_error", table)
+    inputs.save(out, run(theta, spec), meta, log, stage="ptq", parent=str(weights), bits=bits, granularity=granularity)
+    log.close()
+
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract)
+    app.command("patch")(patch)
+    app.command("ptq")(ptq)

@@ -1,0 +1,16 @@
+"""The names qgeom's functions, configs and command line share, declared once.
+
+Plain data (no torch), so the command line can offer them as choices while ``--help`` stays light.
+"""
+
+from __future__ import annotations
+
+#: Which tensors of a parameter dict a vector lives on (:func:`qgeom.params.in_scope`).
+SCOPES = ("quantized", "backbone", "all")
+#: Curvature metrics M: the Hessian, the Gauss-Newton matrix and the empirical Fisher.
+METRICS = ("hessian", "ggn", "fisher")
+#: Objectives: the full-precision loss at θ (``fp``), the STE surrogate of the quantized loss (``ste``).
+OBJECTIVES = ("fp", "ste")
+#: The controls a transfer run can add (:mod:`qgeom.experiment.controls`, plus the donors'
+#: vectors from a θ_0 pretrained with another seed), also their method names in the accuracy table.
+RUN_CONTROLS = ("random_rows", "row_permuted", "negated", "other_basin")

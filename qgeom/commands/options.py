@@ -136,6 +136,11 @@ def threads(help: str = "torch's intra-op threads (tiny models gain nothing from
     return typer.Option(1, "--threads", min=1, help=help)
 
 
+def workers(help: str = "worker processes (default: QGEOM_WORKERS, else 1 on a GPU, else min(2, cores)); each "
+                         "uses one torch thread") -> Any:
+    return typer.Option(None, "--workers", help=help)
+
+
 def quiet(help: str = "no progress bars and no status lines; results (and errors) only") -> Any:
     return typer.Option(False, "--quiet", "-q", help=help)
 

@@ -141,8 +141,7 @@ def run_cmd(
     bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (same as bits=...; default: the "
                                  "preset's)"),
     geometry: bool = typer.Option(True, help="compute the curvature geometry stage"),
-    workers: Optional[int] = typer.Option(None, help="worker processes (default: QGEOM_WORKERS, else 1 on a GPU, "
-                                                     "else min(2, cores)); each uses one torch thread"),
+    workers: Optional[int] = O.workers(),
     executor: str = typer.Option("none", help="none: every stage on this machine (with --workers); local: each "
                                               "stage a subprocess job; slurm: each stage a Slurm job (submitit)"),
     slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition of the jobs"),
@@ -179,24 +178,52 @@ def demo_cmd(
     emit_summary(run_experiment("demo", run_dir, _bits(bits), progress=not quiet), format, quiet)
 
 
-@clean_errors
-def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
-                format: str = O.format(),
-                recompute: bool = typer.Option(False, help=(
-                    "recompute the verdicts from the run's pairs/receivers/correlations CSVs (after an "
-                    "upgrade of qgeom's summary) and rewrite summary.json, keeping its recorded times"))) -> None:
-    """Print the summary table of a finished run."""
+def _read_summary(run_dir: Path) -> dict:
     import json
 
     path = RunLayout(run_dir).summary
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist: run `qgeom run` first")
-    summary = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def _replicate_table(check) -> Table:
+    table = Table("bits", "scope", "verdict line", "status in each replicate", "means", "spread", "margin", "verdict",
+                  title="Replicate check: a line is established when its status is the same in every replicate and "
+                        "its interval is clear of the status boundary by more than the replicates' spread")
+    for r in check.itertuples():
+        table.add_row(str(r.bits), r.scope, r.line, r.statuses, r.means, f"{r.spread:.2f}",
+                      "" if r.margin != r.margin else f"{r.margin:.2f}", r.verdict)
+    return table
+
+
+@clean_errors
+def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+                format: str = O.format(),
+                recompute: bool = typer.Option(False, help=(
+                    "recompute the verdicts from the run's pairs/receivers/correlations CSVs (after an "
+                    "upgrade of qgeom's summary) and rewrite summary.json, keeping its recorded times")),
+                replicate: Optional[list[Path]] = typer.Option(None, help=(
+                    "a replicate of the run (same configuration, another thread count or other seeds); "
+                    "repeat it: each verdict line is then marked established or borderline"))) -> None:
+    """Print the summary table of a finished run (and, with --replicate, which verdicts replicate)."""
+    summary = _read_summary(run_dir)
     if recompute:
         from qgeom.experiment.driver import recompute_summary  # lazy: torch-free --help
 
         summary = recompute_summary(run_dir, summary)
+    if not replicate:
+        emit_summary(summary, format)
+        return
+    from qgeom.experiment.replicates import replicate_check  # lazy: torch-free --help
+
+    runs = [run_dir, *replicate]
+    check = replicate_check({f"{i}: {r}": summary if i == 0 else _read_summary(r) for i, r in enumerate(runs)})
+    if format != "table":  # full precision for programs
+        sys.stdout.write(check.to_csv(index=False) if format == "csv" else check.to_json(orient="records") + "\n")
+        return
     emit_summary(summary, format)
+    make_console().print(_replicate_table(check))
 
 
 def register(app: typer.Typer) -> None:

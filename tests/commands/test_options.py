@@ -31,7 +31,7 @@ VOCABULARY = {
     "--n-probe": O.n_probe, "--probe-batch": O.probe_batch, "--probe-seed": O.probe_seed,
     "--data-seed": O.data_seed, "--seed": O.seed, "--out": O.out_file, "--out-dir": O.out_dir, "--bits": O.bits,
     "--dtype": O.dtype, "--scope": O.scope, "--device": O.device, "--threads": O.threads, "--quiet": O.quiet,
-    "--format": O.format, "--model": O.model, "--data": O.data, "--data-root": O.data_root,
+    "--format": O.format, "--model": O.model, "--data": O.data, "--data-root": O.data_root, "--workers": O.workers,
 }
 # Shared within one family of commands, declared once in that family's module; they must agree too.
 FAMILY = {
@@ -98,13 +98,13 @@ def test_every_shared_concept_goes_by_one_name():
 
 @pytest.mark.parametrize("opt, expected", [
     ("--device", {"pretrain", "finetune", "qat", "evaluate", "align-demo", "geometry", "spectrum", "check-invariance",
-                  "run", "demo", "figures"}),
+                  "run", "demo", "study", "figures"}),
     ("--threads", {"pretrain", "finetune", "qat", "extract", "patch", "ptq", "evaluate", "align-demo", "geometry",
-                   "spectrum", "check-invariance", "run", "demo", "figures"}),
+                   "spectrum", "check-invariance", "run", "demo", "study", "figures"}),
     ("--format", {"ptq", "evaluate", "align-demo", "tasks", "geometry", "spectrum", "check-invariance", "run", "demo",
-                  "summary", "figures", "status"}),
+                  "summary", "study", "figures", "status"}),
     ("--quiet", {"pretrain", "finetune", "qat", "extract", "patch", "ptq", "evaluate", "align-demo", "geometry",
-                 "spectrum", "check-invariance", "run", "demo", "figures", "status"}),
+                 "spectrum", "check-invariance", "run", "demo", "study", "figures", "status"}),
     ("--bits", {"qat", "ptq", "evaluate", "align-demo", "geometry", "spectrum", "check-invariance", "run", "demo",
                 "figures"}),
     ("--scope", {"extract", "patch", "geometry", "spectrum", "figures"}),

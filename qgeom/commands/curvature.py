@@ -39,7 +39,7 @@ BITS = "bit width of Q_b for --objective ste, 2–8 (default: the checkpoint's, 
 
 def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, sizes: dict | None = None,
            model=None, data_root: Optional[str] = None):
-    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data);
+    """The probe set (a list of (x, y) batches) and its task (kept a function so tests can swap the data);
     the task is made as the checkpoint's metadata records it (``sizes``, pretext mixtures),
     streamed tasks through ``model``'s timm transform."""
     from qgeom.data import probe_batches  # lazy: torch-free --help
@@ -47,7 +47,7 @@ def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed:
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--probe-split")
     task_data = inputs.task_for(task, data_seed, model, data_root, **(sizes or {}))  # looked up when called
-    return probe_batches(getattr(task_data, split), n, batch_size, seed)
+    return probe_batches(getattr(task_data, split), n, batch_size, seed), task_data
 
 
 def _receiver(path: Path, task: Optional[str], model: Optional[str]):
@@ -82,8 +82,9 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     theta = {k: v.to(device) for k, v in theta.items()}
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
     sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
-    batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
-                     data_root or meta.get("data_root") or None)
+    batches, task_data = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
+                                data_root or meta.get("data_root") or None)
+    inputs.check_fit(receiver, meta, int(theta["head.weight"].shape[0]), task_data)
     task = task_name
     used = sum(len(y) for _, y in batches)
     available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller

@@ -115,6 +115,37 @@ def data_provenance(meta: dict) -> tuple[int, dict]:
     return int(meta.get("data_seed", "0")), json.loads(meta.get("data_sizes", "{}"))
 
 
+#: Stages whose checkpoint's head was trained for the task its metadata records.
+HEAD_STAGES = ("pretrain", "finetune", "qat", "patch", "ptq")
+
+
+def task_label(spec: str) -> str:
+    """The name a task specification stands for (``imagefolder:NAME=DIR`` → NAME; a pretext mixture as it is)."""
+    from qgeom.data import parse_task  # lazy: torch-free --help
+
+    if spec.startswith("pretext:"):
+        return spec
+    try:
+        return parse_task(spec).name
+    except ValueError:
+        return spec
+
+
+def check_fit(path: Path, meta: dict, head_classes: int, task) -> None:
+    """Refuse a checkpoint and a task that do not fit, in one line naming both, before any work:
+    a head of another size than the task's classes, or a head trained for another task (the
+    task the checkpoint's metadata records, where it records one)."""
+    recorded = meta.get("task") or ""
+    if recorded and meta.get("stage") in HEAD_STAGES and task_label(recorded) != task.name:
+        raise ValueError(f"{path} was trained for task {task_label(recorded)} (its {head_classes}-class head), not "
+                         f"for task {task.name}: its numbers on {task.name} would be meaningless; omit --data to "
+                         f"use its own task, or fine-tune it for {task.name} first (qgeom finetune)")
+    if head_classes != task.num_classes:
+        raise ValueError(f"{path} has a {head_classes}-class head but task {task.name} has {task.num_classes} "
+                         f"classes: they do not fit; pass the checkpoint's own task with --data, or fine-tune it "
+                         f"for {task.name} first (qgeom finetune)")
+
+
 def refuse_vector(path: Path, meta: dict) -> None:
     """Refuse a quantization vector where a model checkpoint is expected."""
     if meta.get("stage") == "quantization_vector":

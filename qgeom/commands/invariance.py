@@ -18,24 +18,26 @@ from rich.table import Table
 
 from qgeom.commands import check_finite_option, clean_errors
 from qgeom.commands import options as O
-from qgeom.commands.inputs import build_model, load_data, read_checkpoint
+from qgeom.commands.inputs import build_model, check_fit, load_data, read_checkpoint
 from qgeom.commands.output import Output
 
 
-def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], num_classes: int, seed: int,
+def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], read: tuple[dict, dict], task, seed: int,
                       init_values: Optional[float]):
     """(model, θ, description): a preset with seeded random weights, or a checkpoint (qgeom's, or
-    timm-format with --model)."""
+    timm-format with --model; ``read``: its parameters and metadata) whose head must fit ``task``."""
     from qgeom.models import create_model  # lazy: torch-free --help
     from qgeom.params import from_model  # lazy: torch-free --help
 
     if checkpoint is None:
         extra = {} if init_values is None else {"init_values": init_values}
-        model = create_model(preset or "micro", num_classes, seed=seed, **extra)
+        model = create_model(preset or "micro", task.num_classes, seed=seed, **extra)
         return model, from_model(model), f"preset {preset or 'micro'} (random weights, seed {seed})"
-    params, meta = read_checkpoint(checkpoint)
-    model = build_model(checkpoint, params, meta, preset, None if "head.weight" in params else num_classes)
-    if "head.weight" not in params:  # a backbone (θ_0): its head keeps the seeded random init
+    params, meta = read
+    model = build_model(checkpoint, params, meta, preset, None if "head.weight" in params else task.num_classes)
+    if "head.weight" in params:  # its own head: it must fit the task
+        check_fit(checkpoint, meta, model.num_classes, task)
+    else:  # a backbone (θ_0): its head keeps the seeded random init
         params = {**from_model(model), **params}
     return model, params, f"checkpoint {checkpoint}"
 
@@ -113,20 +115,20 @@ def _probe_setup(preset: Optional[str], checkpoint: Optional[Path], bits: Option
     from qgeom.data import parse_task, probe_batches  # lazy: torch-free --help
     from qgeom.models import default_device  # lazy: torch-free --help
 
-    meta = read_checkpoint(checkpoint)[1] if checkpoint is not None else {}
+    read = read_checkpoint(checkpoint) if checkpoint is not None else ({}, {})
+    meta = read[1]
     task = task or meta.get("task") or "shape"
     bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="check-invariance")
     streamed = parse_task(task).streamed
     sizes = {} if streamed else dict(n_train=1, n_val=max(n_probe, 1), n_test=1)
     data = load_data(task, seed, None, data_root, **sizes)  # class count first; images below
-    model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
+    model, params, source = _model_and_params(preset, checkpoint, read, data, seed, init_values)
     if streamed:  # through the model's own timm transform
         data = load_data(task, seed, model, data_root)
-    classes = model.num_classes
     dev = default_device()  # --device (QGEOM_DEVICE), else CUDA when present
     model = model.to(dev)
     params = {k: v.to(dev) for k, v in params.items()}
-    batches = [(x, y % classes) for x, y in probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)]
+    batches = probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)  # labels fit: check_fit
     return model, params, source, batches, task, bits, dev
 
 

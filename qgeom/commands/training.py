@@ -128,6 +128,7 @@ def qat(
     data = inputs.task_spec(data, meta, finetuned)
     data_seed, sizes = inputs.data_provenance(meta)
     t = inputs.task_for(data, data_seed, net, data_root or meta.get("data_root") or None, **sizes)
+    inputs.check_fit(finetuned, meta, net.num_classes, t)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta_q = run(net, theta, t, spec, cfg, progress=not quiet)
     log.result(f"{t.name} test Top-1 after {bits}-bit PTQ: {inputs.pct(accuracy(net, theta_q, t.test, spec))} %")

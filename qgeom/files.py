@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -32,3 +35,32 @@ def check_writable(path: str | os.PathLike, *, directory: bool = False) -> Path:
     if not os.access(target, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, "Permission denied", str(target))
     return path
+
+
+class LockedError(ValueError):
+    """Another process holds the lock: it is writing the same run directory now."""
+
+
+@contextmanager
+def hold_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block: one writer
+    per run directory. A second process is refused at once (:class:`LockedError`, naming ``what``
+    and the holder). The lock is the kernel's (``flock``), so a killed holder releases it."""
+    import fcntl  # lazy: POSIX only, and only where a run is written
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise LockedError(f"{what} is being written by another qgeom process ({holder}); wait for it to finish, "
+                          f"or use another directory") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)

@@ -81,3 +81,87 @@ def test_a_head_trained_for_another_task_of_the_same_size_is_refused(tiny_run: P
         refused(invoke(*args), f"{shape} was trained for task shape", "not for task position")
     res = invoke("evaluate", shape, "--data", "shape")  # its own task, named: fine
     assert res.exit_code == 0, res.output
+
+
+# -- 2. a resumed run never reports results computed from other inputs ------------------------------------
+
+
+def _edit_config(run: Path, **changes) -> None:
+    cfg = json.loads((run / "config.json").read_text())
+    for key, value in changes.items():
+        outer, _, inner = key.partition(".")
+        if inner:
+            cfg[outer][inner] = value
+        else:
+            cfg[outer] = value
+    (run / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def test_a_hand_edited_config_is_refused_even_with_the_matching_override(run_copy: Path) -> None:
+    before = (run_copy / "accuracy.csv").read_bytes()
+    _edit_config(run_copy, **{"finetune.steps": 12})
+    refused(invoke("run", "tiny", "finetune.steps=12", "--run-dir", run_copy),
+            f"{run_copy / 'config.json'} was edited since the run recorded it (differs in: finetune)")
+    assert (run_copy / "accuracy.csv").read_bytes() == before
+
+
+def test_a_run_written_before_inputs_were_recorded_resumes_and_is_checked(run_copy: Path) -> None:
+    (run_copy / "inputs.json").unlink()  # as a run written by qgeom before issue 27
+    edited = run_copy.parent / "edited"
+    shutil.copytree(run_copy, edited)
+    _edit_config(edited, **{"finetune.steps": 12})  # its checkpoints' own metadata still say 10 steps
+    refused(invoke("run", "tiny", "finetune.steps=12", "--run-dir", edited),
+            "finetune/", "was computed with another training configuration than the run's (steps 10 → 12)")
+    res = invoke("run", "tiny", "--run-dir", run_copy, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    record = json.loads((run_copy / "inputs.json").read_text())  # recorded from then on
+    assert record["config"]["finetune"]["steps"] == 10
+    assert "seed0/eval2/hue.csv" in record["artifacts"] and "theta0.safetensors" in record["artifacts"]["seed0/finetune/hue.safetensors"]["inputs"]
+
+
+def test_a_replaced_artifact_is_refused_naming_it(run_copy: Path) -> None:
+    shutil.copy(run_copy / "seed0/finetune/shape.safetensors", run_copy / "seed0/finetune/hue.safetensors")
+    refused(invoke("run", "tiny", "--run-dir", run_copy),
+            f"{run_copy / 'seed0/finetune/hue.safetensors'} is not the file this run computed")
+    shutil.copy(run_copy / "seed0/finetune/shape.safetensors", run_copy / "seed0/finetune/hue.safetensors")
+
+
+def test_a_replaced_theta0_file_is_refused(run_copy: Path, tmp_path: Path) -> None:
+    from qgeom import io as qio
+    from qgeom.experiment.config import with_overrides
+    from qgeom.experiment.presets import preset
+    from qgeom.experiment.transfer import TransferRun
+
+    def backbone(src: Path, dst: Path) -> Path:
+        theta, _ = qio.load_params(src)
+        qio.save_params(dst, {k: v for k, v in theta.items() if not k.startswith("head.")})
+        return dst
+
+    theta0 = backbone(run_copy / "theta0.safetensors", tmp_path / "theta0.safetensors")
+    cfg = with_overrides(preset("tiny"), [f"theta0={theta0}", "controls=negated"])
+    run = tmp_path / "from_file"
+    run.mkdir()
+    shutil.copy(theta0, run / "theta0.safetensors")  # what the run saved from the file
+    (run / "config.json").write_text(cfg.to_json())
+    assert TransferRun(cfg, run, claim=False).preflight()  # the same file: accepted
+    backbone(run_copy / "other" / "theta0.safetensors", theta0)  # replaced by another θ_0
+    refused(invoke("run", "tiny", f"theta0={theta0}", "controls=negated", "--run-dir", run),
+            f"theta0: {theta0} is not the θ_0 this run was computed from")
+
+
+def test_changed_data_of_a_streamed_task_is_refused(tmp_path: Path) -> None:
+    from qgeom.data import fingerprint
+    from qgeom.experiment import provenance
+    from qgeom.experiment.presets import preset
+
+    folder = image_folder(tmp_path / "two", 2)
+    spec = f"imagefolder:two={folder}"
+    first = fingerprint(spec)
+    assert first == fingerprint(spec) and fingerprint("shape") is None
+    image_folder(tmp_path / "two" / "extra", 1, per_class=1)  # one image more
+    assert fingerprint(spec) != first
+    run = tmp_path / "run"
+    run.mkdir()
+    provenance.sync(run, preset("tiny"), {"two": first})
+    with pytest.raises(provenance.StaleInputsError, match="the data of task two changed since this run read it"):
+        provenance.sync(run, preset("tiny"), {"two": fingerprint(spec)})

@@ -61,8 +61,10 @@ def _receiver(path: Path, task: Optional[str], model: Optional[str]):
 
 
 def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
-              data_seed, dtype, data_root=None, log: Output | None = None):
-    """The receiver's curvature operator on its probe set; ``info`` records the inputs and warnings."""
+              data_seed, dtype, data_root=None, log: Output | None = None, cover: tuple | None = None):
+    """The receiver's curvature operator on its probe set; ``info`` records the inputs and warnings.
+    ``cover``: (vectors by file name, their scope, allow partial): each must cover that scope of
+    the receiver (:func:`qgeom.commands.inputs.check_cover`)."""
     # lazy: torch-free --help
     import torch
 
@@ -85,17 +87,19 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     batches, task_data = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
                                 data_root or meta.get("data_root") or None)
     inputs.check_fit(receiver, meta, int(theta["head.weight"].shape[0]), task_data)
+    partial = inputs.check_cover(theta, *cover) if cover else []
     task = task_name
     used = sum(len(y) for _, y in batches)
     available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
     warnings = probe_warnings(n_probe, available, int(theta["head.weight"].shape[0]))
-    for w in warnings:
+    for w in warnings + partial:
         log.warn(w)
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
                     "n_probe_used": sum(len(y) for _, y in batches), "probe_seed": probe_seed, "data_seed": seed,
-                    "probe_warnings": warnings, "bits": bits if objective == "ste" else None})
+                    "probe_warnings": warnings, "partial_vectors": partial,
+                    "bits": bits if objective == "ste" else None})
     return op
 
 
@@ -204,6 +208,7 @@ def geometry_cmd(
     metric: str = COMMON["metric"], objective: str = COMMON["objective"], bits: Optional[str] = O.bits(BITS),
     scope: Optional[str] = O.scope("compare the vectors on this scope (backbone, quantized or all); "
                                    "default: every tensor they hold"),
+    allow_partial: bool = O.allow_partial(),
     split: str = COMMON["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
     probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
     dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
@@ -218,7 +223,8 @@ def geometry_cmd(
     log = Output(format, quiet)
     names, vs = _read_vectors(vectors, scope)
     op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
-                   probe_seed, data_seed, dtype, data_root, log)
+                   probe_seed, data_seed, dtype, data_root, log,
+                   cover=({str(p): v for p, v in zip(vectors, vs)}, scope, allow_partial))
     K = gram(op, dict(zip(names, vs)))
     dg = directional_gradients(op, dict(zip(names, vs)))
     vec_rows, pair_rows = _geometry_rows(op, K, dg, names, vectors, vs)

@@ -146,6 +146,24 @@ def check_fit(path: Path, meta: dict, head_classes: int, task) -> None:
                          f"for {task.name} first (qgeom finetune)")
 
 
+def check_cover(receiver: dict, vectors: dict[str, dict], scope: str | None, allow_partial: bool) -> list[str]:
+    """Refuse a vector that lacks tensors of the scope it is used in (``scope``; None: backbone or
+    quantized, whichever its keys are), as ``qgeom patch`` does, naming the vector and the missing
+    tensors. With ``allow_partial`` nothing is refused: the returned lines say which vectors are
+    partial (every command prints them and records them in its output)."""
+    from qgeom.params import IncompatibleParamsError, check_coverage  # lazy: torch-free --help
+
+    notes = []
+    for name, v in vectors.items():
+        try:
+            check_coverage(receiver, v, scope)
+        except IncompatibleParamsError as e:
+            if not allow_partial:
+                raise IncompatibleParamsError(f"{name}: {e}") from None
+            notes.append(f"{name} is partial (--allow-partial): {str(e).split(' (a partial vector')[0]}")
+    return notes
+
+
 def refuse_vector(path: Path, meta: dict) -> None:
     """Refuse a quantization vector where a model checkpoint is expected."""
     if meta.get("stage") == "quantization_vector":

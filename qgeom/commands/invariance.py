@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qgeom.commands import check_finite_option, clean_errors
 from qgeom.commands import options as O
-from qgeom.commands.inputs import build_model, check_fit, load_data, read_checkpoint
+from qgeom.commands.inputs import build_model, check_cover, check_fit, load_data, read_checkpoint
 from qgeom.commands.output import Output
 
 
@@ -132,15 +132,19 @@ def _probe_setup(preset: Optional[str], checkpoint: Optional[Path], bits: Option
     return model, params, source, batches, task, bits, dev
 
 
-def _vectors(rho_d: Optional[Path], rho_r: Optional[Path], dev):
-    """(ρ_D, ρ_R) from --rho-d/--rho-r on ``dev``, or None (random directions)."""
+def _vectors(rho_d: Optional[Path], rho_r: Optional[Path], params: dict, allow_partial: bool, dev, log: Output):
+    """(ρ_D, ρ_R) from --rho-d/--rho-r on ``dev``, or None (random directions); each must cover
+    its scope of θ (backbone or quantized) unless ``allow_partial`` (then it is said)."""
     from qgeom.io import load_params  # lazy: torch-free --help
 
     if rho_d is None and rho_r is None:
         return None
     if rho_d is None or rho_r is None:
         raise typer.BadParameter("give both --rho-d and --rho-r")
-    return tuple({k: v.to(dev) for k, v in load_params(p)[0].items()} for p in (rho_d, rho_r))
+    vs = {str(p): load_params(p)[0] for p in (rho_d, rho_r)}
+    for note in check_cover(params, vs, None, allow_partial):
+        log.warn(note)
+    return tuple({k: v.to(dev) for k, v in rho.items()} for rho in vs.values())
 
 
 def _elements(model, kinds: list[str], symmetry: str, strength: float, seed: int, log: Output):
@@ -178,6 +182,7 @@ def check_invariance_cmd(
     pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
     rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
     rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
+    allow_partial: bool = O.allow_partial(),
     init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
     seed: int = O.seed("seeds the weights, the elements and the random vectors"),
     out: Optional[Path] = O.out_dir("directory for invariance.csv and invariance.json; default: print only"),
@@ -198,7 +203,7 @@ def check_invariance_cmd(
     kinds, lv = _kinds(symmetry), _levels(levels)
     model, params, source, batches, task, bits, dev = _probe_setup(preset, checkpoint, bits, task, data_root, n_probe,
                                                                    seed, init_values)
-    vectors = _vectors(rho_d, rho_r, dev)
+    vectors = _vectors(rho_d, rho_r, params, allow_partial, dev, log)
     syms, pipe = _elements(model, kinds, symmetry, strength, seed, log)
     report = check_invariance(model, params, syms, batches, vectors=vectors, spec=QuantSpec(bits=bits),
                               dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],

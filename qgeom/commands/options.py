@@ -128,6 +128,12 @@ def scope(help: str = "backbone (the paper's), quantized or all (default: the ve
     return typer.Option(None, "--scope", callback=_choice(SCOPES, "--scope"), help=help)
 
 
+def allow_partial(help: str = "accept a vector that lacks tensors of its scope (they count as zero; said in the "
+                              "output)") -> Any:
+    """``--allow-partial``: opt out of the rule that a vector covers the scope it is used in."""
+    return typer.Option(False, "--allow-partial", help=help)
+
+
 def device(help: str = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N") -> Any:
     return typer.Option("auto", "--device", help=help)
 

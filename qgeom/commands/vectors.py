@@ -48,8 +48,7 @@ def patch(
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
     scope: Optional[str] = O.scope("patch only this scope of the vector (backbone or quantized); "
                                    "default: the scope its metadata declares"),
-    allow_partial: bool = typer.Option(False, "--allow-partial",
-                                       help="accept a vector that lacks tensors of its scope (they stay θ_R's)"),
+    allow_partial: bool = O.allow_partial("accept a vector that lacks tensors of its scope (they stay θ_R's)"),
     threads: int = O.threads(), quiet: bool = O.quiet(),
 ) -> None:
     """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head).

@@ -165,3 +165,30 @@ def test_changed_data_of_a_streamed_task_is_refused(tmp_path: Path) -> None:
     provenance.sync(run, preset("tiny"), {"two": first})
     with pytest.raises(provenance.StaleInputsError, match="the data of task two changed since this run read it"):
         provenance.sync(run, preset("tiny"), {"two": fingerprint(spec)})
+
+
+# -- 3. a vector must cover the scope it is used in, in every command ---------------------------------------
+
+
+def test_a_vector_lacking_a_tensor_is_refused_unless_allowed_and_then_said(tiny_run: Path, tmp_path: Path) -> None:
+    from qgeom import io as qio
+
+    receiver = tiny_run / "seed0/finetune/hue.safetensors"
+    full = tiny_run / "seed0/qat2/rho_shape.safetensors"
+    rho, meta = qio.load_params(full)
+    partial, twin = tmp_path / "partial.safetensors", tmp_path / "twin.safetensors"
+    for path in (partial, twin):  # two vectors that agree with each other, both short of one tensor
+        qio.save_params(path, {k: v for k, v in rho.items() if k != "blocks.1.mlp.fc2.weight"}, meta)
+    for scope in ([], ["--scope", "backbone"]):
+        refused(invoke("geometry", receiver, partial, twin, "--n-probe", "4", *scope),
+                f"{partial}: the vector covers", "missing: blocks.1.mlp.fc2.weight")
+    refused(invoke("check-invariance", "--checkpoint", receiver, "--rho-d", partial, "--rho-r", twin,
+                   "--n-probe", "4", "--levels", "geometry", "--metrics", "ggn", "--symmetry", "head_permutation"),
+            f"{partial}: the vector covers", "missing: blocks.1.mlp.fc2.weight")
+    res = invoke("geometry", receiver, partial, twin, "--n-probe", "4", "--allow-partial", "--out-dir", tmp_path / "g")
+    assert res.exit_code == 0, res.output
+    assert f"warning: {partial} is partial (--allow-partial)" in " ".join(res.output.split())
+    info = json.loads((tmp_path / "g" / "geometry.json").read_text())["info"]
+    assert len(info["partial_vectors"]) == 2 and "blocks.1.mlp.fc2.weight" in info["partial_vectors"][0]
+    res = invoke("geometry", receiver, full, full, "--n-probe", "4")  # whole vectors: nothing said
+    assert res.exit_code == 0 and "partial" not in res.output, res.output

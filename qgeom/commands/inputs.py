@@ -102,12 +102,13 @@ def task_for(spec: str, seed: int, model=None, data_root: str | None = None, **s
     """The task a specification (or a checkpoint's metadata) names, as it was made: an offline
     task (``sizes``: n_train/n_val/n_test when recorded), a streamed one through ``model``'s
     transform, or the pretext mixture ``pretext:a+b`` of θ_0. Commands call it through this module
-    (``inputs.task_for``), so tests can shrink the data by replacing it."""
-    from qgeom.data import pretext_task  # lazy: torch-free --help
+    (``inputs.task_for``), so tests can shrink the data by replacing it. A task with fewer than 2
+    classes or an empty split is refused (:func:`qgeom.data.check_task`)."""
+    from qgeom.data import check_task, pretext_task  # lazy: torch-free --help
 
     if spec.startswith("pretext:"):
         return pretext_task(spec.split(":", 1)[1].split("+"), seed=seed, **sizes)
-    return load_data(spec, seed, model, data_root, **sizes)
+    return check_task(load_data(spec, seed, model, data_root, **sizes))  # ≥ 2 classes, no empty split
 
 
 def data_provenance(meta: dict) -> tuple[int, dict]:

@@ -83,12 +83,13 @@ def finetune(
     if not task:
         raise typer.BadParameter("name the task to fine-tune on (θ_0 records only its pretext mixture)",
                                  param_hint="--data")
+    from qgeom.data import check_task  # lazy: torch-free --help
     from qgeom.train import TrainConfig, accuracy, finetune as run  # lazy: torch-free --help
 
     theta0, meta = inputs.read_checkpoint(pretrained)
     arch = model or meta.get("preset")
     template = inputs.build_model(pretrained, theta0, meta, model, num_classes=1)
-    t = inputs.task_for(task, data_seed, template, data_root)
+    t = check_task(inputs.task_for(task, data_seed, template, data_root), images=True)  # before training
     net = inputs.build_model(pretrained, theta0, meta, model, t.num_classes)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta = run(net, theta0, t, cfg, progress=not quiet)
@@ -118,6 +119,7 @@ def qat(
     O.apply_runtime(device, threads)
     log = Output(quiet=quiet)
     from qgeom.quant import QuantSpec  # lazy: torch-free --help
+    from qgeom.data import check_task  # lazy: torch-free --help
     from qgeom.train import TrainConfig, accuracy, qat as run  # lazy: torch-free --help
 
     theta, meta = inputs.read_checkpoint(finetuned)
@@ -128,7 +130,7 @@ def qat(
     data = inputs.task_spec(data, meta, finetuned)
     data_seed, sizes = inputs.data_provenance(meta)
     t = inputs.task_for(data, data_seed, net, data_root or meta.get("data_root") or None, **sizes)
-    inputs.check_fit(finetuned, meta, net.num_classes, t)
+    inputs.check_fit(finetuned, meta, net.num_classes, check_task(t, images=True))  # before training
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta_q = run(net, theta, t, spec, cfg, progress=not quiet)
     log.result(f"{t.name} test Top-1 after {bits}-bit PTQ: {inputs.pct(accuracy(net, theta_q, t.test, spec))} %")

@@ -192,3 +192,32 @@ def test_a_vector_lacking_a_tensor_is_refused_unless_allowed_and_then_said(tiny_
     assert len(info["partial_vectors"]) == 2 and "blocks.1.mlp.fc2.weight" in info["partial_vectors"][0]
     res = invoke("geometry", receiver, full, full, "--n-probe", "4")  # whole vectors: nothing said
     assert res.exit_code == 0 and "partial" not in res.output, res.output
+
+
+# -- 4. tasks are checked before training ---------------------------------------------------------------------
+
+
+def test_a_single_class_task_is_refused_before_training(tiny_run: Path, tmp_path: Path) -> None:
+    one = f"imagefolder:one={image_folder(tmp_path / 'one', 1)}"
+    out = tmp_path / "ft.safetensors"
+    refused(invoke("finetune", "--pretrained", tiny_run / "theta0.safetensors", "--data", one, "--out", out,
+                   "--steps", "1"), "task one has 1 class (c0): a classifier needs at least 2")
+    assert not out.exists()
+    run = tmp_path / "run"
+    refused(invoke("run", "tiny", f"tasks=shape,{one}", "--run-dir", run), "task one has 1 class")
+    assert not run.exists()  # nothing written: the corrected command may use the directory
+
+
+def test_an_undecodable_image_or_mismatched_classes_are_found_before_training(tiny_run: Path, tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "bad", 2)
+    (folder / "c1" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image at all")
+    bad, run, out = f"imagefolder:bad={folder}", tmp_path / "run", tmp_path / "ft.safetensors"
+    refused(invoke("run", "tiny", f"tasks=shape,{bad}", "--run-dir", run), f"{folder / 'c1' / '3.png'}: cannot be decoded")
+    refused(invoke("finetune", "--pretrained", tiny_run / "theta0.safetensors", "--data", bad, "--out", out,
+                   "--steps", "1"), f"{folder / 'c1' / '3.png'}: cannot be decoded")
+    assert not run.exists() and not out.exists()
+    split = tmp_path / "split"
+    image_folder(split / "train", 2), image_folder(split / "val", 3)
+    refused(invoke("run", "tiny", f"tasks=shape,imagefolder:split={split}", "--run-dir", run),
+            "the train and val splits have different classes")
+    assert not run.exists()

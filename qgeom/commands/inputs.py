@@ -27,13 +27,26 @@ DATA_ROOT_HELP = "folder of the torchvision datasets (for real dataset names)"
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(parameters, qgeom metadata or {}) of a checkpoint, without executing code."""
+    """(parameters, qgeom metadata or {}) of a checkpoint, without executing code; DDP ``module.``
+    prefixes and float16/bfloat16 tensors are normalised (:func:`qgeom.models.normalise_state`),
+    and a note on stderr says so."""
     from qgeom.io import load_params  # lazy: torch-free --help
-    from qgeom.models import load_checkpoint  # lazy: torch-free --help
+    from qgeom.models import load_checkpoint, normalise_state  # lazy: torch-free --help
 
+    notes: list[str] = []
     if Path(path).suffix == ".safetensors":
-        return load_params(path)
-    return load_checkpoint(path), {}
+        params, meta = load_params(path)
+        params = normalise_state(params, notes)
+    else:
+        params, meta = load_checkpoint(path, notes), {}
+    say(path, notes)
+    return params, meta
+
+
+def say(path: Path, notes: list[str]) -> None:
+    """State on stderr what reading ``path`` changed (one line per note)."""
+    for note in notes:
+        typer.echo(f"note: {path}: {note}", err=True)
 
 
 def build_model(path: Path, params: dict, meta: dict, model: str | None, num_classes: int | None = None):
@@ -76,10 +89,16 @@ def load_data(spec: str, seed: int, model=None, data_root: str | Path | None = N
 
 
 def load(path: Path) -> tuple[dict, dict]:
-    """(parameters, metadata) of a qgeom safetensors file."""
+    """(parameters, metadata) of a qgeom safetensors file (half precision upcast and said, as
+    :func:`read_checkpoint` does)."""
     from qgeom.io import load_params  # lazy: torch-free --help
+    from qgeom.models import normalise_state  # lazy: torch-free --help
 
-    return load_params(path)
+    params, meta = load_params(path)
+    notes: list[str] = []
+    params = normalise_state(params, notes)
+    say(path, notes)
+    return params, meta
 
 
 def save(path: Path, params: dict, meta: dict, out: Output, **extra) -> None:

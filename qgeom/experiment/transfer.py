@@ -153,11 +153,12 @@ class TransferRun:
         """θ_0 per ``cfg.theta0``: pretrained here, timm's weights, or a local checkpoint (backbone only
         for the latter two; every task gets a fresh head). ``basin="other"``: pretrained with seed 1."""
         path, seed, c = self.layout.theta0(basin), 1 if basin else 0, self.cfg
+        read_as: list[str] = []  # what reading the file changed (DDP prefixes, half precision): its metadata says
 
         def compute():
             if c.theta0 != "pretrain":
                 self.log(f"loading θ_0 from {c.theta0}")
-                return load_pretrained(c.theta0, self.model(self.names[0]))
+                return load_pretrained(c.theta0, self.model(self.names[0]), read_as)
             self.log(f"pretraining θ_0{' (other basin)' if basin else ''}")
             task = pretext_task(c.pretext_tasks, seed=0, n_per_task=c.n_pretext_per_task)
             m = create_model(c.preset, task.num_classes, seed=seed, **c.model_overrides)
@@ -165,7 +166,7 @@ class TransferRun:
                 return pretrain(m, task, c.pretrain.with_(seed=seed), **self._train_kwargs(curves))
 
         origin = (dict(task="pretext:" + "+".join(c.pretext_tasks), config=c.pretrain.with_(seed=seed).to_dict())
-                  if c.theta0 == "pretrain" else dict(task=""))
+                  if c.theta0 == "pretrain" else dict(task="", read_as=read_as))  # filled by compute(), then saved
         return self._params(path, compute, stage="pretrain", source=c.theta0, basin=basin, **origin)
 
     def finetuned(self, seed: int, task: str, basin: str = "") -> P.Params:

@@ -221,3 +221,37 @@ def test_an_undecodable_image_or_mismatched_classes_are_found_before_training(ti
     refused(invoke("run", "tiny", f"tasks=shape,imagefolder:split={split}", "--run-dir", run),
             "the train and val splits have different classes")
     assert not run.exists()
+
+
+# -- 5. half-precision checkpoints and DDP prefixes ------------------------------------------------------------
+
+
+def test_half_precision_checkpoints_are_read_everywhere_and_said(tiny_run: Path, tmp_path: Path) -> None:
+    from qgeom import io as qio
+
+    theta, meta = qio.load_params(tiny_run / "seed0/finetune/hue.safetensors")
+    rho = tiny_run / "seed0/qat2/rho_shape.safetensors"
+    for dtype in (torch.float16, torch.bfloat16):
+        half = tmp_path / f"{dtype}.safetensors"
+        qio.save_params(half, {k: v.to(dtype) for k, v in theta.items()}, meta)
+        name = str(dtype).replace("torch.", "")
+        for args in (["evaluate", half, "--bits", "2"], ["geometry", half, rho, rho, "--n-probe", "4"]):
+            res = invoke(*args)
+            assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+            assert f"note: {half}: {name} tensors upcast to float32" in res.output
+
+
+def test_ddp_prefixes_are_recognised(tmp_path: Path) -> None:
+    from qgeom.models import create_model
+
+    ddp = tmp_path / "ddp.pth"
+    state = create_model("micro", 6, seed=0).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v.to(torch.bfloat16) for k, v in state.items()}}, ddp)
+    res = invoke("evaluate", ddp, "--model", "micro", "--data", "hue")
+    assert res.exit_code == 0, res.output
+    assert "read without the prefix" in res.output and "bfloat16 tensors upcast" in res.output
+    from qgeom.models import load_pretrained  # a run's θ_0 from such a file (theta0=FILE) too
+
+    notes: list[str] = []
+    backbone = load_pretrained(str(ddp), create_model("micro", 6), notes)
+    assert all(v.dtype == torch.float32 for v in backbone.values()) and len(notes) == 2

@@ -255,3 +255,29 @@ def test_ddp_prefixes_are_recognised(tmp_path: Path) -> None:
     notes: list[str] = []
     backbone = load_pretrained(str(ddp), create_model("micro", 6), notes)
     assert all(v.dtype == torch.float32 for v in backbone.values()) and len(notes) == 2
+
+
+# -- 6. nothing is written before the whole configuration and theta0 are validated --------------------------------
+
+
+def test_a_failed_start_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    import pickle
+
+    run = tmp_path / "fresh"
+    refused(invoke("run", "tiny", 'model_overrides={"bogus_kw": 1}', "--run-dir", run),
+            'model_overrides: {"bogus_kw": 1} do not build a micro model', "bogus_kw")
+    refused(invoke("run", "tiny", 'model_overrides={"embed_dim": 30, "num_heads": 4}', "--run-dir", run),
+            "model_overrides:")
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(print, protocol=2))  # a pickle that names a callable: never loaded
+    refused(invoke("run", "tiny", f"theta0={evil}", "controls=negated", "--run-dir", run),
+            f"{evil}: refused to load")
+    assert not run.exists()
+    monkeypatch.chdir(tmp_path)  # an empty config used to start the demo into ./runs/demo
+    for text, needle in (("", "the config file is empty"), ("# nothing\n", "the config file is empty"),
+                         ("tasks: [shape\n", "not valid YAML")):
+        (tmp_path / "c.yaml").write_text(text)
+        refused(invoke("run", tmp_path / "c.yaml"), f"{tmp_path / 'c.yaml'}: {needle}")
+    (tmp_path / "c.json").write_text('{"preset_base": "tiny",}')
+    refused(invoke("run", tmp_path / "c.json"), f"{tmp_path / 'c.json'}: not valid JSON")
+    assert not run.exists() and not (tmp_path / "runs").exists()

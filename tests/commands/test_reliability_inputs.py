@@ -281,3 +281,119 @@ def test_a_failed_start_writes_nothing(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "c.json").write_text('{"preset_base": "tiny",}')
     refused(invoke("run", tmp_path / "c.json"), f"{tmp_path / 'c.json'}: not valid JSON")
     assert not run.exists() and not (tmp_path / "runs").exists()
+
+
+# -- 7. processes, permissions, one writer ---------------------------------------------------------------------
+
+
+def test_files_qgeom_writes_honour_the_umask(tiny_run: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from qgeom.io import atomic_write, write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.csv", lambda tmp: Path(tmp).write_text("x"))
+        res = invoke("ptq", "--weights", tiny_run / "seed0/finetune/hue.safetensors", "--out", tmp_path / "p.safetensors")
+        assert res.exit_code == 0, res.output
+        os.umask(0o027)
+        write_json(tmp_path / "b.json", {"a": 1})
+    finally:
+        os.umask(old)
+    mode = {n: stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.csv", "p.safetensors", "b.json")}
+    assert mode == {"a.csv": 0o644, "p.safetensors": 0o644, "b.json": 0o640}
+
+
+def test_a_second_writer_of_a_run_directory_is_refused(run_copy: Path) -> None:
+    from qgeom.experiment.layout import RunLayout
+    from qgeom.files import hold_lock
+
+    before = (run_copy / "accuracy.csv").read_bytes()
+    with hold_lock(RunLayout(run_copy).lock, str(run_copy)):  # as another `qgeom run` would, while it runs
+        refused(invoke("run", "tiny", "--run-dir", run_copy),
+                f"{run_copy} is being written by another qgeom process (pid ", "wait for it to finish")
+    assert (run_copy / "accuracy.csv").read_bytes() == before
+
+
+def _children(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (from /proc; zombies count as gone)."""
+    found, frontier = set(), {pid}
+    while frontier:
+        parents, frontier = frontier, set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) in parents and fields[0] != "Z":
+                frontier.add(int(stat.parent.name))
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.add(p)
+        except OSError:
+            pass
+    return out
+
+
+def _start_run_with_workers(run: Path):
+    """``qgeom run tiny --workers 2`` on ``run`` (its training removed), in its own process group;
+    returns (process, its worker processes) once both workers are up."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    for d in ("seed0/finetune", "seed0/qat2", "other/seed0", "seed0/eval2", "seed0/geometry2"):
+        shutil.rmtree(run / d)
+    (run / "inputs.json").unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    proc = subprocess.Popen([sys.executable, "-m", "qgeom", "run", "tiny", "--workers", "2", "--run-dir", str(run),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_children(proc.pid)) < 3:  # two workers and the resource tracker
+        time.sleep(0.2)
+    kids = _children(proc.pid)
+    assert len(kids) >= 3 and proc.poll() is None, proc.communicate()[0]
+    return proc, kids
+
+
+def test_workers_die_with_a_killed_run(run_copy: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc, kids = _start_run_with_workers(run_copy)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer or a scheduler would: no clean-up runs
+    proc.wait()
+    deadline = time.time() + 20
+    while _alive(kids) and time.time() < deadline:
+        time.sleep(0.2)
+    left = _alive(kids)
+    for p in left:  # do not leave them behind if the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"orphans alive 20 s after the run was killed: {left}"
+
+
+def test_ctrl_c_prints_one_message_and_stops_the_workers(run_copy: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc, kids = _start_run_with_workers(run_copy)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    out = proc.communicate(timeout=60)[0].decode()
+    time.sleep(0.5)
+    assert proc.returncode == 130, out
+    assert out.count("Interrupted") == 1 and "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert not _alive(kids)

@@ -141,8 +141,8 @@ def run_cmd(
     bits: Optional[str] = O.bits("bit widths, comma-separated, each 2–8 (same as bits=...; default: the "
                                  "preset's)"),
     geometry: bool = typer.Option(True, help="compute the curvature geometry stage"),
-    workers: Optional[int] = typer.Option(None, help="worker processes (default: QGEOM_WORKERS, else 1 on a GPU, "
-                                                     "else min(2, cores)); each uses one torch thread"),
+    workers: Optional[int] = typer.Option(None, min=1, help="worker processes (default: QGEOM_WORKERS, else 1 on a "
+                                                            "GPU, else min(2, cores)); each uses one torch thread"),
     executor: str = typer.Option("none", help="none: every stage on this machine (with --workers); local: each "
                                               "stage a subprocess job; slurm: each stage a Slurm job (submitit)"),
     slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition of the jobs"),
@@ -156,6 +156,8 @@ def run_cmd(
     from qgeom.experiment.driver import run_experiment  # lazy: torch-free --help
 
     O.apply_runtime(device, threads)
+    if bits and any(o.split("=", 1)[0].strip() == "bits" for o in overrides or []):
+        raise typer.BadParameter("bit widths given twice (--bits and bits=...): give them once", param_hint="--bits")
     if executor not in ("none", "local", "slurm"):
         raise typer.BadParameter(f"{executor!r} is not one of none, local, slurm", param_hint="--executor")
     jobs = None if executor == "none" else dict(executor=executor, partition=slurm_partition,

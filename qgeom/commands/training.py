@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from qgeom.commands import check_finite_option, check_writable, clean_errors, inputs
+from qgeom.commands import check_finite_option, check_not_input, check_writable, clean_errors, inputs
 from qgeom.commands import options as O
 from qgeom.commands.output import Output
 
@@ -76,6 +76,7 @@ def finetune(
 ) -> None:
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
     check_writable(out)
+    check_not_input(out, {"--pretrained": pretrained})
     check_finite_option(lr, "--lr", positive=True)
     O.apply_runtime(device, threads)
     log = Output(quiet=quiet)
@@ -115,6 +116,7 @@ def qat(
 ) -> None:
     """Quantization-aware training (STE) from θ_t on its own task: θ_t,QAT."""
     check_writable(out)
+    check_not_input(out, {"--finetuned": finetuned})
     check_finite_option(lr, "--lr", positive=True)
     O.apply_runtime(device, threads)
     log = Output(quiet=quiet)

@@ -118,7 +118,12 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             raise ConfigError(f"{key}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
         return default.with_(**{k: _coerce(v, getattr(default, k), f"{key}.{k}") for k, v in value.items()})
     if isinstance(default, tuple):
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):  # a JSON list: items may hold commas
+            try:
+                items = list(json.loads(value))
+            except (json.JSONDecodeError, TypeError):
+                raise ConfigError(f"{key}: {value!r} is not a JSON list") from None
+        elif isinstance(value, str):
             items = value.split(",")
         elif isinstance(value, (list, tuple)):
             items = list(value)
@@ -201,6 +206,10 @@ RUN_SCOPES = tuple(sorted(s for s in SCOPES if s != "all"))
 #: A run's metrics: those of :data:`qgeom.curvature.operator.METRICS`, the default (the GGN) first.
 RUN_METRICS = tuple(sorted(METRICS, key=lambda m: m != "ggn"))
 OPTIMIZERS = ("adamw", "sgd")
+
+
+COMMA_HINT = (" (a list override is split on commas: write a task whose path holds a comma in a JSON list, "
+              "tasks='[\"shape\", \"imagefolder:NAME=DIR,WITH,COMMAS\"]', or in a config file)")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -309,7 +318,11 @@ def validate(cfg: RunConfig) -> None:
     _check_model(cfg)
     if cfg.theta0 == "pretrain":  # the pretext mixture is only read when θ_0 is pretrained here
         _check_list("pretext_tasks", cfg.pretext_tasks, _check_task)
-    _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
+    try:
+        _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
+    except ConfigError as e:  # a folder's path with a comma, split as a list: say how to write it
+        hint = any(str(t).startswith("imagefolder:") for t in cfg.tasks) and "unknown task" in str(e)
+        raise ConfigError(f"{e}{COMMA_HINT if hint else ''}") from None
     try:
         task_names(cfg.tasks)
     except ValueError as e:

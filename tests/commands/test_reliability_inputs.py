@@ -397,3 +397,45 @@ def test_ctrl_c_prints_one_message_and_stops_the_workers(run_copy: Path) -> None
     assert proc.returncode == 130, out
     assert out.count("Interrupted") == 1 and "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert not _alive(kids)
+
+
+# -- 8. the smaller ones --------------------------------------------------------------------------------------------
+
+
+def test_worker_counts_and_bit_widths_given_twice_are_usage_errors(tmp_path: Path) -> None:
+    for n in ("0", "-1"):
+        res = invoke("run", "tiny", "--workers", n, "--run-dir", tmp_path / "r")
+        assert res.exit_code == 2 and "--workers" in res.output, res.output
+    res = invoke("run", "tiny", "--bits", "3", "bits=2", "--run-dir", tmp_path / "r")
+    assert res.exit_code == 2 and "bit widths given twice" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_output_that_is_an_input_or_a_vector_to_quantize_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    receiver = shutil.copy(tiny_run / "seed0/finetune/hue.safetensors", tmp_path / "hue.safetensors")
+    rho = tiny_run / "seed0/qat2/rho_shape.safetensors"
+    before = Path(receiver).read_bytes()
+    refused(invoke("patch", "--receiver", receiver, "--vector", rho, "--out", receiver),
+            f"--out {receiver} is the command's input (--receiver {receiver})")
+    refused(invoke("ptq", "--weights", receiver, "--out", tmp_path / "." / "hue.safetensors"), "is the command's input")
+    assert Path(receiver).read_bytes() == before
+    refused(invoke("ptq", "--weights", rho, "--out", tmp_path / "q.safetensors"),
+            f"{rho} is a quantization vector")
+    assert not (tmp_path / "q.safetensors").exists()
+
+
+def test_an_output_on_a_pseudo_filesystem_fails_before_any_work(tiny_run: Path) -> None:
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    hue, rho = tiny_run / "seed0/finetune/hue.safetensors", tiny_run / "seed0/qat2/rho_shape.safetensors"
+    refused(invoke("geometry", hue, rho, rho, "--out-dir", "/proc/qgeom-out"), "cannot create files here", ": /proc")
+    refused(invoke("ptq", "--weights", hue, "--out", "/proc/q.safetensors"), "cannot create files here")
+
+
+def test_a_task_path_with_a_comma_says_how_to_write_it() -> None:
+    from qgeom.experiment.config import with_overrides
+    from qgeom.experiment.presets import preset
+
+    refused(invoke("run", "tiny", "tasks=shape,imagefolder:c=/data/a,b"), "tasks: unknown task 'b'", "JSON list")
+    cfg = with_overrides(preset("tiny"), ['tasks=["shape", "imagefolder:c=/data/a,b"]'])
+    assert cfg.tasks == ("shape", "imagefolder:c=/data/a,b")

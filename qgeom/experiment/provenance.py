@@ -30,6 +30,7 @@ from qgeom.experiment.layout import RunLayout
 from qgeom.experiment.stages import basins, plan
 from qgeom.experiment.tasks import task_specs
 from qgeom.io import dumps_json, read_metadata, write_json
+from qgeom.train import TrainConfig
 
 VERSION = 1
 HINT = "delete it and what was computed from it to recompute them, or choose a new run directory"
@@ -107,7 +108,8 @@ def _check_training_config(root: Path, rel: str, want: dict) -> None:
     meta = read_metadata(root / rel)
     if "config" not in meta:
         return
-    have = json.loads(meta["config"])
+    default = json.loads(dumps_json(TrainConfig().to_dict()))  # fields added since it was written: their defaults
+    have = default | json.loads(meta["config"])
     diff = _differences(have, json.loads(dumps_json(want)))
     if diff:
         raise StaleInputsError(f"{root / rel} was computed with another training configuration than the run's "

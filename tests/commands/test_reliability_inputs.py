@@ -112,6 +112,12 @@ def test_a_run_written_before_inputs_were_recorded_resumes_and_is_checked(run_co
     _edit_config(edited, **{"finetune.steps": 12})  # its checkpoints' own metadata still say 10 steps
     refused(invoke("run", "tiny", "finetune.steps=12", "--run-dir", edited),
             "finetune/", "was computed with another training configuration than the run's (steps 10 → 12)")
+    from qgeom import io as qio
+
+    ft = run_copy / "seed0/finetune/hue.safetensors"  # as written by a qgeom without the optimizer field
+    theta, meta = qio.load_params(ft)
+    qio.save_params(ft, theta, meta | {"config": json.dumps({k: v for k, v in json.loads(meta["config"]).items()
+                                                              if k != "optimizer"})})
     res = invoke("run", "tiny", "--run-dir", run_copy, "--format", "csv")
     assert res.exit_code == 0, res.output
     record = json.loads((run_copy / "inputs.json").read_text())  # recorded from then on

@@ -44,6 +44,7 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     cfg = resolve_config(config, overrides)  # validated: a bad config fails here, before any work
     run_dir = Path(run_dir or f"runs/{cfg.name}")
     check_writable(run_dir, directory=True)
+    workers = workers or default_workers()  # QGEOM_WORKERS checked before anything is written
     executor = (jobs or {}).get("executor", "none")
     if executor != "none":
         check_executor(executor)  # before anything is written or trained
@@ -53,7 +54,7 @@ def run_experiment(config: str, run_dir: Path | None, overrides: list[str], geom
     with hold_lock(RunLayout(run_dir).lock, str(run_dir)):
         run.claim()
         provenance.sync(run_dir, cfg, data)  # a changed input is refused here, before any work
-        summary = _run(run, geometry, workers or default_workers(), jobs, log, start)
+        summary = _run(run, geometry, workers, jobs, log, start)
         provenance.sync(run_dir, cfg, data)  # records what was computed
         write_summary(run_dir, summary)
     return summary

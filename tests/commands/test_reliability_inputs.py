@@ -408,10 +408,13 @@ def test_ctrl_c_prints_one_message_and_stops_the_workers(run_copy: Path) -> None
 # -- 8. the smaller ones --------------------------------------------------------------------------------------------
 
 
-def test_worker_counts_and_bit_widths_given_twice_are_usage_errors(tmp_path: Path) -> None:
+def test_worker_counts_and_bit_widths_given_twice_are_usage_errors(tmp_path: Path, monkeypatch) -> None:
     for n in ("0", "-1"):
         res = invoke("run", "tiny", "--workers", n, "--run-dir", tmp_path / "r")
         assert res.exit_code == 2 and "--workers" in res.output, res.output
+        monkeypatch.setenv("QGEOM_WORKERS", n)
+        refused(invoke("run", "tiny", "--run-dir", tmp_path / "r"), f"QGEOM_WORKERS={n!r}: expected a number")
+    monkeypatch.setenv("QGEOM_WORKERS", "1")
     res = invoke("run", "tiny", "--bits", "3", "bits=2", "--run-dir", tmp_path / "r")
     assert res.exit_code == 2 and "bit widths given twice" in res.output, res.output
     assert not (tmp_path / "r").exists()

@@ -23,7 +23,7 @@ from qgeom.data.splits import AnySplit, ShuffledBatches, Split, StreamSplit, Tas
 
 __all__ = [
     "IMG", "TASKS", "REAL_TASKS", "AnySplit", "DatasetNotFoundError", "ShuffledBatches", "Split", "StreamSplit",
-    "Task", "TaskSpec", "check_task", "check_task_name", "fingerprint", "UnreadableImageError", "batches", "default_transform", "from_image_folder",
-    "from_torchvision", "load_task", "make_task", "model_transform", "parse_task", "pretext_task",
+    "Task", "TaskSpec", "check_task", "check_task_name", "fingerprint", "UnreadableImageError", "batches",
+    "default_transform", "from_image_folder", "from_torchvision", "load_task", "make_task", "model_transform", "parse_task", "pretext_task",
     "probe_batches", "probe_indices", "task_name", "task_names",
 ]

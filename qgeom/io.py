@@ -114,11 +114,25 @@ def remove_stale_temps(directory: str | os.PathLike, recursive: bool = False) ->
     return removed
 
 
+def umask() -> int:
+    """The process's umask (read from /proc where it can be, so that it is never changed, even for an instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``, so a killed run never leaves half a file.
 
-    The temporary file (``.{name}.{pid}.{random}.tmp`` beside ``path``) is removed when ``write``
-    raises; one left by a killed process is removed by the next write into the same directory
+    The file gets the permissions any new file gets (0666 less the umask), so collaborators read
+    a run directory as the umask allows. The temporary file (``.{name}.{pid}.{random}.tmp`` beside
+    ``path``) is removed when ``write`` raises; one left by a killed process is removed by the next write into the same directory
     (:func:`remove_stale_temps`). An ``OSError`` that names no file (e.g. no space left on
     device) is re-raised naming ``path``.
     """
@@ -129,6 +143,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it 0600: the file gets the mode open() would give it
         os.replace(tmp, path)
     except OSError as e:
         if e.filename is None or str(e.filename) == tmp:
@@ -176,6 +191,15 @@ def sniff_format(path: str | os.PathLike) -> str | None:
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "a pickle"
     return None
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file, from its header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
 
 
 def load_params(path: str | os.PathLike, *, verify: bool = True, finite: bool = True) -> tuple[Params, dict[str, str]]:

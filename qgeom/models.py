@@ -168,7 +168,7 @@ def _check_hub(name: str) -> None:
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # cached weights still load
 
 
-def load_pretrained(source: str, model: nn.Module) -> Params:
+def load_pretrained(source: str, model: nn.Module, notes: list[str] | None = None) -> Params:
     """θ_0's backbone for ``model`` from ``timm:NAME`` or a local file; the head is dropped.
 
     ``timm:NAME``: timm's own pretrained weights (downloaded where there is network, else from
@@ -191,24 +191,46 @@ def load_pretrained(source: str, model: nn.Module) -> Params:
                 f"then use theta0={name}.safetensors (qgeom run) or --checkpoint {name}.safetensors") from None
         state, where = {k: v for k, v in ref.state_dict().items() if not k.startswith("head.")}, source
     else:
-        state, where = load_checkpoint(source), source
+        state, where = load_checkpoint(source, notes), source
     state = check_fits(state, model, where)
     return {k: v.detach().clone() for k, v in state.items() if not k.startswith("head.")}
 
 
-def load_checkpoint(path: str | os.PathLike) -> Params:
+#: Half-precision dtypes a checkpoint may store; qgeom computes in float32 (or float64) and upcasts them.
+HALF = (torch.float16, torch.bfloat16)
+
+
+def normalise_state(state: Params, notes: list[str] | None = None) -> Params:
+    """A checkpoint's tensors as qgeom reads them: the ``module.`` prefix DistributedDataParallel
+    puts on every key removed, float16/bfloat16 tensors upcast to float32 (exactly: every half
+    value is a float32 value). ``notes`` (when given) gets one line per change, for the caller to
+    state."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+        if notes is not None:
+            notes.append("keys prefixed 'module.' (DistributedDataParallel) read without the prefix")
+    half = sorted({str(v.dtype).replace("torch.", "") for v in state.values() if v.dtype in HALF})
+    if half:
+        state = {k: v.float() if v.dtype in HALF else v for k, v in state.items()}
+        if notes is not None:
+            notes.append(f"{' and '.join(half)} tensors upcast to float32")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike, notes: list[str] | None = None) -> Params:
     """Read model weights without executing code.
 
     ``.safetensors`` via :func:`qgeom.params.load_params`; anything else via
     ``torch.load(weights_only=True)``, which refuses pickles that would run code — that is
     reported as a :class:`~qgeom.params.CheckpointError`, as are truncated or corrupt files.
-    A dict nested under ``state_dict`` or ``model`` is unwrapped.
+    A dict nested under ``state_dict`` or ``model`` is unwrapped; DDP prefixes and half precision
+    are normalised (:func:`normalise_state`, which appends what it did to ``notes``).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
     if path.suffix == ".safetensors":
-        return load_params(path)[0]
+        return normalise_state(load_params(path)[0], notes)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -229,7 +251,7 @@ def load_checkpoint(path: str | os.PathLike) -> Params:
     bad = [k for k, v in obj.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
     if bad:
         raise NonFiniteParamsError(f"{path}: NaN or Inf values in tensor {', '.join(map(str, bad[:5]))}")
-    return dict(obj)
+    return normalise_state(dict(obj), notes)
 
 
 def default_device() -> torch.device:

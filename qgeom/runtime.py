@@ -33,8 +33,11 @@ def set_threads(n: int | None) -> int:
 
 def default_workers() -> int:
     """Worker processes for a run: ``QGEOM_WORKERS`` when set, else 1 on a GPU, else min(2, cores)."""
-    if os.environ.get("QGEOM_WORKERS"):
-        return max(1, int(os.environ["QGEOM_WORKERS"]))
+    value = os.environ.get("QGEOM_WORKERS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"QGEOM_WORKERS={value!r}: expected a number of worker processes ≥ 1")
+        return int(value)
     return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
 
 

@@ -11,7 +11,7 @@ import functools
 import os
 import typer
 
-from qgeom.files import check_writable
+from qgeom.files import check_not_input, check_writable
 
 INTERRUPTED = ("Interrupted: files are written atomically, so nothing half-written was kept; "
                "run the same command again to resume (qgeom run continues where it stopped).")
@@ -72,4 +72,4 @@ def check_finite_option(value: float, name: str, *, positive: bool = False) -> f
     return value
 
 
-__all__ = ["INTERRUPTED", "check_finite_option", "check_writable", "clean_errors", "describe_os_error", "one_line"]
+__all__ = ["INTERRUPTED", "check_finite_option", "check_not_input", "check_writable", "clean_errors", "describe_os_error", "one_line"]

@@ -39,7 +39,7 @@ BITS = "bit width of Q_b for --objective ste, 2–8 (default: the checkpoint's, 
 
 def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed: int, sizes: dict | None = None,
            model=None, data_root: Optional[str] = None):
-    """The probe set: a list of (x, y) batches (kept a function so tests can swap the data);
+    """The probe set (a list of (x, y) batches) and its task (kept a function so tests can swap the data);
     the task is made as the checkpoint's metadata records it (``sizes``, pretext mixtures),
     streamed tasks through ``model``'s timm transform."""
     from qgeom.data import probe_batches  # lazy: torch-free --help
@@ -47,7 +47,7 @@ def _probe(task: str, split: str, n: int, batch_size: int, seed: int, data_seed:
     if split not in ("train", "val", "test"):
         raise typer.BadParameter(f"split must be train, val or test, got {split!r}", param_hint="--probe-split")
     task_data = inputs.task_for(task, data_seed, model, data_root, **(sizes or {}))  # looked up when called
-    return probe_batches(getattr(task_data, split), n, batch_size, seed)
+    return probe_batches(getattr(task_data, split), n, batch_size, seed), task_data
 
 
 def _receiver(path: Path, task: Optional[str], model: Optional[str]):
@@ -61,8 +61,10 @@ def _receiver(path: Path, task: Optional[str], model: Optional[str]):
 
 
 def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
-              data_seed, dtype, data_root=None, log: Output | None = None):
-    """The receiver's curvature operator on its probe set; ``info`` records the inputs and warnings."""
+              data_seed, dtype, data_root=None, log: Output | None = None, cover: tuple | None = None):
+    """The receiver's curvature operator on its probe set; ``info`` records the inputs and warnings.
+    ``cover``: (vectors by file name, their scope, allow partial): each must cover that scope of
+    the receiver (:func:`qgeom.commands.inputs.check_cover`)."""
     # lazy: torch-free --help
     import torch
 
@@ -82,19 +84,22 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     theta = {k: v.to(device) for k, v in theta.items()}
     seed = int(meta.get("data_seed", 0)) if data_seed is None else data_seed
     sizes = json.loads(meta.get("data_sizes", "{}")) if task in (None, meta.get("task")) else {}
-    batches = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
-                     data_root or meta.get("data_root") or None)
+    batches, task_data = _probe(task_name, split, n_probe, batch_size, probe_seed, seed, sizes, model,
+                                data_root or meta.get("data_root") or None)
+    inputs.check_fit(receiver, meta, int(theta["head.weight"].shape[0]), task_data)
+    partial = inputs.check_cover(theta, *cover) if cover else []
     task = task_name
     used = sum(len(y) for _, y in batches)
     available = used if used < n_probe else n_probe  # fewer than asked: the split was smaller
     warnings = probe_warnings(n_probe, available, int(theta["head.weight"].shape[0]))
-    for w in warnings:
+    for w in warnings + partial:
         log.warn(w)
     op = CurvatureOperator(model, theta, batches, metric=metric, objective=objective, scope=scope,
                            spec=QuantSpec(bits) if objective == "ste" else None, dtype=getattr(torch, dtype))
     op.info.update({"receiver": str(receiver), "task": task, "split": split, "n_probe": n_probe,
                     "n_probe_used": sum(len(y) for _, y in batches), "probe_seed": probe_seed, "data_seed": seed,
-                    "probe_warnings": warnings, "bits": bits if objective == "ste" else None})
+                    "probe_warnings": warnings, "partial_vectors": partial,
+                    "bits": bits if objective == "ste" else None})
     return op
 
 
@@ -203,6 +208,7 @@ def geometry_cmd(
     metric: str = COMMON["metric"], objective: str = COMMON["objective"], bits: Optional[str] = O.bits(BITS),
     scope: Optional[str] = O.scope("compare the vectors on this scope (backbone, quantized or all); "
                                    "default: every tensor they hold"),
+    allow_partial: bool = O.allow_partial(),
     split: str = COMMON["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
     probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
     dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
@@ -217,7 +223,8 @@ def geometry_cmd(
     log = Output(format, quiet)
     names, vs = _read_vectors(vectors, scope)
     op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
-                   probe_seed, data_seed, dtype, data_root, log)
+                   probe_seed, data_seed, dtype, data_root, log,
+                   cover=({str(p): v for p, v in zip(vectors, vs)}, scope, allow_partial))
     K = gram(op, dict(zip(names, vs)))
     dg = directional_gradients(op, dict(zip(names, vs)))
     vec_rows, pair_rows = _geometry_rows(op, K, dg, names, vectors, vs)

@@ -42,8 +42,7 @@ def evaluate(
         net = inputs.build_model(path, theta, meta, model)
         data_seed, sizes = inputs.data_provenance(meta)
         t = inputs.task_for(inputs.task_spec(data, meta, path), data_seed, net, data_root or meta.get("data_root") or None, **sizes)
-        if t.num_classes != net.num_classes:
-            raise ValueError(f"{path} has a {net.num_classes}-class head but task {t.name} has {t.num_classes} classes")
+        inputs.check_fit(path, meta, net.num_classes, t)
         split_data = getattr(t, split)
         accs = [accuracy(net, theta, split_data)] + [accuracy(net, theta, split_data, QuantSpec(b)) for b in bits]
         table.add_row(str(path), t.name, *[inputs.pct(a) for a in accs])

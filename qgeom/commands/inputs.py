@@ -27,13 +27,26 @@ DATA_ROOT_HELP = "folder of the torchvision datasets (for real dataset names)"
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(parameters, qgeom metadata or {}) of a checkpoint, without executing code."""
+    """(parameters, qgeom metadata or {}) of a checkpoint, without executing code; DDP ``module.``
+    prefixes and float16/bfloat16 tensors are normalised (:func:`qgeom.models.normalise_state`),
+    and a note on stderr says so."""
     from qgeom.io import load_params  # lazy: torch-free --help
-    from qgeom.models import load_checkpoint  # lazy: torch-free --help
+    from qgeom.models import load_checkpoint, normalise_state  # lazy: torch-free --help
 
+    notes: list[str] = []
     if Path(path).suffix == ".safetensors":
-        return load_params(path)
-    return load_checkpoint(path), {}
+        params, meta = load_params(path)
+        params = normalise_state(params, notes)
+    else:
+        params, meta = load_checkpoint(path, notes), {}
+    say(path, notes)
+    return params, meta
+
+
+def say(path: Path, notes: list[str]) -> None:
+    """State on stderr what reading ``path`` changed (one line per note)."""
+    for note in notes:
+        typer.echo(f"note: {path}: {note}", err=True)
 
 
 def build_model(path: Path, params: dict, meta: dict, model: str | None, num_classes: int | None = None):
@@ -76,10 +89,16 @@ def load_data(spec: str, seed: int, model=None, data_root: str | Path | None = N
 
 
 def load(path: Path) -> tuple[dict, dict]:
-    """(parameters, metadata) of a qgeom safetensors file."""
+    """(parameters, metadata) of a qgeom safetensors file (half precision upcast and said, as
+    :func:`read_checkpoint` does)."""
     from qgeom.io import load_params  # lazy: torch-free --help
+    from qgeom.models import normalise_state  # lazy: torch-free --help
 
-    return load_params(path)
+    params, meta = load_params(path)
+    notes: list[str] = []
+    params = normalise_state(params, notes)
+    say(path, notes)
+    return params, meta
 
 
 def save(path: Path, params: dict, meta: dict, out: Output, **extra) -> None:
@@ -102,17 +121,67 @@ def task_for(spec: str, seed: int, model=None, data_root: str | None = None, **s
     """The task a specification (or a checkpoint's metadata) names, as it was made: an offline
     task (``sizes``: n_train/n_val/n_test when recorded), a streamed one through ``model``'s
     transform, or the pretext mixture ``pretext:a+b`` of θ_0. Commands call it through this module
-    (``inputs.task_for``), so tests can shrink the data by replacing it."""
-    from qgeom.data import pretext_task  # lazy: torch-free --help
+    (``inputs.task_for``), so tests can shrink the data by replacing it. A task with fewer than 2
+    classes or an empty split is refused (:func:`qgeom.data.check_task`)."""
+    from qgeom.data import check_task, pretext_task  # lazy: torch-free --help
 
     if spec.startswith("pretext:"):
         return pretext_task(spec.split(":", 1)[1].split("+"), seed=seed, **sizes)
-    return load_data(spec, seed, model, data_root, **sizes)
+    return check_task(load_data(spec, seed, model, data_root, **sizes))  # ≥ 2 classes, no empty split
 
 
 def data_provenance(meta: dict) -> tuple[int, dict]:
     """(data seed, split sizes) recorded in a checkpoint's metadata (defaults: 0, the task's)."""
     return int(meta.get("data_seed", "0")), json.loads(meta.get("data_sizes", "{}"))
+
+
+#: Stages whose checkpoint's head was trained for the task its metadata records.
+HEAD_STAGES = ("pretrain", "finetune", "qat", "patch", "ptq")
+
+
+def task_label(spec: str) -> str:
+    """The name a task specification stands for (``imagefolder:NAME=DIR`` → NAME; a pretext mixture as it is)."""
+    from qgeom.data import parse_task  # lazy: torch-free --help
+
+    if spec.startswith("pretext:"):
+        return spec
+    try:
+        return parse_task(spec).name
+    except ValueError:
+        return spec
+
+
+def check_fit(path: Path, meta: dict, head_classes: int, task) -> None:
+    """Refuse a checkpoint and a task that do not fit, in one line naming both, before any work:
+    a head of another size than the task's classes, or a head trained for another task (the
+    task the checkpoint's metadata records, where it records one)."""
+    recorded = meta.get("task") or ""
+    if recorded and meta.get("stage") in HEAD_STAGES and task_label(recorded) != task.name:
+        raise ValueError(f"{path} was trained for task {task_label(recorded)} (its {head_classes}-class head), not "
+                         f"for task {task.name}: its numbers on {task.name} would be meaningless; omit --data to "
+                         f"use its own task, or fine-tune it for {task.name} first (qgeom finetune)")
+    if head_classes != task.num_classes:
+        raise ValueError(f"{path} has a {head_classes}-class head but task {task.name} has {task.num_classes} "
+                         f"classes: they do not fit; pass the checkpoint's own task with --data, or fine-tune it "
+                         f"for {task.name} first (qgeom finetune)")
+
+
+def check_cover(receiver: dict, vectors: dict[str, dict], scope: str | None, allow_partial: bool) -> list[str]:
+    """Refuse a vector that lacks tensors of the scope it is used in (``scope``; None: backbone or
+    quantized, whichever its keys are), as ``qgeom patch`` does, naming the vector and the missing
+    tensors. With ``allow_partial`` nothing is refused: the returned lines say which vectors are
+    partial (every command prints them and records them in its output)."""
+    from qgeom.params import IncompatibleParamsError, check_coverage  # lazy: torch-free --help
+
+    notes = []
+    for name, v in vectors.items():
+        try:
+            check_coverage(receiver, v, scope)
+        except IncompatibleParamsError as e:
+            if not allow_partial:
+                raise IncompatibleParamsError(f"{name}: {e}") from None
+            notes.append(f"{name} is partial (--allow-partial): {str(e).split(' (a partial vector')[0]}")
+    return notes
 
 
 def refuse_vector(path: Path, meta: dict) -> None:

@@ -18,24 +18,26 @@ from rich.table import Table
 
 from qgeom.commands import check_finite_option, clean_errors
 from qgeom.commands import options as O
-from qgeom.commands.inputs import build_model, load_data, read_checkpoint
+from qgeom.commands.inputs import build_model, check_cover, check_fit, load_data, read_checkpoint
 from qgeom.commands.output import Output
 
 
-def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], num_classes: int, seed: int,
+def _model_and_params(preset: Optional[str], checkpoint: Optional[Path], read: tuple[dict, dict], task, seed: int,
                       init_values: Optional[float]):
     """(model, θ, description): a preset with seeded random weights, or a checkpoint (qgeom's, or
-    timm-format with --model)."""
+    timm-format with --model; ``read``: its parameters and metadata) whose head must fit ``task``."""
     from qgeom.models import create_model  # lazy: torch-free --help
     from qgeom.params import from_model  # lazy: torch-free --help
 
     if checkpoint is None:
         extra = {} if init_values is None else {"init_values": init_values}
-        model = create_model(preset or "micro", num_classes, seed=seed, **extra)
+        model = create_model(preset or "micro", task.num_classes, seed=seed, **extra)
         return model, from_model(model), f"preset {preset or 'micro'} (random weights, seed {seed})"
-    params, meta = read_checkpoint(checkpoint)
-    model = build_model(checkpoint, params, meta, preset, None if "head.weight" in params else num_classes)
-    if "head.weight" not in params:  # a backbone (θ_0): its head keeps the seeded random init
+    params, meta = read
+    model = build_model(checkpoint, params, meta, preset, None if "head.weight" in params else task.num_classes)
+    if "head.weight" in params:  # its own head: it must fit the task
+        check_fit(checkpoint, meta, model.num_classes, task)
+    else:  # a backbone (θ_0): its head keeps the seeded random init
         params = {**from_model(model), **params}
     return model, params, f"checkpoint {checkpoint}"
 
@@ -113,32 +115,36 @@ def _probe_setup(preset: Optional[str], checkpoint: Optional[Path], bits: Option
     from qgeom.data import parse_task, probe_batches  # lazy: torch-free --help
     from qgeom.models import default_device  # lazy: torch-free --help
 
-    meta = read_checkpoint(checkpoint)[1] if checkpoint is not None else {}
+    read = read_checkpoint(checkpoint) if checkpoint is not None else ({}, {})
+    meta = read[1]
     task = task or meta.get("task") or "shape"
     bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="check-invariance")
     streamed = parse_task(task).streamed
     sizes = {} if streamed else dict(n_train=1, n_val=max(n_probe, 1), n_test=1)
     data = load_data(task, seed, None, data_root, **sizes)  # class count first; images below
-    model, params, source = _model_and_params(preset, checkpoint, data.num_classes, seed, init_values)
+    model, params, source = _model_and_params(preset, checkpoint, read, data, seed, init_values)
     if streamed:  # through the model's own timm transform
         data = load_data(task, seed, model, data_root)
-    classes = model.num_classes
     dev = default_device()  # --device (QGEOM_DEVICE), else CUDA when present
     model = model.to(dev)
     params = {k: v.to(dev) for k, v in params.items()}
-    batches = [(x, y % classes) for x, y in probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)]
+    batches = probe_batches(data.val, n_probe, batch_size=n_probe, seed=seed)  # labels fit: check_fit
     return model, params, source, batches, task, bits, dev
 
 
-def _vectors(rho_d: Optional[Path], rho_r: Optional[Path], dev):
-    """(ρ_D, ρ_R) from --rho-d/--rho-r on ``dev``, or None (random directions)."""
+def _vectors(rho_d: Optional[Path], rho_r: Optional[Path], params: dict, allow_partial: bool, dev, log: Output):
+    """(ρ_D, ρ_R) from --rho-d/--rho-r on ``dev``, or None (random directions); each must cover
+    its scope of θ (backbone or quantized) unless ``allow_partial`` (then it is said)."""
     from qgeom.io import load_params  # lazy: torch-free --help
 
     if rho_d is None and rho_r is None:
         return None
     if rho_d is None or rho_r is None:
         raise typer.BadParameter("give both --rho-d and --rho-r")
-    return tuple({k: v.to(dev) for k, v in load_params(p)[0].items()} for p in (rho_d, rho_r))
+    vs = {str(p): load_params(p)[0] for p in (rho_d, rho_r)}
+    for note in check_cover(params, vs, None, allow_partial):
+        log.warn(note)
+    return tuple({k: v.to(dev) for k, v in rho.items()} for rho in vs.values())
 
 
 def _elements(model, kinds: list[str], symmetry: str, strength: float, seed: int, log: Output):
@@ -176,6 +182,7 @@ def check_invariance_cmd(
     pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
     rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
     rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),
+    allow_partial: bool = O.allow_partial(),
     init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
     seed: int = O.seed("seeds the weights, the elements and the random vectors"),
     out: Optional[Path] = O.out_dir("directory for invariance.csv and invariance.json; default: print only"),
@@ -196,7 +203,7 @@ def check_invariance_cmd(
     kinds, lv = _kinds(symmetry), _levels(levels)
     model, params, source, batches, task, bits, dev = _probe_setup(preset, checkpoint, bits, task, data_root, n_probe,
                                                                    seed, init_values)
-    vectors = _vectors(rho_d, rho_r, dev)
+    vectors = _vectors(rho_d, rho_r, params, allow_partial, dev, log)
     syms, pipe = _elements(model, kinds, symmetry, strength, seed, log)
     report = check_invariance(model, params, syms, batches, vectors=vectors, spec=QuantSpec(bits=bits),
                               dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],

@@ -128,6 +128,12 @@ def scope(help: str = "backbone (the paper's), quantized or all (default: the ve
     return typer.Option(None, "--scope", callback=_choice(SCOPES, "--scope"), help=help)
 
 
+def allow_partial(help: str = "accept a vector that lacks tensors of its scope (they count as zero; said in the "
+                              "output)") -> Any:
+    """``--allow-partial``: opt out of the rule that a vector covers the scope it is used in."""
+    return typer.Option(False, "--allow-partial", help=help)
+
+
 def device(help: str = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N") -> Any:
     return typer.Option("auto", "--device", help=help)
 
@@ -138,7 +144,7 @@ def threads(help: str = "torch's intra-op threads (tiny models gain nothing from
 
 def workers(help: str = "worker processes (default: QGEOM_WORKERS, else 1 on a GPU, else min(2, cores)); each "
                          "uses one torch thread") -> Any:
-    return typer.Option(None, "--workers", help=help)
+    return typer.Option(None, "--workers", min=1, help=help)
 
 
 def quiet(help: str = "no progress bars and no status lines; results (and errors) only") -> Any:

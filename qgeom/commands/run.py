@@ -155,6 +155,8 @@ def run_cmd(
     from qgeom.experiment.driver import run_experiment  # lazy: torch-free --help
 
     O.apply_runtime(device, threads)
+    if bits and any(o.split("=", 1)[0].strip() == "bits" for o in overrides or []):
+        raise typer.BadParameter("bit widths given twice (--bits and bits=...): give them once", param_hint="--bits")
     if executor not in ("none", "local", "slurm"):
         raise typer.BadParameter(f"{executor!r} is not one of none, local, slurm", param_hint="--executor")
     jobs = None if executor == "none" else dict(executor=executor, partition=slurm_partition,

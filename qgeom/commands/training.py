@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from qgeom.commands import check_finite_option, check_writable, clean_errors, inputs
+from qgeom.commands import check_finite_option, check_not_input, check_writable, clean_errors, inputs
 from qgeom.commands import options as O
 from qgeom.commands.output import Output
 
@@ -76,6 +76,7 @@ def finetune(
 ) -> None:
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
     check_writable(out)
+    check_not_input(out, {"--pretrained": pretrained})
     check_finite_option(lr, "--lr", positive=True)
     O.apply_runtime(device, threads)
     log = Output(quiet=quiet)
@@ -83,12 +84,13 @@ def finetune(
     if not task:
         raise typer.BadParameter("name the task to fine-tune on (θ_0 records only its pretext mixture)",
                                  param_hint="--data")
+    from qgeom.data import check_task  # lazy: torch-free --help
     from qgeom.train import TrainConfig, accuracy, finetune as run  # lazy: torch-free --help
 
     theta0, meta = inputs.read_checkpoint(pretrained)
     arch = model or meta.get("preset")
     template = inputs.build_model(pretrained, theta0, meta, model, num_classes=1)
-    t = inputs.task_for(task, data_seed, template, data_root)
+    t = check_task(inputs.task_for(task, data_seed, template, data_root), images=True)  # before training
     net = inputs.build_model(pretrained, theta0, meta, model, t.num_classes)
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta = run(net, theta0, t, cfg, progress=not quiet)
@@ -114,10 +116,12 @@ def qat(
 ) -> None:
     """Quantization-aware training (STE) from θ_t on its own task: θ_t,QAT."""
     check_writable(out)
+    check_not_input(out, {"--finetuned": finetuned})
     check_finite_option(lr, "--lr", positive=True)
     O.apply_runtime(device, threads)
     log = Output(quiet=quiet)
     from qgeom.quant import QuantSpec  # lazy: torch-free --help
+    from qgeom.data import check_task  # lazy: torch-free --help
     from qgeom.train import TrainConfig, accuracy, qat as run  # lazy: torch-free --help
 
     theta, meta = inputs.read_checkpoint(finetuned)
@@ -128,6 +132,7 @@ def qat(
     data = inputs.task_spec(data, meta, finetuned)
     data_seed, sizes = inputs.data_provenance(meta)
     t = inputs.task_for(data, data_seed, net, data_root or meta.get("data_root") or None, **sizes)
+    inputs.check_fit(finetuned, meta, net.num_classes, check_task(t, images=True))  # before training
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=max(1, steps // 10), seed=seed)
     theta_q = run(net, theta, t, spec, cfg, progress=not quiet)
     log.result(f"{t.name} test Top-1 after {bits}-bit PTQ: {inputs.pct(accuracy(net, theta_q, t.test, spec))} %")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from qgeom.commands import check_finite_option, check_writable, clean_errors, inputs
+from qgeom.commands import check_finite_option, check_not_input, check_writable, clean_errors, inputs
 from qgeom.commands import options as O
 from qgeom.commands.output import Output
 
@@ -25,6 +25,7 @@ def extract(
 ) -> None:
     """Extract the quantization vector ρ_t = θ_t,QAT − θ_t on a scope."""
     check_writable(out)
+    check_not_input(out, {"--qat": qat_checkpoint, "--finetuned": finetuned})
     O.apply_runtime("auto", threads)
     from qgeom import params as P  # lazy: torch-free --help
 
@@ -48,8 +49,7 @@ def patch(
     lam: float = typer.Option(1.0, "--lam", help="scale λ"),
     scope: Optional[str] = O.scope("patch only this scope of the vector (backbone or quantized); "
                                    "default: the scope its metadata declares"),
-    allow_partial: bool = typer.Option(False, "--allow-partial",
-                                       help="accept a vector that lacks tensors of its scope (they stay θ_R's)"),
+    allow_partial: bool = O.allow_partial("accept a vector that lacks tensors of its scope (they stay θ_R's)"),
     threads: int = O.threads(), quiet: bool = O.quiet(),
 ) -> None:
     """Patch a receiver: θ_R(λ) = θ_R + λ ρ_D (the receiver keeps its head).
@@ -57,6 +57,7 @@ def patch(
     The vector must cover exactly the scope it declares (metadata ``scope``, or ``--scope``),
     never the head; a model checkpoint passed as the vector is refused."""
     check_writable(out)
+    check_not_input(out, {"--receiver": receiver, "--vector": vector})
     check_finite_option(lam, "--lam")
     O.apply_runtime("auto", threads)
     from qgeom import params as P  # lazy: torch-free --help
@@ -92,11 +93,13 @@ def ptq(
 ) -> None:
     """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
     check_writable(out)
+    check_not_input(out, {"--weights": weights})
     O.apply_runtime("auto", threads)
     from qgeom.quant import QuantSpec, ptq as run, quantization_error  # lazy: torch-free --help
 
     log = Output(format, quiet)
     theta, meta = inputs.load(weights)
+    inputs.refuse_vector(weights, meta)  # a vector is a difference of weights: quantizing it means nothing
     bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="ptq")
     spec = QuantSpec(bits, granularity=granularity)
     table = Table("tensor", "rel. error", "levels/row")

@@ -17,12 +17,13 @@ from qgeom.data.real import (
     from_torchvision,
     model_transform,
 )
-from qgeom.data.sources import TaskSpec, check_task_name, load_task, parse_task, task_name, task_names
+from qgeom.data.sources import (TaskSpec, check_task, check_task_name, fingerprint, load_task, parse_task, task_name,
+                                task_names)
 from qgeom.data.splits import AnySplit, ShuffledBatches, Split, StreamSplit, Task, batches, probe_batches, probe_indices
 
 __all__ = [
     "IMG", "TASKS", "REAL_TASKS", "AnySplit", "DatasetNotFoundError", "ShuffledBatches", "Split", "StreamSplit",
-    "Task", "TaskSpec", "check_task_name", "UnreadableImageError", "batches", "default_transform", "from_image_folder",
-    "from_torchvision", "load_task", "make_task", "model_transform", "parse_task", "pretext_task",
+    "Task", "TaskSpec", "check_task", "check_task_name", "fingerprint", "UnreadableImageError", "batches",
+    "default_transform", "from_image_folder", "from_torchvision", "load_task", "make_task", "model_transform", "parse_task", "pretext_task",
     "probe_batches", "probe_indices", "task_name", "task_names",
 ]

@@ -117,6 +117,37 @@ def checked_loader(path: str):
                                    "change the split)") from None
 
 
+def verify_images(split: StreamSplit) -> None:
+    """Open every image file of an ImageFolder split and check its structure (PIL's ``verify``:
+    headers and, for PNG, every chunk's checksum; no pixel is decoded, so it is cheap), raising
+    :class:`UnreadableImageError` naming the first bad file. Splits of other datasets (torchvision's
+    arrays) have no files to check."""
+    from PIL import Image
+
+    samples = getattr(split.dataset, "samples", None)
+    if samples is None:
+        return
+    for i in split.indices.tolist():
+        path = samples[i][0]
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as e:  # PIL raises several types for truncated or foreign files
+            raise UnreadableImageError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e}); remove or "
+                                       "replace it (qgeom does not skip images: a skipped image would silently "
+                                       "change the split)") from None
+
+
+def data_paths(name: str, root: str | os.PathLike | None) -> list[Path]:
+    """The files and folders torchvision (or an ImageFolder under the data root) reads for the real task ``name``."""
+    if root is None:
+        return []
+    if name in FOLDER_ONLY:
+        return [Path(root) / name]
+    folder = TORCHVISION[name][3] if name in TORCHVISION else name
+    return [Path(root) / part.strip().rstrip("/") for part in folder.split(",")]
+
+
 def _carve(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """Seeded disjoint train / val / test positions, 80 / 10 / 10 (val and test at least 1)."""
     if n < 3:

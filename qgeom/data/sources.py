@@ -14,14 +14,16 @@ spec                            task
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qgeom.data.offline import TASKS, make_task
-from qgeom.data.real import REAL_TASKS, default_transform, from_image_folder, from_torchvision
-from qgeom.data.splits import Task
+from qgeom.data.real import (REAL_TASKS, data_paths, default_transform, from_image_folder, from_torchvision,
+                             verify_images)
+from qgeom.data.splits import Split, Task
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,38 @@ def load_task(spec: str, seed: int = 0, root: str | os.PathLike | None = None, *
         raise ValueError(f"{ts.name} is a real task: set the data root (config data_root=DIR, or --data-root DIR), "
                          "the folder torchvision reads it from; qgeom downloads nothing unless asked")
     return from_torchvision(ts.name, root, transform or default_transform(), seed=seed, num_workers=num_workers, download=download, **sizes)
+
+
+def check_task(task: Task, images: bool = False) -> Task:
+    """Refuse a task no classifier can be trained or measured on: fewer than 2 classes, an empty
+    split; with ``images``, an image file that does not decode (:func:`~qgeom.data.real.verify_images`,
+    a cheap pass over every file of a streamed ImageFolder task). Class sets are the same across
+    splits by construction (:func:`~qgeom.data.real.from_image_folder` refuses folders that differ)."""
+    if task.num_classes < 2:
+        raise ValueError(f"task {task.name} has {task.num_classes} class{'es' if task.num_classes != 1 else ''} "
+                         f"({', '.join(task.classes) or 'none'}): a classifier needs at least 2 (its Top-1 would "
+                         "be 100 % by construction)")
+    for split in ("train", "val", "test"):
+        if len(getattr(task, split)) == 0:
+            raise ValueError(f"task {task.name}: its {split} split is empty")
+        if images and not isinstance(getattr(task, split), Split):
+            verify_images(getattr(task, split))
+    return task
+
+
+def fingerprint(spec: str, root: str | os.PathLike | None = None) -> str | None:
+    """A fingerprint of the files a streamed task reads: SHA-256 of their listing (relative names
+    and sizes, sorted); ``None`` for an offline task (generated from code and a seed)."""
+    ts = parse_task(spec)
+    paths = [] if ts.kind == "offline" else [Path(ts.path)] if ts.kind == "imagefolder" else data_paths(ts.name, root)
+    if not paths:
+        return None
+    h = hashlib.sha256()
+    for base in paths:
+        h.update(f"{base.name}:{'dir' if base.is_dir() else base.stat().st_size if base.is_file() else '-'}\n".encode())
+        for folder, dirs, files in os.walk(base):
+            dirs.sort()
+            rel = Path(folder).relative_to(base)
+            for name in sorted(files):
+                h.update(f"{rel / name}:{os.stat(Path(folder) / name).st_size}\n".encode())
+    return h.hexdigest()

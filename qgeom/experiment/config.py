@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from qgeom.curvature.operator import METRICS
 from qgeom.io import dumps_json
 from qgeom.data import check_task_name, parse_task, task_names
-from qgeom.models import preset_config
+from qgeom.models import create_model, preset_config
 from qgeom.paper import PAPER_LAMBDAS
 from qgeom.params import SCOPES
 from qgeom.vocabulary import RUN_CONTROLS
@@ -116,7 +118,12 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             raise ConfigError(f"{key}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
         return default.with_(**{k: _coerce(v, getattr(default, k), f"{key}.{k}") for k, v in value.items()})
     if isinstance(default, tuple):
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):  # a JSON list: items may hold commas
+            try:
+                items = list(json.loads(value))
+            except (json.JSONDecodeError, TypeError):
+                raise ConfigError(f"{key}: {value!r} is not a JSON list") from None
+        elif isinstance(value, str):
             items = value.split(",")
         elif isinstance(value, (list, tuple)):
             items = list(value)
@@ -201,6 +208,10 @@ RUN_METRICS = tuple(sorted(METRICS, key=lambda m: m != "ggn"))
 OPTIMIZERS = ("adamw", "sgd")
 
 
+COMMA_HINT = (" (a list override is split on commas: write a task whose path holds a comma in a JSON list, "
+              "tasks='[\"shape\", \"imagefolder:NAME=DIR,WITH,COMMAS\"]', or in a config file)")
+
+
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
@@ -258,6 +269,17 @@ def _check_lambda(key: str, lam: Any) -> None:
            f"{key}: {lam!r} is not a finite λ > 0 (the patch θ_R + λρ_D is defined for λ > 0)")
 
 
+def _check_model(cfg: RunConfig) -> None:
+    """Build the model once, on the meta device (no memory, no random numbers drawn): overrides
+    timm refuses (an unknown keyword, a width its heads do not divide) fail here, before any work."""
+    try:
+        with torch.device("meta"):
+            create_model(cfg.preset, 2, **cfg.model_overrides)
+    except Exception as e:  # timm raises TypeError, ValueError or AssertionError, by keyword
+        raise ConfigError(f"model_overrides: {json.dumps(cfg.model_overrides)} do not build a {cfg.preset} model "
+                          f"({type(e).__name__}: {str(e) or 'refused by timm'})") from None
+
+
 def validate(cfg: RunConfig) -> None:
     """Check every field of ``cfg`` by name; raise :class:`ConfigError` ``"key: what is wrong"``.
 
@@ -293,9 +315,14 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(str(e)) from None
     _check(isinstance(cfg.model_overrides, dict) and all(isinstance(k, str) for k in cfg.model_overrides),
            f"model_overrides: {cfg.model_overrides!r} must be a mapping of timm keyword arguments")
+    _check_model(cfg)
     if cfg.theta0 == "pretrain":  # the pretext mixture is only read when θ_0 is pretrained here
         _check_list("pretext_tasks", cfg.pretext_tasks, _check_task)
-    _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
+    try:
+        _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
+    except ConfigError as e:  # a folder's path with a comma, split as a list: say how to write it
+        hint = any(str(t).startswith("imagefolder:") for t in cfg.tasks) and "unknown task" in str(e)
+        raise ConfigError(f"{e}{COMMA_HINT if hint else ''}") from None
     try:
         task_names(cfg.tasks)
     except ValueError as e:

@@ -3,6 +3,8 @@
 ::
 
     RUN/config.json                        the RunConfig (a resumed run must ask for the same)
+    RUN/inputs.json                        what each artifact was computed from (provenance.py)
+    RUN/.qgeom.lock                        held by the one process writing the run
     RUN/theta0.safetensors                 pretrained θ_0       (+ theta0.curve.csv)
     RUN/seed{s}/finetune/{t}.safetensors   θ_t                  (+ {t}.curve.csv: loss, lr, val Top-1)
     RUN/seed{s}/qat{b}/{t}.safetensors     θ_t,QAT at b bits;  rho_{t}.safetensors: ρ_t (backbone)
@@ -49,6 +51,16 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def inputs(self) -> Path:
+        """What every artifact was computed from (:mod:`qgeom.experiment.provenance`)."""
+        return self.root / "inputs.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one process that writes the run (:func:`qgeom.files.hold_lock`)."""
+        return self.root / ".qgeom.lock"
 
     @property
     def summary(self) -> Path:

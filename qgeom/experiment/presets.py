@@ -108,7 +108,12 @@ def _read_file(path: Path) -> dict:
     from qgeom.experiment.config import ConfigError  # lazy: torch-free --help
 
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else (yaml.safe_load(text) or {})
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: the config file is empty (name at least one key, e.g. preset_base: demo)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
     return data

@@ -20,8 +20,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +36,7 @@ from qgeom.experiment.stages import KINDS, Stage, chains
 from qgeom.experiment.timing import StageTimer
 from qgeom.experiment.transfer import TransferRun
 from qgeom.io import write_csv
+from qgeom.processes import start_worker, worker_initargs
 
 PHASES = ("training", "evaluation + geometry")
 
@@ -88,21 +91,22 @@ def run_all(run: TransferRun, geometry: bool = True, workers: int = 1) -> dict[s
     for basin in run.basins:
         run.theta0(basin)
     seconds: dict[str, float] = {}
-    pool = None
+    pool, finished = None, False
     try:
         for phase, todo in zip(PHASES, chains(run.cfg, geometry)):
             t0 = time.perf_counter()
             todo = [chain for chain in todo if not all(s.done(run.dir) for s in chain)]
             if workers > 1 and todo:
-                pool = pool or _pool(run.cfg, run.dir, workers)  # one pool for both phases: workers start once
+                pool = pool or worker_pool(workers, _worker_init, (run.cfg, str(run.dir)))  # workers start once
                 _run_parallel(run, pool, todo, f"{run.cfg.name}: {phase} ({workers} workers)")
             else:
                 for chain in tqdm(todo, desc=f"{run.cfg.name}: {phase}", disable=not run.progress, dynamic_ncols=True):
                     _run_chain(run, chain)
             seconds[phase] = time.perf_counter() - t0
+        finished = True
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            stop_pool(pool, wait=finished)
     return seconds
 
 
@@ -128,13 +132,46 @@ def collect_tables(run: TransferRun, geometry: bool = True) -> dict[str, pd.Data
 
 
 
-def _pool(cfg: RunConfig, run_dir: Path, workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(cfg, str(run_dir)))
+def worker_pool(workers: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """``workers`` spawned processes that end with this one — also when it is killed with SIGKILL
+    (:mod:`qgeom.processes`) — and leave Ctrl-C to it: they ignore SIGINT, so an interrupted run
+    prints one message (this process's), and :func:`stop_pool` ends them."""
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=start_worker,
+                               initargs=worker_initargs(initializer, initargs))
+
+
+def stop_pool(pool: ProcessPoolExecutor, wait: bool = True) -> None:
+    """Shut ``pool`` down: after its work (``wait``), or at once, terminating the workers (an
+    exception or Ctrl-C in this process: a chain may run for minutes, and its outputs are written
+    atomically, so nothing is lost but the chain's progress)."""
+    if wait:
+        pool.shutdown(wait=True)
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(10)
+
+
+@contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while worker processes are spawned: they inherit it, so a Ctrl-C that reaches
+    them while they still import (before :func:`qgeom.processes.start_worker`) prints no traceback either."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _run_parallel(run: TransferRun, pool: ProcessPoolExecutor, todo: list[list[Stage]], desc: str) -> None:
-    futures = [pool.submit(_worker_chain, chain) for chain in todo]
+    with _sigint_ignored():  # submit spawns the workers
+        futures = [pool.submit(_worker_chain, chain) for chain in todo]
     bar = tqdm(total=len(futures), desc=desc, disable=not run.progress, dynamic_ncols=True)
     for f in as_completed(futures):
         run.timer.merge(f.result())  # re-raises a worker's exception here

@@ -25,16 +25,17 @@ import pandas as pd
 import torch
 
 from qgeom import params as P
-from qgeom.data import TASKS, Task, parse_task, pretext_task
+from qgeom.data import TASKS, Task, check_task, fingerprint, parse_task, pretext_task
 from qgeom.experiment.analysis import read_table
 from qgeom.experiment.config import RunConfig, validate
 from qgeom.experiment.evaluate import Receiver, evaluate_receiver
 from qgeom.experiment.layout import RunLayout, claim_config
 from qgeom.experiment.measure import GeometryInputs, measure_receiver, task_dissimilarity
+from qgeom.experiment.provenance import StaleInputsError
 from qgeom.experiment.stages import basins
 from qgeom.experiment.tasks import load_run_task, task_specs
 from qgeom.experiment.timing import StageTimer
-from qgeom.io import load_params, remove_stale_temps, save_params, write_csv
+from qgeom.io import load_params, read_metadata, remove_stale_temps, save_params, write_csv
 from qgeom.models import create_model, default_device, load_pretrained
 from qgeom.quant import QuantSpec
 from qgeom.tracking import CurveLog
@@ -49,15 +50,39 @@ class TransferRun:
     otherwise it is validated here, before anything is written."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] | None = None, *, validated: bool = False) -> None:
+                 log: Callable[[str], None] | None = None, *, validated: bool = False, claim: bool = True) -> None:
         if not validated:
             validate(cfg)  # a refused config leaves the run directory as it was
         self.cfg, self.dir, self.progress = cfg, Path(run_dir), progress
         self.layout = RunLayout(self.dir)
         self.log = log or (lambda msg: None)
         self.timer = StageTimer()  # seconds per computed stage (read by the summary's time table)
-        claim_config(self.dir, cfg)
-        remove_stale_temps(self.dir, recursive=True)  # temporaries of a write killed in an earlier run
+        if claim:
+            self.claim()
+
+    def claim(self) -> None:
+        """Write the run's ``config.json`` (or check that the one there is the same), and remove the
+        temporaries of a write killed in an earlier run. ``claim=False`` at construction defers it,
+        so that :meth:`preflight` can check every input before anything is written."""
+        claim_config(self.dir, self.cfg)
+        remove_stale_temps(self.dir, recursive=True)
+
+    def preflight(self) -> dict[str, str | None]:
+        """Check every input before anything is written; returns each task's data fingerprint
+        (:func:`qgeom.data.fingerprint`, ``None`` for offline tasks) for :mod:`~qgeom.experiment.provenance`.
+
+        θ_0 from a file: readable (never unpickled), fitting the architecture, and on a resume the
+        very θ_0 the run holds (its backbone's content hash). The tasks: resolved, at least 2 classes,
+        no empty split, every image file decodable (:func:`qgeom.data.check_task`)."""
+        c = self.cfg
+        if c.theta0 != "pretrain" and not c.theta0.startswith("timm:"):
+            have = P.content_hash(load_pretrained(c.theta0, create_model(c.preset, 2, **c.model_overrides)))
+            if self.layout.theta0().exists() and read_metadata(self.layout.theta0()).get("content_hash") != have:
+                raise StaleInputsError(f"theta0: {c.theta0} is not the θ_0 this run was computed from (its tensors "
+                                       f"changed since the run read it): choose a new run directory")
+        for t in self.tasks.values():
+            check_task(t, images=True)
+        return {name: fingerprint(spec, c.data_root or None) for name, spec in task_specs(c).items()}
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -128,11 +153,12 @@ class TransferRun:
         """θ_0 per ``cfg.theta0``: pretrained here, timm's weights, or a local checkpoint (backbone only
         for the latter two; every task gets a fresh head). ``basin="other"``: pretrained with seed 1."""
         path, seed, c = self.layout.theta0(basin), 1 if basin else 0, self.cfg
+        read_as: list[str] = []  # what reading the file changed (DDP prefixes, half precision): its metadata says
 
         def compute():
             if c.theta0 != "pretrain":
                 self.log(f"loading θ_0 from {c.theta0}")
-                return load_pretrained(c.theta0, self.model(self.names[0]))
+                return load_pretrained(c.theta0, self.model(self.names[0]), read_as)
             self.log(f"pretraining θ_0{' (other basin)' if basin else ''}")
             task = pretext_task(c.pretext_tasks, seed=0, n_per_task=c.n_pretext_per_task)
             m = create_model(c.preset, task.num_classes, seed=seed, **c.model_overrides)
@@ -140,7 +166,7 @@ class TransferRun:
                 return pretrain(m, task, c.pretrain.with_(seed=seed), **self._train_kwargs(curves))
 
         origin = (dict(task="pretext:" + "+".join(c.pretext_tasks), config=c.pretrain.with_(seed=seed).to_dict())
-                  if c.theta0 == "pretrain" else dict(task=""))
+                  if c.theta0 == "pretrain" else dict(task="", read_as=read_as))  # filled by compute(), then saved
         return self._params(path, compute, stage="pretrain", source=c.theta0, basin=basin, **origin)
 
     def finetuned(self, seed: int, task: str, basin: str = "") -> P.Params:

@@ -32,6 +32,7 @@ VOCABULARY = {
     "--data-seed": O.data_seed, "--seed": O.seed, "--out": O.out_file, "--out-dir": O.out_dir, "--bits": O.bits,
     "--dtype": O.dtype, "--scope": O.scope, "--device": O.device, "--threads": O.threads, "--quiet": O.quiet,
     "--format": O.format, "--model": O.model, "--data": O.data, "--data-root": O.data_root, "--workers": O.workers,
+    "--allow-partial": O.allow_partial,
 }
 # Shared within one family of commands, declared once in that family's module; they must agree too.
 FAMILY = {

@@ -1,4 +1,4 @@
-"""GPTQ (Frantar et al., 2023) for one Linear layer, on the paper's per-row symmetric grid.
+"""GPTQ (Frantar et al., 2023) on the paper's per-row symmetric grid: one layer, and a model in sequence.
 
 GPTQ quantizes W (out × in) column by column and, after each column, moves the columns not yet
 quantized so as to cancel the error in the layer's output on calibration inputs X (in × N):
@@ -23,11 +23,14 @@ grid and no model-family assumptions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
+from qgeom.params import Params, Scope, check_finite, in_scope
 from qgeom.quant import QuantSpec
 
 
@@ -132,3 +135,41 @@ def output_error(w: Tensor, q: Tensor, h: Tensor) -> float:
     """½ tr((W − Q) H (W − Q)ᵀ) = ‖(W − Q)X‖²_F / N for H = 2XXᵀ/N (float64)."""
     d = w.double() - q.double()
     return float(0.5 * torch.einsum("oi,ij,oj->", d, h.double(), d))
+
+
+def _linear_layers(model: nn.Module, weights: set[str]) -> list[str]:
+    """The Linear modules whose ``.weight`` is in ``weights``, in registration order (a timm ViT
+    registers qkv, proj, fc1, fc2 block by block: the order of the forward pass)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in weights]
+
+
+def gptq(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]], spec: QuantSpec, *,
+         scope: Scope = "quantized", block_size: int = 128, damp: float = 0.01, act_order: bool = False
+         ) -> tuple[Params, list[dict]]:
+    """GPTQ of every Linear weight in ``scope``, sequentially in forward order: each layer's
+    Hessian comes from its inputs on the calibration ``batches`` with every earlier layer already
+    quantized (the authors' sequential mode). Returns the new parameters (the input is not
+    mutated; tensors out of scope are shared) and one record per layer: name, output error of
+    GPTQ and of round-to-nearest on the same inputs, damping used, calibration rows."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("GPTQ needs calibration batches (receiver data): got none")
+    check_finite(params, "weights to quantize")
+    theta = dict(params)
+    stats = []
+    for layer in _linear_layers(model, {k for k, v in params.items() if in_scope(k, v, scope)}):
+        inputs: list[Tensor] = []
+        hook = model.get_submodule(layer).register_forward_hook(
+            lambda m, args, out: inputs.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+        try:
+            with torch.no_grad():
+                for x, _ in batches:
+                    functional_call(model, theta, (x,))
+        finally:
+            hook.remove()
+        h = layer_hessian(torch.cat(inputs))
+        r = gptq_quantize(theta[f"{layer}.weight"], h, spec, block_size=block_size, damp=damp, act_order=act_order)
+        theta[f"{layer}.weight"] = r.weight
+        stats.append(dict(layer=layer, gptq_error=r.error, rtn_error=r.rtn_error, damp=r.damp,
+                          rows=sum(len(i) for i in inputs)))
+    return theta, stats

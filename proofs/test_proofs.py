@@ -17,7 +17,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 import sympy as sp
 
@@ -63,12 +62,15 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("01 lam* = -b/a (sign flip)", c1.check_optimal_scale, {"lam_star": lambda a, b, c: -b / a}),
     ("01 fraction = cos (not cos^2)", c1.check_recovered_fraction,
      {"fraction": lambda a, b, c: b / sp.sqrt(a * c)}),
+    ("01 equality case with fraction = cos", c1.check_equality_and_sign,
+     {"fraction": lambda a, b, c: b / sp.sqrt(a * c)}),
     ("01 counterexamples with a constant fraction", c1.check_counterexamples,
      {"fraction": lambda a, b, c: sp.Rational(1, 2)}),
     # 2. second order
     ("02 Delta = lam* rho_D", c2.check_cubic_bound, {"delta_rule": lambda lam, u, v: lam * u}),
     ("02 not stationary", c2.check_cubic_bound, {"stationary": False}),
     ("02 constant 1/8", c2.check_taylor_remainder, {"const": sp.Rational(1, 8)}),
+    ("02 Prop. 2 constant 1/8", c2.check_proposition_constant, {"const": sp.Rational(1, 8)}),
     ("02' constant 1/8", c2.check_prop2prime_bound, {"const": 1 / 8}),
     ("02' gradient term dropped", c2.check_prop2prime_bound, {"gradient": False}),
     ("02' curvature term dropped", c2.check_prop2prime_bound, {"curvature": False}),
@@ -108,12 +110,13 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     *[(f"05 level-2 row negated: {row}", c5.check_catalogue_elements, {"flip": row}) for row in c5.LEVEL2_TABLE],
     # 6. optimizer and pipeline
     ("06 continuous rescaling", c6.check_adamw_signed_permutation, {"extra": [sp.diag(2, 1, 1)]}),
+    ("06 eps = 0, gradient not transformed", c6.check_adamw_diagonal_forces_unit,
+     {"eps_positive": False, "grad_rule": lambda x, d: x}),
     ("06 even update |m|", c6.check_adamw_signed_permutation,
      {"update": lambda m, v, e, lr: lr * sp.Abs(m) / (sp.sqrt(v) + e)}),
     ("06 gradient not transformed", c6.check_adamw_diagonal_forces_unit,
      {"grad_rule": lambda x, d: x}),
-    ("06 pipeline under diag(2, 1/2)", c6.check_toy_pipeline,
-     {"extra_symmetry": np.diag([2.0, 0.5])}),
+    ("06 pipeline with an even AdamW update", c6.check_toy_pipeline, {"odd": False}),
 ]
 
 
@@ -122,13 +125,20 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
 REASONS: dict[str, str] = {
     "02 Delta = lam* rho_D": "cubic bound violated",
     "02 not stationary": "cubic bound violated",
-    "02 constant 1/8": "int_0\\^1",
+    "01 equality case with fraction = cos": "equality case",
+    "02 constant 1/8": "extremal cubic violates the Lemma",
+    "02 Prop. 2 constant 1/8": "Proposition 2 with constant 1/8 is violated",
     "02' constant 1/8": "violate Proposition 2'",
     "02' gradient term dropped": "random instances violate Proposition 2'",
     "02' curvature term dropped": "random instances violate Proposition 2'",
     "02' identity without the gradient term": "Proposition 2' identity",
     "02' identity without the curvature term": "Proposition 2' identity",
     "02' softplus maximum 1/12": "claimed 1/12",
+    "06 continuous rescaling": "theta equivariance for \\[\\[2",
+    "06 even update |m|": "theta equivariance",
+    "06 gradient not transformed": "solutions for d",
+    "06 eps = 0, gradient not transformed": "solutions for d",
+    "06 pipeline with an even AdamW update": "signed permutation: pipeline must be equivariant",
     **{f"05 level-2 row negated: {row}": f"level-2 table row '{re.escape(row)}'" for row in c5.LEVEL2_TABLE},
 }
 

@@ -86,6 +86,8 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("03 GGN g^-1 G g^-T", c3.check_ggn_covariance, {"rule": lambda g, gi, m: gi * m * gi.T}),
     ("03 Fisher g^T F g", c3.check_fisher_covariance, {"rule": lambda g, gi, m: g.T * m * g}),
     ("03 rho as a covector", c3.check_metric_invariants, {"tangent": lambda g, gi, u: gi.T * u}),
+    ("03 covector transport under a non-conformal g", c3.check_covector_transport_needs_conformal,
+     {"g": sp.diag(2, 1)}),
     # 4. ViT symmetries
     ("04 keys by A (no inverse-transpose)", c4.check_qk_mixing, {"key_rule": lambda a, ai, w: a * w}),
     ("04 keys by A^-1 (no transpose)", c4.check_qk_mixing, {"key_rule": lambda a, ai, w: ai * w}),
@@ -97,6 +99,7 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("04 stream perm without LN gain", c4.check_residual_permutation, {"permute_gain": False}),
     ("04 stream sign flip keeps gain", c4.check_residual_sign_flip, {"negate_gain": False}),
     ("04 odd activation (tanh)", c4.check_mlp_sign_flip_fails, {"activation": sp.tanh}),
+    ("04 q/k norm family at d_head = 3", c4.check_qk_norm_continuous_family, {"d": 3}),
     # 5. quantizer
     ("05 round half up is not odd", c5.check_rounding_is_odd, {"rounder": c5.round_half_up}),
     ("05 sign flips with round half up", c5.check_sign_flips, {"rounder": c5.round_half_up}),
@@ -106,6 +109,8 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
      {"quantizer": c5.per_tensor_quantize}),
     ("05 no rounding: no counterexample", c5.check_column_scaling_counterexample,
      {"quantizer": c5.identity_quantize}),
+    ("05 converse witness (1, 1)", c5.check_column_converse_witness,
+     {"witness": lambda qmax: [c5.Fraction(1), c5.Fraction(1)]}),
     # 5. the level-2 table on qgeom.symmetry elements: one must-fail twin per row
     *[(f"05 level-2 row negated: {row}", c5.check_catalogue_elements, {"flip": row}) for row in c5.LEVEL2_TABLE],
     # 6. optimizer and pipeline
@@ -134,6 +139,9 @@ REASONS: dict[str, str] = {
     "02' identity without the gradient term": "Proposition 2' identity",
     "02' identity without the curvature term": "Proposition 2' identity",
     "02' softplus maximum 1/12": "claimed 1/12",
+    "03 covector transport under a non-conformal g": "scales every form by k\\^-4",
+    "04 q/k norm family at d_head = 3": "d = 3: no gain gamma' lifts",
+    "05 converse witness (1, 1)": "does not separate b = 3",
     "06 continuous rescaling": "theta equivariance for \\[\\[2",
     "06 even update |m|": "theta equivariance",
     "06 gradient not transformed": "solutions for d",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import sympy as sp
 
-from _proofkit import is_zero, require, require_zero, run_checks, symbols_vector
+from _proofkit import generic_gl, is_zero, require, require_zero, run_checks, symbols_vector, symmetric_matrix
 
 Vec = sp.Matrix | np.ndarray
 DeltaRule = Callable[[sp.Expr | float, Vec, Vec], Vec]
@@ -300,7 +300,7 @@ def _softplus_instance(rng: np.random.Generator, stationary: bool = False, metri
         return None
     lam, kappa = bb / aa, bb**2 / (aa * cc)
     gap = (g(0 * v) - g(lam * u)) - kappa * (g(0 * v) - g(v))
-    return dict(u=u, v=v, m=m, H=H, s=s, lam=lam, kappa=kappa, gap=gap,
+    return dict(u=u, v=v, m=m, H=H, s=s, lam=lam, kappa=kappa, gap=gap, w=w, alpha=alpha,
                 L=abs(alpha) * np.linalg.norm(w) ** 3 * SOFTPLUS_L3)
 
 
@@ -420,6 +420,76 @@ def check_prop2prime_bound(const: float = 1 / 6, gradient: bool = True, curvatur
             f"near-extremal instances reach ratio {tight:.3f}")
 
 
+# --------------------------------------------------------------------------------------------
+# Proposition 2'': the gauge-invariant bound, L_M measured in the M-norm
+# --------------------------------------------------------------------------------------------
+
+
+def check_metric_norm_of_delta(delta_rule: DeltaRule = default_delta) -> str:
+    """||Delta||_M^2 = c (1 - kappa) for generic symmetric 2x2 M and generic u, v (multiplied by a^2 to
+    stay polynomial: ||a Delta||_M^2 = a (a c - b^2)). ``delta_rule`` injects another Delta."""
+    m = symmetric_matrix("m", 2)
+    u, v = symbols_vector("u", 2), symbols_vector("v", 2)
+    a, b, c = (u.T * m * u)[0], (u.T * m * v)[0], (v.T * m * v)[0]
+    ad = (a * delta_rule(b / a, u, v)).applyfunc(sp.expand)  # a Delta: polynomial for lam* = b/a
+    require_zero((ad.T * m * ad)[0] - a * (a * c - b**2), "||Delta||_M^2 = c (1 - kappa)")
+    return "||lam* rho_D - rho_R||_M^2 = c (1 - kappa) (generic symmetric M)"
+
+
+def check_metric_lipschitz_is_gauge_invariant(tangent: Callable[[sp.Matrix, sp.Matrix, sp.Matrix], sp.Matrix]
+                                              = lambda g, gi, y: g * y) -> str:
+    """Under a linear level-1 symmetry g (generic in GL(2)): Hessians move as g^-T H g^-1 (Result 3),
+    the metric as g^-T M g^-1, steps as g y. Then y^T(H_1 - H_0)y and ||y||_M are unchanged, so L_M
+    (their ratio) is invariant, while the Euclidean ||y|| (hence L) is not. ``tangent`` injects another
+    transport of the step (as a covector it must fail)."""
+    g, gi = generic_gl(2, "g")
+    h0, h1, m = symmetric_matrix("h", 2), symmetric_matrix("k", 2), symmetric_matrix("m", 2)
+    y = symbols_vector("y", 2)
+    gy = tangent(g, gi, y)
+    move = lambda x: gi.T * x * gi  # noqa: E731
+    require_zero((gy.T * (move(h1) - move(h0)) * gy)[0] - (y.T * (h1 - h0) * y)[0], "Hessian variation invariant")
+    require_zero((gy.T * move(m) * gy)[0] - (y.T * m * y)[0], "||g y||_{M(g theta)} = ||y||_M")
+    require(not is_zero((gy.T * gy)[0] - (y.T * y)[0]), "the Euclidean norm must change under a generic g")
+    return "L_M = sup |y^T(H_1 - H_0)y| / (t ||y||_M^3) is invariant under linear level-1 symmetries; L is not"
+
+
+def _prop2_terms(inst: dict) -> tuple[float, float, float, float]:
+    """(remainder, c, 1 - kappa, curvature + gradient) of a softplus instance."""
+    u, v, m, H, s, lam, k = (inst[x] for x in ("u", "v", "m", "H", "s", "lam", "kappa"))
+    d = lam * u - v
+    measured = 0.5 * ((1 - k) * v @ (H - m) @ v - d @ (H - m) @ d) - s @ ((1 - k) * v + d)
+    return inst["gap"] - measured, float(v @ m @ v), 1 - k, measured
+
+
+def check_prop2second_bound(const: float = 1 / 6, sqrt_term: bool = True, euclidean_L: bool = False) -> str:
+    """Proposition 2'': |G_D - kappa G_R - curvature - gradient| <= L_M c^{3/2}(1-k)(1+sqrt(1-k))/6.
+    On 3000 random non-stationary softplus instances with a random positive definite M != H, with the
+    certificate L_M = |alpha| (sqrt3/18) (w^T M^-1 w)^{3/2} (|w.y| <= ||w||_{M^-1} ||y||_M); and on the
+    complex-cubic instance of check_proposition_constant (M = I, L_M = L = 1, kappa = 3/4), where it
+    holds with equality. Twins: ``const = 1/8`` and ``sqrt_term=False`` (the T(p) part dropped) fail
+    on the attained instance; ``euclidean_L`` (L_M := |alpha| (sqrt3/18) ||w||^3) on random ones."""
+    rng = np.random.default_rng(2)
+    worst, used = 0.0, 0
+    for _ in range(3000):
+        inst = _softplus_instance(rng, stationary=False, metric="random")
+        if inst is None or np.linalg.eigvalsh(inst["m"]).min() < 1e-3:
+            continue
+        w = inst["w"]
+        wmw = np.linalg.norm(w) ** 2 if euclidean_L else float(w @ np.linalg.solve(inst["m"], w))
+        lip_m = abs(inst["alpha"]) * SOFTPLUS_L3 * wmw**1.5
+        rem, c, one_k, _ = _prop2_terms(inst)
+        cubic_m = c**1.5 * one_k * (1 + (np.sqrt(one_k) if sqrt_term else 0)) / 6
+        worst = max(worst, abs(rem) / (6 * const * lip_m * cubic_m))
+        used += 1
+    require(worst <= 1 + 1e-9, f"random instances violate Proposition 2'' (ratio {worst:.3f})")
+    r = 0.3  # the complex cubic: G_D - kappa G_R = r^3/16, c = r^2, kappa = 3/4, no curvature/gradient term
+    c, one_k = r**2, 0.25
+    bound = 6 * const * 1.0 * c**1.5 * one_k * (1 + (np.sqrt(one_k) if sqrt_term else 0)) / 6  # L_M = 1
+    require(r**3 / 16 <= bound * (1 + 1e-12), f"the complex cubic violates Proposition 2'' (gap {r**3 / 16:.3e} > {bound:.3e})")
+    return (f"Proposition 2'': {used} random instances with certified L_M (max ratio {worst:.2f}); "
+            "attained by the complex cubic (M = I, kappa = 3/4)")
+
+
 CHECKS = [
     check_remainder_decomposition,
     check_taylor_remainder,
@@ -430,6 +500,9 @@ CHECKS = [
     check_prop2prime_identity,
     check_softplus_certificate,
     check_prop2prime_bound,
+    check_metric_norm_of_delta,
+    check_metric_lipschitz_is_gauge_invariant,
+    check_prop2second_bound,
 ]
 
 

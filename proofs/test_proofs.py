@@ -31,6 +31,7 @@ MODULES = [
     "check_04_vit_symmetries",
     "check_05_quantizer",
     "check_06_optimizer_pipeline",
+    "check_07_surrogate_term",
 ]
 
 
@@ -52,7 +53,7 @@ def _m(name: str) -> ModuleType:
     return _load(name)
 
 
-c1, c2, c3, c4, c5, c6 = (_m(n) for n in MODULES)
+c1, c2, c3, c4, c5, c6, c7 = (_m(n) for n in MODULES)
 
 # (id, check, keyword arguments that break exactly one identity)
 PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
@@ -77,6 +78,13 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("02' identity without the gradient term", c2.check_prop2prime_identity, {"gradient": False}),
     ("02' identity without the curvature term", c2.check_prop2prime_identity, {"curvature": False}),
     ("02' softplus maximum 1/12", c2.check_softplus_certificate, {"claimed": sp.Rational(1, 12)}),
+    ("02'' ||lam* rho_D||_M in place of ||Delta||_M", c2.check_metric_norm_of_delta,
+     {"delta_rule": lambda lam, u, v: lam * u}),
+    ("02'' step transported as a covector", c2.check_metric_lipschitz_is_gauge_invariant,
+     {"tangent": lambda g, gi, y: gi.T * y}),
+    ("02'' constant 1/8", c2.check_prop2second_bound, {"const": 1 / 8}),
+    ("02'' T(p) term dropped", c2.check_prop2second_bound, {"sqrt_term": False}),
+    ("02'' L_M from the Euclidean constant", c2.check_prop2second_bound, {"euclidean_L": True}),
     # 3. covariance
     ("03 gradient as a vector (g, not g^-T)", c3.check_gradient_covariance,
      {"rule": lambda g, gi, x: g * x}),
@@ -122,6 +130,10 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("06 gradient not transformed", c6.check_adamw_diagonal_forces_unit,
      {"grad_rule": lambda x, d: x}),
     ("06 pipeline with an even AdamW update", c6.check_toy_pipeline, {"odd": False}),
+    # 7. the surrogate term
+    ("07 identity without R_sur D(rho_R)", c7.check_surrogate_identity, {"with_receiver_point": False}),
+    ("07 error bound from the evaluated point only", c7.check_entrywise_error_bound, {"own_point_only": True}),
+    ("07 first-order remainder with constant 1/4", c7.check_first_order_remainder, {"const": 0.25}),
 ]
 
 
@@ -139,9 +151,17 @@ REASONS: dict[str, str] = {
     "02' identity without the gradient term": "Proposition 2' identity",
     "02' identity without the curvature term": "Proposition 2' identity",
     "02' softplus maximum 1/12": "claimed 1/12",
+    "02'' ||lam* rho_D||_M in place of ||Delta||_M": "c \\(1 - kappa\\)",
+    "02'' step transported as a covector": "Hessian variation invariant",
+    "02'' constant 1/8": "complex cubic violates Proposition 2''",
+    "02'' T(p) term dropped": "complex cubic violates Proposition 2''",
+    "02'' L_M from the Euclidean constant": "random instances violate Proposition 2''",
     "03 covector transport under a non-conformal g": "scales every form by k\\^-4",
     "04 q/k norm family at d_head = 3": "d = 3: no gain gamma' lifts",
     "05 converse witness (1, 1)": "does not separate b = 3",
+    "07 identity without R_sur D(rho_R)": "surrogate identity",
+    "07 error bound from the evaluated point only": "entrywise bound violated",
+    "07 first-order remainder with constant 1/4": "violate the first-order remainder bound",
     "06 continuous rescaling": "theta equivariance for \\[\\[2",
     "06 even update |m|": "theta equivariance",
     "06 gradient not transformed": "solutions for d",

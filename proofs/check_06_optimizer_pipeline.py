@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from fractions import Fraction
-from itertools import permutations, product
+from itertools import combinations, permutations, product
 
 import numpy as np
 import sympy as sp
+from scipy.linalg import expm
 
 from _proofkit import require, require_zero, run_checks, symbols_vector
 from check_05_quantizer import quantize  # the exact quantizer of Proposition 5
@@ -146,6 +147,66 @@ def check_general_linear_forces_signed_permutation() -> str:
         for g in entries[ok & (dets != 0)]:
             require(np.all(np.sum(g != 0, axis=1) == 1), "signSGD case: one non-zero per row")
     return "limits sign(h), h/eps; orthogonal {-1,0,1} matrices = signed permutations (n=2,3)"
+
+
+def _phi(g: np.ndarray, eps: float) -> np.ndarray:
+    """The first AdamW update direction from the zero state: G / (|G| + eps)."""
+    return g / (np.abs(g) + eps)
+
+
+def achievable_signs(nu: np.ndarray) -> np.ndarray:
+    """The sign vectors sigma in {+-1}^n whose open orthant meets the hyperplane nu^perp: sigma (.) nu has
+    a positive and a negative entry (on the support of nu; zeros of nu are free)."""
+    n = len(nu)
+    out = []
+    for sig in product((1, -1), repeat=n):
+        prod_ = np.array(sig) * nu
+        if (prod_ > 0).any() and (prod_ < 0).any():
+            out.append(sig)
+    return np.array(out, dtype=float)
+
+
+def check_noether_constrained_gradients(support: int = 3) -> str:
+    """Proposition 6.2' (realistic gradients, G in (X theta)^perp). (i) The lemma: for nu with at least
+    three non-zero entries the achievable sign vectors span R^n (exhaustive over the supports of
+    n = 3, 4, 5), so X sigma = 0 for all of them forces X = 0; ``support = 2`` runs the same claim on
+    two-entry supports, where it is false (rank n - 1). (ii) The bound is sharp: X = [[1, 1], [1, 1]],
+    L = f(theta_1 - theta_2) is invariant under e^{sX} (symbolic), every realistic gradient is t(1, -1),
+    and the first AdamW step commutes with e^{sX} for all s, t (symbolic, eps > 0). (iii) Generic X in
+    gl(4), random theta: a realistic G without zero entries at which the step fails to commute, for
+    s = 1e-3 (eps = 1e-8 and eps = 0)."""
+    for n in (3, 4, 5):
+        for supp in combinations(range(n), support):
+            nu = np.zeros(n)
+            nu[list(supp)] = np.arange(1, support + 1) * (-1) ** np.arange(support)
+            rank = np.linalg.matrix_rank(achievable_signs(nu))
+            require(rank == n, f"achievable signs of a {support}-entry support span rank {rank} < {n}")
+    s_, t_, e_ = sp.symbols("s t eps", positive=True)
+    th1, th2 = sp.symbols("th1 th2", real=True)
+    X = sp.Matrix([[1, 1], [1, 1]])
+    g = sp.simplify((s_ * X).exp())
+    f = sp.Function("f")
+    moved = g * sp.Matrix([th1, th2])
+    require_zero(sp.simplify(f(moved[0] - moved[1]) - f(th1 - th2)), "L = f(th1 - th2) is invariant under e^{sX}")
+    G = t_ * sp.Matrix([1, -1])
+    gi_t = sp.simplify(g.inv().T)
+    phi = lambda v: v.applyfunc(lambda c: c / (sp.Abs(c) + e_))  # noqa: E731
+    require_zero(sp.simplify(phi(gi_t * G) - g * phi(G)), "X = 11^T commutes on realistic gradients")
+    rng = np.random.default_rng(3)
+    X4, theta = rng.normal(size=(4, 4)), rng.normal(size=4)
+    nu = X4 @ theta
+    basis = np.linalg.svd(nu[None, :])[2][1:]  # an orthonormal basis of nu^perp
+    worst = {}
+    for eps in (1e-8, 0.0):
+        gaps = []
+        for _ in range(50):
+            G = basis.T @ rng.normal(size=3)
+            gm = expm(1e-3 * X4)
+            gaps.append(np.abs(_phi(np.linalg.inv(gm).T @ G, eps) - gm @ _phi(G, eps)).max())
+        worst[eps] = max(gaps)
+        require(worst[eps] > 1e-6, f"generic X: no realistic gradient breaks the step (eps = {eps})")
+    return ("AdamW on Noether-constrained gradients: non-commuting for generic X (|supp X theta| >= 3: achievable signs "
+            "span R^n); X = 11^T in R^2 commutes (the support bound is sharp)")
 
 
 def check_sgd_commutes_iff_orthogonal() -> str:
@@ -273,6 +334,7 @@ CHECKS = [
     check_adamw_diagonal_forces_unit,
     check_adamw_diagonal_forces_unit_eps0,
     check_general_linear_forces_signed_permutation,
+    check_noether_constrained_gradients,
     check_sgd_commutes_iff_orthogonal,
     check_toy_pipeline,
     check_fixed_point_sets,

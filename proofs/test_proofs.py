@@ -130,6 +130,7 @@ PERTURBATIONS: list[tuple[str, Callable[..., str], dict[str, Any]]] = [
     ("06 gradient not transformed", c6.check_adamw_diagonal_forces_unit,
      {"grad_rule": lambda x, d: x}),
     ("06 pipeline with an even AdamW update", c6.check_toy_pipeline, {"odd": False}),
+    ("06' Noether lemma on two-entry supports", c6.check_noether_constrained_gradients, {"support": 2}),
     # 7. the surrogate term
     ("07 identity without R_sur D(rho_R)", c7.check_surrogate_identity, {"with_receiver_point": False}),
     ("07 error bound from the evaluated point only", c7.check_entrywise_error_bound, {"own_point_only": True}),
@@ -162,6 +163,7 @@ REASONS: dict[str, str] = {
     "07 identity without R_sur D(rho_R)": "surrogate identity",
     "07 error bound from the evaluated point only": "entrywise bound violated",
     "07 first-order remainder with constant 1/4": "violate the first-order remainder bound",
+    "06' Noether lemma on two-entry supports": "span rank 2 < 3",
     "06 continuous rescaling": "theta equivariance for \\[\\[2",
     "06 even update |m|": "theta equivariance",
     "06 gradient not transformed": "solutions for d",

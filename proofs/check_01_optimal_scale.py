@@ -140,18 +140,25 @@ def check_cauchy_schwarz() -> str:
     return "ac - b^2 = a ||lam* u - v||_M^2 = sum of squares (Lagrange) for M = L L^T"
 
 
-def check_equality_and_sign() -> str:
-    """Collinear v = mu u gives cos_M^2 = 1 and lam* = mu; the fraction's numerator is b^2."""
-    m, u, _ = _generic()
+def check_equality_and_sign(fraction: ScaleRule = default_fraction) -> str:
+    """Collinear v = mu u gives cos_M^2 = 1 and lam* = mu; and the equality case in general:
+    a c (1 - fraction) = a ||v - lam* u||_M^2, computed from the matrix M (generic symmetric 3x3)
+    and the residual vector v - lam* u -- an independent route to 1 - cos^2, which for
+    M = L L^T vanishes iff L^T (v - lam* u) = 0 iff M (v - lam* u) = 0. ``fraction`` injects
+    another formula for the recovered fraction."""
+    m, u, v = _generic()
+    a, b, c = _forms(m, u, v)
+    resid_a = a * v - b * u  # a (v - lam* u): keeps the identity polynomial
+    lhs = sp.cancel(A**2 * C * (1 - fraction(A, B, C)))  # a polynomial in a, b, c for the right formula
+    require_zero(lhs.subs({A: a, B: b, C: c}) - (resid_a.T * m * resid_a)[0],
+                 "equality case: a^2 c (1 - fraction) = ||a v - b u||_M^2")
     mu = sp.Symbol("mu", real=True)
     a, b, c = _forms(m, u, mu * u)
     require_zero(b - mu * a, "collinear => b = mu a")
     require_zero(c - mu**2 * a, "collinear => c = mu^2 a")
-    require_zero(default_fraction(A, mu * A, mu**2 * A) - 1, "collinear => cos^2 = 1")
+    require_zero(fraction(A, mu * A, mu**2 * A) - 1, "collinear => cos^2 = 1")
     require_zero(default_lam_star(A, mu * A, mu**2 * A) - mu, "collinear => lam* = mu")
-    num, den = sp.fraction(sp.together(default_fraction(A, B, C)))
-    require(sp.expand(num - B**2) == 0 and sp.expand(den - A * C) == 0, "fraction = b^2/(ac)")
-    return "v = mu u => cos_M^2 = 1, lam* = mu; fraction = b^2/(ac) > 0 iff b != 0 (a, c > 0)"
+    return "v = mu u => cos_M^2 = 1, lam* = mu; 1 - cos_M^2 = ||v - lam* u||_M^2 / c (equality iff M(v - lam* u) = 0)"
 
 
 def check_counterexamples(fraction: ScaleRule = default_fraction) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import sympy as sp
 
-from _proofkit import require, require_zero, run_checks, symbols_vector
+from _proofkit import generic_gl, is_zero, require, require_zero, run_checks, symbols_vector, symmetric_matrix
 
 Vec = sp.Matrix | np.ndarray
 DeltaRule = Callable[[sp.Expr | float, Vec, Vec], Vec]
@@ -56,8 +56,11 @@ def check_taylor_remainder(const: sp.Rational = sp.Rational(1, 6)) -> str:
 
     g(x+y) - g(x) - grad g(x).y - 1/2 y^T H(x) y = int_0^1 (1-t) y^T (H(x+ty) - H(x)) y dt,
 
-    int_0^1 (1-t) t dt = 1/6, and the bound (L/6)||y||^3 is attained by
-    g(y) = (L/6)(w.y)^3, ||w|| = 1, y = s w. ``const`` injects a different constant.
+    and int_0^1 (1-t) t dt = 1/6, so |remainder| <= (L/6)||y||^3. The Lemma's claim checked
+    against ``const``: on the cubic g(y) = (L/6)(w.y)^3, ||w|| = 1, whose Hessian Lipschitz
+    constant is computed independently (the eigenvalues of H(y) - H(y')), the remainder at x = 0
+    -- computed by differentiating g, not read off its formula -- must be <= const L ||y||^3 at
+    y = s w. It is equal to (1/6) L ||y||^3 there, so any const < 1/6 fails (the Lemma is sharp).
     """
     x = symbols_vector("x", 2)
     y = symbols_vector("y", 2)
@@ -66,24 +69,31 @@ def check_taylor_remainder(const: sp.Rational = sp.Rational(1, 6)) -> str:
     monos = [1, x[0], x[1], x[0] ** 2, x[0] * x[1], x[1] ** 2,
              x[0] ** 3, x[0] ** 2 * x[1], x[0] * x[1] ** 2, x[1] ** 3]
     g = sum(k * mono for k, mono in zip(coeffs, monos))
-    grad = sp.Matrix([sp.diff(g, xi) for xi in x])
-    hess = sp.hessian(g, list(x))
-    shift = {x[0]: x[0] + y[0], x[1]: x[1] + y[1]}
-    shift_t = {x[0]: x[0] + t * y[0], x[1]: x[1] + t * y[1]}
-    remainder = g.subs(shift, simultaneous=True) - g - (grad.T * y)[0] - (y.T * hess * y)[0] / 2
-    integrand = (1 - t) * (y.T * (hess.subs(shift_t, simultaneous=True) - hess) * y)[0]
-    require_zero(remainder - sp.integrate(sp.expand(integrand), (t, 0, 1)), "integral form")
-    require(sp.integrate((1 - t) * t, (t, 0, 1)) == const, "int_0^1 (1-t) t dt")
-    # Tightness: the cubic (L/6)(w.y)^3 has Hessian L (w.y) w w^T (Lipschitz constant L for
-    # ||w|| = 1) and remainder exactly (L/6)(w.y)^3; along y = s w it equals (L/6)|s|^3.
+    require_zero(_taylor_remainder(g, x, y) - _integral_at(g, x, x, y, t), "integral form")
+    require(sp.integrate((1 - t) * t, (t, 0, 1)) == sp.Rational(1, 6), "int_0^1 (1-t) t dt = 1/6")
+    # Sharpness of the Lemma on the cubic (L/6)(w.y)^3 (||w|| = 1).
     lip, s = sp.symbols("L s", positive=True)
     w = sp.Matrix([sp.Rational(3, 5), sp.Rational(4, 5)])
-    cubic = lip / 6 * ((w.T * y)[0]) ** 3
-    h_cubic = sp.hessian(cubic, list(y))
-    require_zero(h_cubic - lip * (w.T * y)[0] * w * w.T, "Hessian of the cubic")
-    along = cubic.subs({y[0]: s * w[0], y[1]: s * w[1]}, simultaneous=True)
-    require_zero(along - const * lip * s**3, "the constant 1/6 is attained")
-    return "Taylor remainder = int (1-t) y^T(H(x+ty)-H(x))y dt <= (L/6)||y||^3, attained"
+    yp = symbols_vector("yp", 2)
+    cubic = lip / 6 * ((w.T * x)[0]) ** 3
+    h = sp.hessian(cubic, list(x))
+    diff = h.subs({x[0]: y[0], x[1]: y[1]}, simultaneous=True) - h.subs({x[0]: yp[0], x[1]: yp[1]}, simultaneous=True)
+    eig = sorted(diff.eigenvals(), key=sp.default_sort_key)  # {0, L w.(y - y')}: ||.||_op = L |w.(y-y')| <= L||y-y'||
+    require(len(eig) == 2 and any(is_zero(e) for e in eig)
+            and any(is_zero(e - lip * (w.T * (y - yp))[0]) for e in eig), "Hessian of the cubic is L-Lipschitz")
+    rem = _taylor_remainder(cubic, x, y).subs({x[0]: 0, x[1]: 0}).subs({y[0]: s * w[0], y[1]: s * w[1]})
+    norm_y = s  # ||s w|| = s for ||w|| = 1, s > 0
+    require(is_zero(rem - lip * norm_y**3 / 6) and bool(sp.simplify(const * lip * norm_y**3 - rem) >= 0),
+            f"the extremal cubic violates the Lemma with constant {const}: remainder {rem}")
+    return "Taylor remainder = int (1-t) y^T(H(x+ty)-H(x))y dt <= (L/6)||y||^3, attained by (L/6)(w.y)^3"
+
+
+def _taylor_remainder(g: sp.Expr, x: sp.Matrix, y: sp.Matrix) -> sp.Expr:
+    """g(x+y) - g(x) - grad g(x).y - 1/2 y^T Hess g(x) y, by differentiating g."""
+    grad = sp.Matrix([sp.diff(g, xi) for xi in x])
+    hess = sp.hessian(g, list(x))
+    shift = {xi: xi + yi for xi, yi in zip(x, y)}
+    return g.subs(shift, simultaneous=True) - g - (grad.T * y)[0] - (y.T * hess * y)[0] / 2
 
 
 def _cubic_family_gains(
@@ -123,8 +133,21 @@ def check_cubic_family_identities() -> str:
     require_zero(hess.subs(at_v) - m, "Hess g(v) = M")
     hess_p = hess.subs({x[0]: xp[0], x[1]: xp[1]}, simultaneous=True)
     require_zero(hess - hess_p - lip * (w.T * (x - xp))[0] * w * w.T, "Hessian difference")
-    require_zero(g - (d.T * m * d)[0] / 2 - lip / 6 * ((w.T * d)[0]) ** 3, "remainder")
-    return "cubic family: stationary at rho_R, Hess = M there, Hessian L-Lipschitz, E exact"
+    # E(x) = g(x) - g(v) - 1/2||x-v||_M^2 computed as the Lemma's integral of the Hessian variation
+    # along [v, x] (differentiation + integration, not the formula that defines g)
+    t = sp.Symbol("t", real=True)
+    yv = x - v
+    e_int = _integral_at(g, x, v, yv, t)
+    require_zero(e_int - lip / 6 * ((w.T * d)[0]) ** 3, "E(x) = (L/6)(w.(x-v))^3 (integral form)")
+    return "cubic family: stationary at rho_R, Hess = M there, Hessian L-Lipschitz, E = cubic (integral form)"
+
+
+def _integral_at(g: sp.Expr, x: sp.Matrix, base: sp.Matrix, step: sp.Matrix, t: sp.Symbol) -> sp.Expr:
+    """int_0^1 (1-t) step^T (Hess g(base + t step) - Hess g(base)) step dt (g polynomial in x)."""
+    hess = sp.hessian(g, list(x))
+    at_t = hess.subs({xi: bi + t * si for xi, bi, si in zip(x, base, step)}, simultaneous=True)
+    at_0 = hess.subs({xi: bi for xi, bi in zip(x, base)}, simultaneous=True)
+    return sp.integrate(sp.expand((1 - t) * (step.T * (at_t - at_0) * step)[0]), (t, 0, 1))
 
 
 # Explicit instances (M, rho_R, rho_D, w, L, slope). The first is the counterexample to the
@@ -172,6 +195,43 @@ def check_cubic_bound(delta_rule: DeltaRule = default_delta, stationary: bool = 
     require(worst <= 1 + 1e-9, f"random softplus instances violate the bound (ratio {worst:.3f})")
     return (f"|gain(p) - cos^2 gain(v)| <= (L/6)(|rho_R|^3+|Delta|^3): 4 exact cubic + 2000 random "
             f"softplus instances (max ratio {worst:.2f})")
+
+
+def check_proposition_constant(const: sp.Rational = sp.Rational(1, 6)) -> str:
+    """The constant 1/6 of Proposition 2 itself (not only of the Lemma) cannot be improved.
+
+    M = I, rho_R = (-r, 0), rho_D = (-3r/4, sqrt3 r/4), g(x) = 1/2||y||^2 + (1/6) Re((y_1 + i y_2)^3)
+    with y = x - rho_R: stationary at rho_R with Hessian I there, Hessian L-Lipschitz with L = 1
+    (Hess g(y) - Hess g(y') has eigenvalues +-||y - y'||, computed here), lam* = 1, kappa = 3/4,
+    ||Delta|| = r/2, and G_D - kappa G_R = r^3/16 = (1/6)[(1-kappa)||rho_R||^3 + ||Delta||^3]:
+    equality in the sharper form of Proposition 2 for every r > 0. ``const`` replaces 1/6."""
+    r = sp.Symbol("r", positive=True)
+    x, yp = symbols_vector("x", 2), symbols_vector("yp", 2)
+    v = sp.Matrix([-r, 0])
+    u = sp.Matrix([-3 * r / 4, sp.sqrt(3) * r / 4])
+    y = x - v
+    g = (y.T * y)[0] / 2 + sp.re(sp.expand((y[0] + sp.I * y[1]) ** 3)) / 6
+    at = lambda pt: {x[0]: pt[0], x[1]: pt[1]}  # noqa: E731
+    hess = sp.hessian(g, list(x))
+    require_zero(sp.Matrix([sp.diff(g, xi) for xi in x]).subs(at(v)), "stationary at rho_R")
+    require_zero(hess.subs(at(v)) - sp.eye(2), "Hess g(rho_R) = I = M")
+    dh = hess - hess.subs(at(yp), simultaneous=True)
+    dist2 = ((x - yp).T * (x - yp))[0]
+    require_zero(sp.expand(dh * dh) - sp.expand(dist2) * sp.eye(2), "(H(x) - H(x'))^2 = ||x - x'||^2 I: L = 1")
+    require(is_zero(dh.trace()), "H(x) - H(x') is traceless: eigenvalues +-||x - x'||")
+    a, b, c = (u.T * u)[0], (u.T * v)[0], (v.T * v)[0]
+    lam, kappa = b / a, b**2 / (a * c)
+    require(lam == 1 and kappa == sp.Rational(3, 4), f"lam* = {lam}, kappa = {kappa}")
+    delta = lam * u - v
+    zero = sp.zeros(2, 1)
+    gain_r = g.subs(at(zero)) - g.subs(at(v))
+    gain_d = g.subs(at(zero)) - g.subs(at(lam * u))
+    gap = sp.expand(gain_d - kappa * gain_r)
+    bound = const * ((1 - kappa) * _norm(v) ** 3 + _norm(delta) ** 3)  # L = 1
+    require(is_zero(gap - r**3 / 16), f"gap = {gap}, expected r^3/16")
+    require(bool(sp.simplify(bound - gap) >= 0),
+            f"Proposition 2 with constant {const} is violated: gap {gap} > {sp.simplify(bound)}")
+    return "Proposition 2's constant 1/6 is attained (M = I, L = 1, kappa = 3/4: gap = r^3/16 = bound)"
 
 
 def check_counterexample_values() -> str:
@@ -240,7 +300,7 @@ def _softplus_instance(rng: np.random.Generator, stationary: bool = False, metri
         return None
     lam, kappa = bb / aa, bb**2 / (aa * cc)
     gap = (g(0 * v) - g(lam * u)) - kappa * (g(0 * v) - g(v))
-    return dict(u=u, v=v, m=m, H=H, s=s, lam=lam, kappa=kappa, gap=gap,
+    return dict(u=u, v=v, m=m, H=H, s=s, lam=lam, kappa=kappa, gap=gap, w=w, alpha=alpha,
                 L=abs(alpha) * np.linalg.norm(w) ** 3 * SOFTPLUS_L3)
 
 
@@ -360,15 +420,89 @@ def check_prop2prime_bound(const: float = 1 / 6, gradient: bool = True, curvatur
             f"near-extremal instances reach ratio {tight:.3f}")
 
 
+# --------------------------------------------------------------------------------------------
+# Proposition 2'': the gauge-invariant bound, L_M measured in the M-norm
+# --------------------------------------------------------------------------------------------
+
+
+def check_metric_norm_of_delta(delta_rule: DeltaRule = default_delta) -> str:
+    """||Delta||_M^2 = c (1 - kappa) for generic symmetric 2x2 M and generic u, v (multiplied by a^2 to
+    stay polynomial: ||a Delta||_M^2 = a (a c - b^2)). ``delta_rule`` injects another Delta."""
+    m = symmetric_matrix("m", 2)
+    u, v = symbols_vector("u", 2), symbols_vector("v", 2)
+    a, b, c = (u.T * m * u)[0], (u.T * m * v)[0], (v.T * m * v)[0]
+    ad = (a * delta_rule(b / a, u, v)).applyfunc(sp.expand)  # a Delta: polynomial for lam* = b/a
+    require_zero((ad.T * m * ad)[0] - a * (a * c - b**2), "||Delta||_M^2 = c (1 - kappa)")
+    return "||lam* rho_D - rho_R||_M^2 = c (1 - kappa) (generic symmetric M)"
+
+
+def check_metric_lipschitz_is_gauge_invariant(tangent: Callable[[sp.Matrix, sp.Matrix, sp.Matrix], sp.Matrix]
+                                              = lambda g, gi, y: g * y) -> str:
+    """Under a linear level-1 symmetry g (generic in GL(2)): Hessians move as g^-T H g^-1 (Result 3),
+    the metric as g^-T M g^-1, steps as g y. Then y^T(H_1 - H_0)y and ||y||_M are unchanged, so L_M
+    (their ratio) is invariant, while the Euclidean ||y|| (hence L) is not. ``tangent`` injects another
+    transport of the step (as a covector it must fail)."""
+    g, gi = generic_gl(2, "g")
+    h0, h1, m = symmetric_matrix("h", 2), symmetric_matrix("k", 2), symmetric_matrix("m", 2)
+    y = symbols_vector("y", 2)
+    gy = tangent(g, gi, y)
+    move = lambda x: gi.T * x * gi  # noqa: E731
+    require_zero((gy.T * (move(h1) - move(h0)) * gy)[0] - (y.T * (h1 - h0) * y)[0], "Hessian variation invariant")
+    require_zero((gy.T * move(m) * gy)[0] - (y.T * m * y)[0], "||g y||_{M(g theta)} = ||y||_M")
+    require(not is_zero((gy.T * gy)[0] - (y.T * y)[0]), "the Euclidean norm must change under a generic g")
+    return "L_M = sup |y^T(H_1 - H_0)y| / (t ||y||_M^3) is invariant under linear level-1 symmetries; L is not"
+
+
+def _prop2_terms(inst: dict) -> tuple[float, float, float, float]:
+    """(remainder, c, 1 - kappa, curvature + gradient) of a softplus instance."""
+    u, v, m, H, s, lam, k = (inst[x] for x in ("u", "v", "m", "H", "s", "lam", "kappa"))
+    d = lam * u - v
+    measured = 0.5 * ((1 - k) * v @ (H - m) @ v - d @ (H - m) @ d) - s @ ((1 - k) * v + d)
+    return inst["gap"] - measured, float(v @ m @ v), 1 - k, measured
+
+
+def check_prop2second_bound(const: float = 1 / 6, sqrt_term: bool = True, euclidean_L: bool = False) -> str:
+    """Proposition 2'': |G_D - kappa G_R - curvature - gradient| <= L_M c^{3/2}(1-k)(1+sqrt(1-k))/6.
+    On 3000 random non-stationary softplus instances with a random positive definite M != H, with the
+    certificate L_M = |alpha| (sqrt3/18) (w^T M^-1 w)^{3/2} (|w.y| <= ||w||_{M^-1} ||y||_M); and on the
+    complex-cubic instance of check_proposition_constant (M = I, L_M = L = 1, kappa = 3/4), where it
+    holds with equality. Twins: ``const = 1/8`` and ``sqrt_term=False`` (the T(p) part dropped) fail
+    on the attained instance; ``euclidean_L`` (L_M := |alpha| (sqrt3/18) ||w||^3) on random ones."""
+    rng = np.random.default_rng(2)
+    worst, used = 0.0, 0
+    for _ in range(3000):
+        inst = _softplus_instance(rng, stationary=False, metric="random")
+        if inst is None or np.linalg.eigvalsh(inst["m"]).min() < 1e-3:
+            continue
+        w = inst["w"]
+        wmw = np.linalg.norm(w) ** 2 if euclidean_L else float(w @ np.linalg.solve(inst["m"], w))
+        lip_m = abs(inst["alpha"]) * SOFTPLUS_L3 * wmw**1.5
+        rem, c, one_k, _ = _prop2_terms(inst)
+        cubic_m = c**1.5 * one_k * (1 + (np.sqrt(one_k) if sqrt_term else 0)) / 6
+        worst = max(worst, abs(rem) / (6 * const * lip_m * cubic_m))
+        used += 1
+    require(worst <= 1 + 1e-9, f"random instances violate Proposition 2'' (ratio {worst:.3f})")
+    r = 0.3  # the complex cubic: G_D - kappa G_R = r^3/16, c = r^2, kappa = 3/4, no curvature/gradient term
+    c, one_k = r**2, 0.25
+    bound = 6 * const * 1.0 * c**1.5 * one_k * (1 + (np.sqrt(one_k) if sqrt_term else 0)) / 6  # L_M = 1
+    require(r**3 / 16 <= bound * (1 + 1e-12), f"the complex cubic violates Proposition 2'' (gap {r**3 / 16:.3e} > {bound:.3e})")
+    return (f"Proposition 2'': {used} random instances with certified L_M (max ratio {worst:.2f}); "
+            "attained by the complex cubic (M = I, kappa = 3/4)")
+
+
 CHECKS = [
     check_remainder_decomposition,
     check_taylor_remainder,
     check_cubic_family_identities,
     check_cubic_bound,
+    check_proposition_constant,
     check_counterexample_values,
     check_prop2prime_identity,
     check_softplus_certificate,
     check_prop2prime_bound,
+    check_metric_norm_of_delta,
+    check_metric_lipschitz_is_gauge_invariant,
+    check_prop2second_bound,
 ]
 
 

@@ -175,6 +175,31 @@ def check_metric_invariants(tangent: TangentRule = default_tangent_rule,
     return "<gu,gv>_{g^-T M g^-1} = <u,v>_M (generic 3x3): lam*, cos_M invariant"
 
 
+def check_covector_transport_needs_conformal(g: sp.Matrix | None = None) -> str:
+    """Vectors wrongly transported as covectors (rho -> g^-T rho), metric moved correctly
+    (M -> g^-T M g^-1): for conformal g = k Q (Q the rotation with cos 3/5, sin 4/5, k a free
+    symbol) every form is multiplied by k^-4, so lam* (and cos_M) survive; for g = diag(2, 1),
+    M = I, rho_D = (1, 1), rho_R = (1, 0): lam* = 1/2 before, 1/17 after. ``g`` replaces k Q
+    (a non-conformal g must fail the k^-4 scaling)."""
+    k = sp.Symbol("k", positive=True)
+    q = sp.Matrix([[sp.Rational(3, 5), -sp.Rational(4, 5)], [sp.Rational(4, 5), sp.Rational(3, 5)]])
+    g = k * q if g is None else g
+    g_inv = g.inv()
+    m = symmetric_matrix("m", 2)
+    u, v = symbols_vector("u", 2), symbols_vector("v", 2)
+    mg = g_inv.T * m * g_inv
+    for p_, q_ in ((u, v), (u, u), (v, v)):
+        moved = ((g_inv.T * p_).T * mg * (g_inv.T * q_))[0]
+        require_zero(moved - (p_.T * m * q_)[0] / k**4, "covector transport scales every form by k^-4")
+    d, e = sp.diag(2, 1), sp.eye(2)
+    u0, v0 = sp.Matrix([1, 1]), sp.Matrix([1, 0])
+    di = d.inv()
+    lam = lambda a, b, mm: (a.T * mm * b)[0] / (a.T * mm * a)[0]  # noqa: E731
+    require(lam(u0, v0, e) == sp.Rational(1, 2) and lam(di.T * u0, di.T * v0, di.T * e * di) == sp.Rational(1, 17),
+            "diag(2, 1): lam* 1/2 -> 1/17 under covector transport")
+    return "rho as a covector: forms x k^-4 for conformal g = kQ (lam*, cos_M kept); diag(2,1): lam* 1/2 -> 1/17"
+
+
 def check_euclidean_cosine() -> str:
     """Euclidean cosine: invariant under orthogonal g (symbolic rotation, c^2 + s^2 = 1) and
     under scalar g = kI; not under g = diag(2, 1) (u = (1,1), v = (1,0): 1/sqrt2 -> 2/sqrt5).
@@ -242,6 +267,7 @@ CHECKS = [
     check_ggn_covariance,
     check_fisher_covariance,
     check_metric_invariants,
+    check_covector_transport_needs_conformal,
     check_euclidean_cosine,
     check_ggn_needs_function_invariance,
 ]

@@ -259,6 +259,52 @@ def check_residual_sign_flip(negate_gain: bool = True) -> str:
     return "stream sign flip x -> -x with gamma -> -gamma, writers -> -writers is exact"
 
 
+def check_qk_norm_continuous_family(d: int = 2) -> str:
+    """With q/k normalisation (a LayerNorm over d_head before the score) and d_head = 2, query/key
+    mixing has a continuous family of exact lifts, so "only +-P" does not hold there.
+
+    A = c P_1 + P_perp (P_1 the projector on span{1}, P_perp on 1^perp; c != 0) fixes 1^perp pointwise,
+    so n(A x) = n(x) and LN(A x; gamma', beta') = A LN(x; gamma, beta) for all x with beta' = A beta and
+    gamma' (.) z = A (gamma (.) z) on 1^perp: for d = 2, 1^perp is the line of w = (1, -1), and
+    gamma' = (A(gamma (.) w)) (.) w solves it. A^{-T} = (1/c) P_1 + P_perp is of the same form, so
+    scores (A q)^T (A^{-T} k) after the two norms are unchanged: a one-parameter group of level-1
+    symmetries. ``d = 3`` is the twin: 1^perp is a plane, diag(gamma') = A diag(gamma) on it has no
+    solution gamma' for generic gamma and c != 1 (part (a)(2)'s setting)."""
+    x, gamma, beta = (symbols_vector(n, d) for n in ("x", "g", "b"))
+    c, eps = sp.Symbol("c", positive=True), sp.Symbol("eps", positive=True)
+    one = _ones(d)
+    p1 = one * one.T / d
+    a = c * p1 + (sp.eye(d) - p1)
+    # the gain lift: diag(gamma') z = A diag(gamma) z for z in a basis of 1^perp
+    basis = [sp.Matrix([1 if k == 0 else (-1 if k == j else 0) for k in range(d)]) for j in range(1, d)]
+    gp = symbols_vector("gp", d)
+    eqs = [e for z in basis for e in (sp.matrix_multiply_elementwise(gp, z) - a * sp.matrix_multiply_elementwise(gamma, z))]
+    sol = sp.solve(eqs, list(gp), dict=True)
+    require(len(sol) == 1 and set(sol[0]) == set(gp), f"d = {d}: no gain gamma' lifts A = c P_1 + P_perp")
+    gamma_new = gp.subs(sol[0])
+    lhs = layernorm(a * x, gamma_new, a * beta, eps)
+    require_zero(lhs - a * layernorm(x, gamma, beta, eps), "LN(A x; gamma', A beta) = A LN(x; gamma, beta)")
+    a_inv_t = (1 / c) * p1 + (sp.eye(d) - p1)
+    require_zero(sp.expand(a.T * a_inv_t) - sp.eye(d), "A^T A^{-T} = I: scores unchanged")
+    return "q/k norm, d_head = 2: A = c P_1 + P_perp (any c > 0) lifts through LayerNorm: a continuous family"
+
+
+def check_stream_sign_flip_is_generated() -> str:
+    """Item 9 = item 8 with R = -I composed with item 6 at s = -1: the sign each map puts on writers,
+    LN gain, LN bias and readers multiplies to item 9's (-1, -1, +1, +1); checked on the block of
+    check_residual_sign_flip by applying the two maps in turn."""
+    x = symbols_vector("x", D_MODEL)
+    eps = sp.Symbol("eps", positive=True)
+    prm = _block_params()
+    item8 = dict(prm, w_out=-prm["w_out"], b_out=-prm["b_out"], beta=-prm["beta"], w_in=-prm["w_in"])
+    both = dict(item8, gamma=-item8["gamma"], beta=-item8["beta"], w_in=-item8["w_in"])
+    item9 = dict(prm, gamma=-prm["gamma"], w_out=-prm["w_out"], b_out=-prm["b_out"])
+    for k in prm:
+        require_zero(both[k] - item9[k], f"item 8 (R = -I) o item 6 (s = -1) = item 9 on {k}")
+    require_zero(_block(-x, both, eps) + _block(x, prm, eps), "the composition is exact")
+    return "stream sign flip (item 9) = item 8 at R = -I composed with item 6 at s = -1"
+
+
 def _n(x: sp.Matrix) -> sp.Matrix:
     """Normalised centred vector n(x) = LN(x; 1, 0) with eps = 1/100."""
     return layernorm(x, _ones(x.rows), sp.zeros(x.rows, 1), sp.Rational(1, 100))
@@ -352,6 +398,8 @@ CHECKS = [
     check_mlp_hidden_permutation,
     check_residual_permutation,
     check_residual_sign_flip,
+    check_stream_sign_flip_is_generated,
+    check_qk_norm_continuous_family,
     check_rotation_counterexamples,
     check_mlp_sign_flip_fails,
 ]

@@ -256,6 +256,35 @@ def check_column_scaling_counterexample(quantizer: Quantizer = quantize) -> str:
     return "counterexamples: Q(W diag(3,1)) = [[9,0]] != Q(W) diag(3,1) = [[9,1]]; row shear"
 
 
+def default_witness(qmax: int) -> list[Fraction]:
+    """The row (1, 1/q_max) (at b = 2: (1, 1)) of the converse of item 4."""
+    return [Fraction(1), Fraction(1, qmax)]
+
+
+def check_column_converse_witness(witness: Callable[[int], list[Fraction]] = default_witness) -> str:
+    """Item 4's converse for every ratio, not only 3: if |e_j| = r |e_l| with r > 1, the row with
+    1 in column j and 1/q_max in column l (zeros elsewhere) has Q(W E) != Q(W) E. Exact rationals,
+    b = 2..8, r in a grid of rationals in (1, 1000] (including 2, where 1/r is a tie) and seeded
+    random ones, both signs of e_j and e_l, a positive common factor, and E = Pi diag(e) with the
+    swap Pi. ``witness`` injects another row (it must separate every ratio)."""
+    rng = random.Random(5)
+    ratios = [Fraction(101, 100), Fraction(3, 2), Fraction(2), Fraction(5, 2), Fraction(3), Fraction(7),
+              Fraction(1000)] + [1 + Fraction(rng.randint(1, 400), rng.randint(1, 40)) for _ in range(20)]
+    count = 0
+    for bits in range(2, 9):
+        qmax = 2 ** (bits - 1) - 1
+        wj, wl = witness(qmax)
+        for r in ratios:
+            for sj, sl, c in ((1, 1, Fraction(1)), (-1, 1, Fraction(2, 7)), (1, -1, Fraction(9, 4)), (-1, -1, Fraction(1, 3))):
+                e = [sj * r * c, sl * c, Fraction(5, 3)]  # column 2: any other scale, W is 0 there
+                for perm in ((0, 1, 2), (1, 0, 2)):  # E = Pi diag(e): W E = (W Pi) diag(e)
+                    w = _cols([[wj, wl, Fraction(0)]], perm)  # so that W Pi has the 1 in column 0
+                    lhs, rhs = quantize(_right(_cols(w, perm), e), bits), _right(_cols(quantize(w, bits), perm), e)
+                    require(lhs != rhs, f"witness {witness(qmax)} does not separate b = {bits}, r = {r}")
+                    count += 1
+    return f"column maps with |e_j| != |e_l|: the row (1, 1/q_max) breaks Q(WE) = Q(W)E ({count} exact cases, b = 2..8)"
+
+
 def check_torchao_convention_breaks_sign_flip() -> str:
     """With torch.ao's scale absmax / (2^(b-1) - 1/2) the code -2^(b-1) is reachable and
     sign flips fail: b = 3, w = [1, -1]: w/s = [3.5, -3.5] rounds to [4 -> 3 (clamp), -4]:
@@ -434,6 +463,7 @@ CHECKS = [
     check_positive_row_scaling,
     check_monomial_row_operations,
     check_column_scaling_counterexample,
+    check_column_converse_witness,
     check_torchao_convention_breaks_sign_flip,
     check_catalogue_level2,
     check_catalogue_elements,

@@ -15,6 +15,16 @@ and |T(x)| ≤ (L/6)‖x − ρ_R‖³ give Proposition 2′:
     |G_D − κ G_R| ≤ L·cubic + ½[|1−κ| |ρ_Rᵀ(H−M)ρ_R| + |Δᵀ(H−M)Δ|] + |sᵀ((1−κ)ρ_R + Δ)|,
     cubic = (|1−κ| ‖ρ_R‖³ + ‖Δ‖³) / 6.
 
+Gauge-invariant form (Proposition 2″, proofs/02): with M ⪰ 0 and L_M the Hessian's Lipschitz constant
+measured in the M-norm, |yᵀ(∇²g(x+ty) − ∇²g(x))y| ≤ L_M t ‖y‖_M³ on the two segments, and
+‖Δ‖²_M = c(1−κ) (c = ‖ρ_R‖²_M), the remainder obeys |remainder| ≤ L_M·cubic_M,
+
+    cubic_M = c^{3/2} (1−κ)(1 + √(1−κ)) / 6,
+
+which vanishes as κ → 1 and, like κ, the curvature and gradient terms and L_M, is invariant under
+every level-1 linear symmetry (the Euclidean ‖ρ_R‖, ‖Δ‖ and L are not). ``L_M_implied`` =
+|remainder| / cubic_M is the smallest L_M consistent with the measured remainder.
+
 Every term comes from 2×2 forms (⟨·,·⟩_M, ⟨·,·⟩_H, Euclidean) of ρ_D, ρ_R and the directional
 gradients sᵀρ: two products with M, two with H, one gradient. With the three losses g(0),
 g(ρ_R), g(λ*ρ_D) the identity also measures the cubic remainder and the smallest L consistent
@@ -39,8 +49,8 @@ from qgeom.params import Params, Scope, inner, norm
 NAN = float("nan")
 
 #: the terms returned by :func:`second_order_terms`, in table order
-TERMS = ("kappa", "lam_star", "norm_rho_R", "norm_Delta", "cubic", "curvature", "curvature_bound",
-         "gradient", "G_R", "G_D", "gap", "remainder", "L_implied", "recovery")
+TERMS = ("kappa", "lam_star", "norm_rho_R", "norm_Delta", "cubic", "norm_M_rho_R", "cubic_M", "curvature",
+         "curvature_bound", "gradient", "G_R", "G_D", "gap", "remainder", "L_implied", "L_M_implied", "recovery")
 
 
 def _quad(X: np.ndarray, lam: float) -> float:
@@ -70,7 +80,8 @@ def second_order_terms(K_M: np.ndarray, K_H: np.ndarray, K_E: np.ndarray, grad_d
     curv_D = _quad(K_H, lam) - _quad(K_M, lam)
     s_delta = lam * sD - sR
     out.update(kappa=kappa, lam_star=lam, norm_rho_R=nR, norm_Delta=nDelta,
-               cubic=(abs(one_k) * nR**3 + nDelta**3) / 6,
+               cubic=(abs(one_k) * nR**3 + nDelta**3) / 6, norm_M_rho_R=math.sqrt(c),
+               cubic_M=c**1.5 * one_k * (1 + math.sqrt(one_k)) / 6 if one_k >= 0 else NAN,
                curvature=0.5 * (one_k * curv_R - curv_D),
                curvature_bound=0.5 * (abs(one_k) * abs(curv_R) + abs(curv_D)),
                gradient=-(one_k * sR + s_delta))
@@ -81,6 +92,7 @@ def second_order_terms(K_M: np.ndarray, K_H: np.ndarray, K_E: np.ndarray, grad_d
         rem = gap - out["curvature"] - out["gradient"]
         out.update(G_R=G_R, G_D=G_D, gap=gap, remainder=rem,
                    L_implied=abs(rem) / out["cubic"] if out["cubic"] > 0 else NAN,
+                   L_M_implied=abs(rem) / out["cubic_M"] if out["cubic_M"] > 0 else NAN,
                    recovery=G_D / G_R if G_R != 0 else NAN)
     return out
 
@@ -90,6 +102,12 @@ def bound(terms: dict[str, float], lipschitz: float, const: float = 1 / 6) -> fl
 
     ``const`` replaces the Taylor constant 1/6 (only to show that a smaller one fails)."""
     return lipschitz * terms["cubic"] * (6 * const) + terms["curvature_bound"] + abs(terms["gradient"])
+
+
+def bound_M(terms: dict[str, float], lipschitz_M: float, const: float = 1 / 6) -> float:
+    """Proposition 2″'s right-hand side L_M·cubic_M + curvature_bound + |gradient| (gauge invariant;
+    ``const`` replaces the Taylor constant 1/6, only to show that a smaller one fails)."""
+    return lipschitz_M * terms["cubic_M"] * (6 * const) + terms["curvature_bound"] + abs(terms["gradient"])
 
 
 def _forms(op: CurvatureOperator, vs: list[Params]) -> np.ndarray:
@@ -130,12 +148,13 @@ def pair_bound_terms(op_M: CurvatureOperator, op_H: CurvatureOperator, rho_D: Pa
 
 
 def segment_lipschitz(model: nn.Module, theta: Params, batches: Sequence[Batch], start: Params, step: Params, *,
-                      scope: Scope | Sequence[str] | None = None, n: int = 8) -> float:
+                      scope: Scope | Sequence[str] | None = None, n: int = 8, step_norm: float | None = None) -> float:
     """Estimate of the Hessian's Lipschitz constant along the segment θ + start + t·step, t ∈ [0, 1]:
     max_t |φ''(t) − φ''(0)| / (t ‖step‖³) with φ''(t) = stepᵀ H(θ + start + t·step) step, from n + 1
     Hessian forms (``fp`` objective) on a uniform grid. Only this directional constant enters the
     Taylor remainder along the segment (02, Lemma), so it may replace L there; a grid maximum is an
-    estimate (a lower bound of the supremum), not a certificate.
+    estimate (a lower bound of the supremum), not a certificate. ``step_norm`` replaces ‖step‖ (the
+    Euclidean norm): with ‖step‖_M it estimates L_M of Proposition 2″ along the segment.
     """
     keys = list(step) if scope is None else scope
 
@@ -146,7 +165,7 @@ def segment_lipschitz(model: nn.Module, theta: Params, batches: Sequence[Batch],
         op = CurvatureOperator(model, at, batches, metric="hessian", objective="fp", scope=keys)
         return inner(step, op.matvec(step))
 
-    ns = norm(step)
+    ns = norm(step) if step_norm is None else float(step_norm)
     if ns == 0:
         return 0.0
     base = phi2(0.0)
@@ -162,7 +181,11 @@ def gap_decomposition(geometry, metric: str = "ggn", scope: str | None = None):
     the last term the surrogate mismatch (the true PTQ loss is not the smooth STE surrogate).
     Columns: seed, bits, scope, receiver, donor, kappa, R, R_surrogate, curvature, gradient,
     remainder, surrogate, explained = 1 − |R − κ − (curvature + gradient)| / |R − κ| (how much of
-    the gap the two measured terms account for; negative when they overshoot).
+    the gap the two measured terms account for; negative when they overshoot). Where the table has
+    Proposition 7's rows (proofs/07): surrogate_first_order, surrogate_second_order (Taylor predictions
+    of the surrogate term from the known point discrepancies), surrogate_bound_first (its a-priori
+    first-order bound from the row scales) and explained_with_surrogate (as ``explained``, with the
+    second-order surrogate prediction added to the two measured terms).
     """
     g = geometry if scope is None else geometry[geometry.scope == scope]
     keys = ["seed", "bits", "scope", "receiver", "donor"]
@@ -180,7 +203,17 @@ def gap_decomposition(geometry, metric: str = "ggn", scope: str | None = None):
     res["surrogate"] = res.R - res.R_surrogate
     gap = res.R - res.kappa
     res["explained"] = 1 - (gap - res.curvature - res.gradient).abs() / gap.abs()
+    sur = g[(g.objective == "surrogate") & (g.metric == metric)]
+    if len(sur):  # Proposition 7 (proofs/07): the surrogate term's Taylor account and a-priori bound
+        wide = sur.assign(q=sur.quantity.str.removeprefix("sur_")).pivot_table(
+            index=keys, columns="q", values="value", dropna=False).reset_index()
+        cols = {"first_order": "surrogate_first_order", "second_order": "surrogate_second_order",
+                "bound_first": "surrogate_bound_first"}
+        res = res.merge(wide[keys + list(cols)].rename(columns=cols), on=keys, how="left")
+        gap = res.R - res.kappa  # merge renumbers the rows
+        res["explained_with_surrogate"] = 1 - (gap - res.curvature - res.gradient - res.surrogate_second_order
+                                               ).abs() / gap.abs()
     return res.reset_index(drop=True)
 
 
-__all__ = ["TERMS", "bound", "gap_decomposition", "pair_bound_terms", "second_order_terms", "segment_lipschitz"]
+__all__ = ["TERMS", "bound", "bound_M", "gap_decomposition", "pair_bound_terms", "second_order_terms", "segment_lipschitz"]

@@ -9,7 +9,8 @@ curvature at the expansion point of each objective (``fp``: θ_R; ``ste``: θ_R,
   its roundoff floor (:func:`qgeom.curvature.geometry.form_quantities`);
 * Euclidean counterparts (M = I), the directional gradients ⟨∇L, ρ_D⟩, K's asymmetry and
   eigenvalues (diagnostics of Proposition 1);
-* Proposition 2′'s terms (proofs/02, :mod:`qgeom.curvature.bounds`);
+* Proposition 2′'s and 2″'s terms (proofs/02, :mod:`qgeom.curvature.bounds`);
+* Proposition 7's account of the surrogate term R − R_surrogate (proofs/07, :mod:`qgeom.curvature.surrogate`);
 * the loss recovery R(D, R) = (L(0) − L(λρ_D)) / (L(0) − L(ρ_R)) of the quantized receiver on
   the probe set, at λ = λ*_STE and at λ = 1.
 
@@ -29,6 +30,7 @@ from qgeom import params as P
 from qgeom.curvature.bounds import second_order_terms
 from qgeom.curvature.geometry import form_quantities, gram_matrix
 from qgeom.curvature.probe import probe_warnings
+from qgeom.curvature.surrogate import surrogate_point, surrogate_terms
 from qgeom.curvature.operator import CurvatureOperator
 from qgeom.data import Task, batches, probe_batches
 from qgeom.experiment.config import RunConfig
@@ -101,11 +103,11 @@ def _form_rows(rows: _Rows, scope: str, names: list[str], r: int, gram: dict, fl
 
 
 def _bound_rows(cfg: RunConfig, g: GeometryInputs, rows: _Rows, probe, scope: str, V: list[P.Params], r: int,
-                gram: dict, grads: dict) -> None:
+                gram: dict, grads: dict) -> dict:
     """Proposition 2′'s terms for every metric's cos² at the STE surrogate g(δ) = L(θ̂ + δ − ρ_R),
     θ̂ = Q_b(θ_R,QAT): rows objective ``prop2``, quantity ``p2_<term>``. Costs N Hessian products
     and 2 + N·|metrics| probe losses per scope; the M products and the STE gradient are the
-    ``ste`` ones of :func:`_grams` (the same as the fp ones at θ̂)."""
+    ``ste`` ones of :func:`_grams` (the same as the fp ones at θ̂). Returns λ* per (metric, donor)."""
     theta_hat = {k: v.to(g.device) for k, v in ptq(g.theta_qat, QuantSpec(g.bits)).items()}
     op_h = CurvatureOperator(g.model, theta_hat, probe, metric="hessian", objective="fp", scope=scope)
     HV = [{k: v.cpu() for k, v in hb.items()} for hb in op_h.matmat(V)]  # N products, once
@@ -114,6 +116,7 @@ def _bound_rows(cfg: RunConfig, g: GeometryInputs, rows: _Rows, probe, scope: st
     sd = [P.inner(P.select(grads["ste"], scope), v) for v in V]
     g0 = op_h.loss({k: -v.to(g.device) for k, v in V[r].items()})
     gR = op_h.loss()
+    lams = {}
     for metric in cfg.metrics:
         KM = KH if metric == "hessian" else gram[f"{metric}_ste"]
         for i, d in enumerate(g.rhos):
@@ -124,6 +127,33 @@ def _bound_rows(cfg: RunConfig, g: GeometryInputs, rows: _Rows, probe, scope: st
                 t = second_order_terms(KM[ix], KH[ix], KE[ix], (sd[i], sd[r]), (g0, gR, op_h.loss(delta)))
             for q, val in t.items():
                 rows.put(scope, metric, "prop2", d, f"p2_{q}", val)
+            lams[metric, d] = t["lam_star"]
+    return lams
+
+
+def _surrogate_rows(g: GeometryInputs, rows: _Rows, probe, scope: str, V: list[P.Params], r: int,
+                    lams: dict) -> None:
+    """Proposition 7's terms (proofs/07, :mod:`qgeom.curvature.surrogate`) for every off-diagonal donor
+    and metric at λ*: the true PTQ loss against the STE surrogate at x = 0, ρ_R, λ*ρ_D — rows objective
+    ``surrogate``, quantity ``sur_<term>``. Costs 2 + (N − 1)·|metrics| points of two probe losses, one
+    gradient and one Hessian product each (scope: every tensor)."""
+    spec = QuantSpec(g.bits)
+    dev = {k: v.to(g.device) for k, v in g.theta.items()}
+    qat = {k: v.to(g.device) for k, v in g.theta_qat.items()}
+    rho_R = {k: v.to(g.device) for k, v in V[r].items()}
+    theta_hat = ptq(qat, spec)
+
+    def point(x: P.Params) -> dict:
+        return surrogate_point(g.model, probe, dev, qat, rho_R, x, spec, theta_hat)
+
+    at0, atR = point({k: torch.zeros_like(v) for k, v in rho_R.items()}), point(rho_R)
+    for (metric, d), lam in lams.items():
+        i = list(g.rhos).index(d)
+        if i == r or not np.isfinite(lam):
+            continue
+        t = surrogate_terms(at0, atR, point({k: lam * v.to(g.device) for k, v in V[i].items()}))
+        for q, val in t.items():
+            rows.put(scope, metric, "surrogate", d, f"sur_{q}", val)
 
 
 def _recovery_rows(cfg: RunConfig, g: GeometryInputs, rows: _Rows, probe, scope: str, V: list[P.Params], r: int,
@@ -165,7 +195,8 @@ def measure_receiver(cfg: RunConfig, g: GeometryInputs, log: Callable[[str], Non
         for objective, grad in grads.items():
             for i, d in enumerate(names):
                 rows.put(scope, "gradient", objective, d, "directional_gradient", P.inner(P.select(grad, scope), V[i]))
-        _bound_rows(cfg, g, rows, probe, scope, V, r, gram, grads)
+        lams = _bound_rows(cfg, g, rows, probe, scope, V, r, gram, grads)
+        _surrogate_rows(g, rows, probe, scope, V, r, lams)
         l0, lr = _recovery_rows(cfg, g, rows, probe, scope, V, r, gram, floors)
         for w in warnings:  # recorded in the table: value 1 flags a degenerate probe set
             rows.put(scope, "probe", "", "", f"probe_warning: {w}", 1.0)

@@ -7,5 +7,6 @@
 ``flat``      flat (P,) views of the products: ``op @ x``, ``flat_matmat``, ``to_scipy``
 ``probe``     the probe set: its hash and sanity, the reduction over it (data parallel), model checks
 ``geometry``  metric inner products, cosines, the optimal scale λ*, Gram matrices
+``forms``     quadratic forms read as cosines and scales: roundoff floors, indefinite forms, signed ratios
 ``bounds``    Proposition 2′'s second-order terms (proofs/02_second_order.md)
 """

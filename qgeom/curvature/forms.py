@@ -100,8 +100,9 @@ def scale_of_forms(uv: float, uu: float, name: str = "u", floor: float = 0.0,
     if uu > floor:
         return uv / uu, False, ""
     if allow_indefinite and abs(uu) > floor:
-        return uv / uu, True, (f"indefinite: {_bad_form(name, uu, floor)} — the value is the stationary point "
-                               f"⟨{name},·⟩_M/⟨{name},{name}⟩_M of the quadratic model along {name}, a maximum")
+        return uv / uu, True, (f"indefinite: {_bad_form(name, uu, floor)} — the value is the stationary "
+                               f"point ⟨{name},·⟩_M/⟨{name},{name}⟩_M of the quadratic model along {name}, "
+                               "a maximum")
     return NAN, True, (f"indefinite: {_bad_form(name, uu, floor)} — the quadratic model along {name} "
                        "has no minimizer, so λ* is undefined")
 

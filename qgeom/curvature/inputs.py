@@ -24,6 +24,22 @@ from qgeom.curvature.probe import Batch
 from qgeom.params import Params, Scope, first_names, scope_keys
 
 
+#: The keywords of :class:`qgeom.curvature.operator.CurvatureOperator`, and what other libraries call some of them.
+OPERATOR_KEYWORDS = ("params", "batches", "metric", "objective", "scope", "spec", "method", "dtype", "cache_graph",
+                     "loss")
+ALIASES = {"loss_fn": "loss", "loss_func": "loss", "criterion": "loss", "data": "batches", "dataloader": "batches",
+           "parameters": "params", "theta": "params"}
+
+
+def refuse_keywords(other: Mapping[str, Any], who: str, known: Sequence[str]) -> None:
+    """Raise ``TypeError`` for keywords ``who`` does not take, naming the one to pass instead."""
+    if not other:
+        return
+    hints = [f"{k}= is spelled {ALIASES[k]}= here" for k in other if k in ALIASES]
+    raise TypeError(f"{who} got unexpected keyword(s) {', '.join(other)}" + (f" ({'; '.join(hints)})" if hints else "")
+                    + f"; it takes {', '.join(known)}")
+
+
 def named_params(model: nn.Module, params: Mapping[str, Tensor] | Iterable[Tensor] | None) -> tuple[Params, bool]:
     """(name → tensor, whether it was a mapping) for the accepted forms of ``params``.
 
@@ -110,4 +126,5 @@ def cast_batch(x: Tensor, y: Tensor, device: torch.device, dtype: torch.dtype) -
     return x, y
 
 
-__all__ = ["cast_batch", "named_params", "read_batches", "scoped_keys"]
+__all__ = ["ALIASES", "OPERATOR_KEYWORDS", "cast_batch", "named_params", "read_batches", "refuse_keywords",
+           "scoped_keys"]

@@ -57,7 +57,8 @@ from torch.func import functional_call, grad
 
 from qgeom.vocabulary import METRICS, OBJECTIVES
 from qgeom.curvature.flat import FlatProducts
-from qgeom.curvature.inputs import cast_batch, named_params, read_batches, scoped_keys
+from qgeom.curvature.inputs import (OPERATOR_KEYWORDS, cast_batch, named_params, read_batches, refuse_keywords,
+                                    scoped_keys)
 from qgeom.curvature.losses import LossFn, resolve_loss
 from qgeom.curvature.probe import Batch, check_eval_mode, check_forward_ad, probe_hash, reduce_over_probe
 from qgeom.curvature.products import (Graph, batch_jvp_gram, grad_graph, hvp_double, hvp_forward, hvp_through_graph,
@@ -113,7 +114,8 @@ class CurvatureOperator(FlatProducts):
     def __init__(self, model: nn.Module, params: Params | Iterable[Tensor] | None = None, batches: Any = None, *,
                  metric: str = "ggn", objective: str = "fp", scope: Scope | Sequence[str] = "all",
                  spec: QuantSpec | None = None, method: str = "auto", dtype: torch.dtype | None = None,
-                 cache_graph: bool | None = None, loss: LossFn | None = None) -> None:
+                 cache_graph: bool | None = None, loss: LossFn | None = None, **other: Any) -> None:
+        refuse_keywords(other, "CurvatureOperator", OPERATOR_KEYWORDS)
         for what, val, known in (("metric", metric, METRICS), ("objective", objective, OBJECTIVES),
                                  ("method", method, METHODS)):
             if val not in known:

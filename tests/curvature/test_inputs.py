@@ -112,3 +112,11 @@ def test_a_list_scope_keeps_the_callers_order():
         CurvatureOperator(case.model, case.params, case.batches, scope=["head.weight", "no.such.tensor"])
     with pytest.raises(ValueError, match="repeated"):
         CurvatureOperator(case.model, case.params, case.batches, scope=["head.weight", "head.weight"])
+
+
+def test_other_libraries_keywords_say_what_to_pass():
+    case = tiny_case()
+    with pytest.raises(TypeError, match="loss_fn= is spelled loss="):
+        CurvatureOperator(case.model, case.params, case.batches, loss_fn=torch.nn.MSELoss())
+    with pytest.raises(TypeError, match="it takes params, batches"):
+        CurvatureOperator(case.model, case.params, case.batches, damping=1e-3)

@@ -3,7 +3,7 @@
 Every algorithm of :mod:`qgeom.spectra` works on a :class:`FlatOperator` — a symmetric linear
 map A on R^n given by a flat torch matvec (n,) → (n,) — and :func:`as_flat_operator` turns the
 other shapes into one: a :class:`qgeom.curvature.operator.CurvatureOperator` (anything with
-``flat_matvec``/``n_params``), a scipy ``LinearOperator`` (numpy, float64 on the CPU), an
+``flat_matvec``/``n_params``), a scipy ``LinearOperator`` or sparse matrix (numpy, on the CPU), an
 object with ``.shape`` (n, n) and ``@`` on torch tensors (curvlinops' operators), a dense
 symmetric tensor or numpy array, a plain callable on flat torch vectors together with ``n``,
 or an object with ``matvec`` (or a callable) over Params together with a ``like`` dict.
@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
-from scipy.sparse.linalg import LinearOperator
+from scipy.sparse import issparse
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from torch import Tensor
 
 from qgeom.params import Params, flatten, unflatten
@@ -73,8 +74,8 @@ def as_flat_operator(op: Any, like: Params | None = None, n: int | None = None) 
     if hasattr(op, "flat_matvec") and hasattr(op, "n_params"):
         return FlatOperator(op.n_params, op.flat_matvec, getattr(op, "flat_matmat", None), op.unflatten,
                             op.dtype, op.device, dict(getattr(op, "info", {})))
-    if isinstance(op, LinearOperator):
-        return _from_scipy(op)
+    if isinstance(op, LinearOperator) or issparse(op):
+        return _from_scipy(aslinearoperator(op))
     if like is not None and (hasattr(op, "matvec") or callable(op)):
         keys, mv = list(like), getattr(op, "matvec", op)
         ref = next(iter(like.values()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
 import scipy.sparse.linalg as sla
 import torch
 from hypothesis import given, settings
@@ -234,7 +235,8 @@ def test_scipy_operators_plain_callables_and_curvlinops_are_accepted():
     at hand, against eigh of the same dense matrix (tolerances as in the module docstring)."""
     ev = np.linspace(-1.0, 3.0, 40)
     A = sym_matrix(ev, seed=2)
-    shapes = {"scipy": sla.aslinearoperator(A.numpy()), "numpy": A.numpy(), "callable": lambda x: A @ x}
+    shapes = {"scipy": sla.aslinearoperator(A.numpy()), "sparse": scipy.sparse.csr_matrix(A.numpy()),
+              "numpy": A.numpy(), "callable": lambda x: A @ x}
     for name, op in shapes.items():
         n = 40 if name == "callable" else None
         res = eigsh(op, k=2, which="LA", n=n)

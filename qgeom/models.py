@@ -32,6 +32,7 @@ the whole demo (pretraining included) fit in 10 minutes.
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import socket
@@ -64,11 +65,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def disable_fused_attention(model: nn.Module) -> nn.Module:
-    """Set ``fused_attn = False`` on every timm attention module (in place; returned)."""
+    """Set ``fused_attn = False`` on every timm attention module (in place; returned).
+
+    This changes the caller's model; :func:`without_fused_attention` leaves it alone."""
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
     return model
+
+
+def without_fused_attention(model: nn.Module) -> nn.Module:
+    """``model`` itself if no attention module uses fused SDPA, else a copy whose attention is
+    computed explicitly (``fused_attn = False``): new module objects sharing ``model``'s parameter
+    and buffer tensors (no weights are copied), so ``model`` is left exactly as it was."""
+    if supports_forward_ad(model):
+        return model
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return disable_fused_attention(copy.deepcopy(model, memo=shared))
 
 
 def supports_forward_ad(model: nn.Module) -> bool:

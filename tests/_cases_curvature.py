@@ -147,3 +147,29 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     """‖a − b‖_F / ‖b‖_F in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
+
+
+# --------------------------------------------------------------------------------------------
+# any module, any loss: a small MLP and references by plain autograd loops
+# --------------------------------------------------------------------------------------------
+
+
+def mlp(seed: int = 0, d_in: int = 5, hidden: int = 6, d_out: int = 3) -> nn.Module:
+    """Linear–tanh–Linear in float64 (57 parameters at the defaults): not a ViT, no LayerNorm."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out)).double().eval()
+
+
+def autograd_hessian(f, theta: Tensor) -> Tensor:
+    """∇²f(θ) (P × P) row by row: ∇f with create_graph, then one backward per coordinate —
+    plain reverse-over-reverse ``torch.autograd.grad``, no torch.func composition."""
+    t = theta.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(t), t, create_graph=True)
+    return torch.stack([torch.autograd.grad(g[i], t, retain_graph=True)[0] for i in range(t.numel())])
+
+
+def autograd_jacobian(f, theta: Tensor) -> Tensor:
+    """∂f(θ)/∂θ (numel(f) × P) row by row, one backward per output entry (first order only)."""
+    t = theta.detach().clone().requires_grad_(True)
+    out = f(t).reshape(-1)
+    return torch.stack([torch.autograd.grad(out[i], t, retain_graph=True)[0] for i in range(out.numel())])

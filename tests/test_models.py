@@ -21,6 +21,7 @@ from qgeom.models import (
     load_checkpoint,
     preset_config,
     supports_forward_ad,
+    without_fused_attention,
 )
 
 SMALL = dict(embed_dim=16, depth=1, num_heads=2)  # a 6.8 k-parameter micro variant
@@ -94,6 +95,22 @@ def test_fused_attention_is_off_everywhere():
     attn[2].fused_attn = True
     assert not supports_forward_ad(model)
     assert disable_fused_attention(model) is model and supports_forward_ad(model)
+
+
+def test_without_fused_attention_copies_the_modules_and_shares_the_tensors():
+    """The caller's model keeps its fused attention; the copy computes attention explicitly with
+    the very same parameter and buffer tensors (no weights copied) and the same function."""
+    model = create_model("micro", 4, **SMALL).double().eval()
+    assert without_fused_attention(model) is model  # nothing to change: the model itself
+    for m in attention_modules(model):
+        m.fused_attn = True
+    copy = without_fused_attention(model)
+    assert copy is not model and supports_forward_ad(copy) and not supports_forward_ad(model)
+    assert all(a is b for a, b in zip(copy.parameters(), model.parameters()))
+    assert all(a is b for a, b in zip(copy.buffers(), model.buffers()))
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(copy(x), model(x), rtol=0, atol=1e-12)  # same function (SDPA vs explicit: roundoff)
 
 
 def test_jvp_through_the_model_matches_central_differences():

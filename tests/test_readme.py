@@ -62,7 +62,7 @@ def test_every_block_is_run_or_marked_illustrative():
         if b["why"]:
             assert b["lang"] == "bash" and len(b["why"]) > 20, f"README.md:{b['line']}: say why it cannot run"
     runnable = [b for b in found if b["lang"] != "text" and not b["why"]]
-    assert sum(b["lang"] == "python" for b in runnable) == 5 and sum(b["lang"] == "bash" for b in runnable) == 1
+    assert sum(b["lang"] == "python" for b in runnable) == 6 and sum(b["lang"] == "bash" for b in runnable) == 1
 
 
 def test_illustrative_blocks_parse_with_qgeoms_own_parser():
@@ -118,6 +118,7 @@ def test_the_readme_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "runs/x/rho_count.safetensors").exists()
     assert session["pg"].info["metric"] == "ggn" and len(session["top"].eigenvalues) == 3
     assert session["report"].ok
+    assert session["G"].info["attention"].startswith("explicit") and session["signed"].indefinite  # "your own model"
 
 
 @pytest.mark.parametrize("pattern", [r"--bits \d --bits", r"--samples", r"--out paper_figures"])

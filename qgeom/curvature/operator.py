@@ -2,9 +2,10 @@
 
 All three are matrices over the coordinates of a *scope* (the variables; every other tensor of
 the model is held fixed at the expansion point θ), for the loss of one of two objectives on a
-fixed probe set {(x_b, y_b)} of N = Σ_b n_b samples:
+fixed probe set {(x_b, y_b)} of N = Σ_b n_b samples, for any module f and any loss ℓ that is a
+batch mean (:mod:`qgeom.curvature.losses`; default the softmax cross-entropy):
 
-* ``fp``:  L(θ) = (1/N) Σ_i ℓ(f(θ, x_i), y_i), ℓ the softmax cross-entropy, eval mode;
+* ``fp``:  L(θ) = (1/N) Σ_i ℓ(f(θ, x_i), y_i), eval mode;
 * ``ste``: L(Q_b(θ)) with Q_b's Jacobian taken as the identity (:func:`qgeom.quant.fake_quantize`
   on the ``quantized`` tensors), so every derivative is the fp derivative evaluated at Q_b(θ):
   ∇ = ∇L(Q_b(θ)), H_ste(θ) = H_L(Q_b(θ)).
@@ -13,9 +14,11 @@ Metrics (P = number of scoped coordinates, K = classes, J_i = ∂f(θ, x_i)/∂�
 
 * ``hessian``  H = ∇²L, products H·v by forward-over-reverse (``torch.func.jvp`` of
   ``torch.func.grad``) or by double backward (``torch.autograd.grad(create_graph=True)``);
-* ``ggn``      G = (1/N) Σ_i J_iᵀ C_i J_i, C_i = diag(p_i) − p_i p_iᵀ the Hessian of ℓ in the
-  logits (p_i = softmax f(θ, x_i)): one JVP (J v) and one VJP (Jᵀ u) per batch; G ⪰ 0;
-* ``fisher``   F = (1/N) Σ_i g_i g_iᵀ, g_i = ∇ℓ_i = J_iᵀ r_i with r_i = p_i − e_{y_i}; by this
+* ``ggn``      G = (1/N) Σ_i J_iᵀ C_i J_i, C_i the Hessian of ℓ in the outputs — cross-entropy:
+  diag(p_i) − p_i p_iᵀ (p_i = softmax f(θ, x_i)); MSE: (2/D) I — one JVP (J v) and one VJP
+  (Jᵀ u) per batch; G ⪰ 0; defined for cross-entropy and MSE only;
+* ``fisher``   F = (1/N) Σ_i g_i g_iᵀ, g_i = ∇ℓ_i = J_iᵀ r_i with r_i = ∂ℓ_i/∂f (cross-entropy:
+  p_i − e_{y_i}; MSE: (2/D)(f_i − y_i)); by this
   batch formula F v = (1/N) Σ_i J_iᵀ r_i (r_iᵀ J_i v), one JVP and one VJP per batch, no
   per-sample gradients (the tests check it against vmap-ed per-sample gradients).
 
@@ -44,21 +47,24 @@ are correct; the tests compare them with a dense Hessian of a decomposed LayerNo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from qgeom.vocabulary import METRICS, OBJECTIVES
+from qgeom.curvature.flat import FlatProducts
+from qgeom.curvature.inputs import (OPERATOR_KEYWORDS, cast_batch, named_params, read_batches, refuse_keywords,
+                                    scoped_keys)
+from qgeom.curvature.losses import LossFn, resolve_loss
 from qgeom.curvature.probe import Batch, check_eval_mode, check_forward_ad, probe_hash, reduce_over_probe
 from qgeom.curvature.products import (Graph, batch_jvp_gram, grad_graph, hvp_double, hvp_forward, hvp_through_graph,
                                       outer_vp)
-from qgeom.params import Params, Scope, check_compatible, check_finite, content_hash, flatten, scope_keys, unflatten
+from qgeom.params import Params, Scope, check_compatible, check_finite, content_hash
+from qgeom.models import without_fused_attention
 from qgeom.quant import QuantSpec, fake_quantize
 
 METHODS = ("auto", "forward-over-reverse", "double-backward")
@@ -70,30 +76,32 @@ def default_method(device: torch.device, dtype: torch.dtype) -> str:
     return "double-backward"
 
 
-def _as_scope(scope: Scope | Sequence[str]) -> tuple[Scope, str]:
-    """A scope usable by :func:`qgeom.params.in_scope` and the name recorded in ``info``."""
-    if isinstance(scope, (list, tuple, set, frozenset)):
-        names = frozenset(scope)
-        return (lambda k, _t: k in names), f"{len(names)} named tensors"
-    return scope, scope if isinstance(scope, str) else getattr(scope, "__name__", "callable")
-
-
-
 # --------------------------------------------------------------------------------------------
 # the operator
 # --------------------------------------------------------------------------------------------
 
 
-class CurvatureOperator:
+class CurvatureOperator(FlatProducts):
     """M ∈ {H, G, F} of the ``fp`` or ``ste`` objective at θ, over the coordinates of ``scope``.
 
-    model: a timm ViT (eval mode, manual attention); only its structure is used — values come
-    from ``params`` (the full dict, e.g. :func:`qgeom.params.from_model`; missing entries are
-    taken from the model). batches: the probe set, a list of (x (n_b, C, H, W), y (n_b,)).
-    scope: ``"quantized"|"backbone"|"all"``, a callable or a list of names. spec: the
-    quantizer of the ``ste`` objective (default ``QuantSpec()``). dtype: compute dtype (default:
-    the scoped parameters'). Vectors are Params keyed by the scope's keys; results come back in
-    the operator's dtype and device.
+    model: any ``nn.Module`` (eval mode) whose forward maps inputs x to a tensor of outputs;
+    only its structure is used — values come from ``params``: a name → tensor mapping (e.g.
+    ``model.state_dict()``; missing floating entries are taken from the model and held fixed),
+    a list of the model's own parameters (the variables; everything else fixed), or None (all
+    of the model's parameters). batches: the probe set, one ``(x, y)`` batch or any iterable of
+    them (read once and held; a generator is counted and hashed like a list). loss: any
+    ``(outputs, targets) → scalar`` batch mean (default cross-entropy); the GGN and the Fisher
+    only for cross-entropy and MSE (:mod:`qgeom.curvature.losses`). scope:
+    ``"quantized"|"backbone"|"all"``, a callable, or a list of names (kept in that order: it is
+    the order of flat vectors). spec: the quantizer of the ``ste`` objective (default
+    ``QuantSpec()``). dtype: compute dtype (default: the scoped parameters').
+
+    Products: ``op @ v`` or :meth:`matvec` for Params keyed by the scope's keys (:attr:`keys`),
+    ``op @ x`` or :meth:`flat_matvec` / :meth:`flat_matmat` for flat (P,) or (P, k) tensors in
+    the order of :attr:`keys`, :meth:`to_scipy` for scipy. Results come back in the operator's
+    dtype and device. The caller's model is never changed: a model with fused attention
+    (no forward-mode AD, no double backward) is replaced by a copy computing attention explicitly
+    that shares its tensors (:func:`qgeom.models.without_fused_attention`; ``info["attention"]``).
 
     cache_graph (Hessian, double backward): keep each batch's graph of ∇L_b(θ) (built with
     ``create_graph=True``) between products, so a product is one backward pass through it instead
@@ -103,18 +111,21 @@ class CurvatureOperator:
     batch, so peak memory does not grow with caching. :meth:`clear_cache` frees it.
     """
 
-    def __init__(self, model: nn.Module, params: Params, batches: Sequence[Batch], *, metric: str = "ggn",
-                 objective: str = "fp", scope: Scope | Sequence[str] = "all", spec: QuantSpec | None = None,
-                 method: str = "auto", dtype: torch.dtype | None = None, cache_graph: bool | None = None) -> None:
+    def __init__(self, model: nn.Module, params: Params | Iterable[Tensor] | None = None, batches: Any = None, *,
+                 metric: str = "ggn", objective: str = "fp", scope: Scope | Sequence[str] = "all",
+                 spec: QuantSpec | None = None, method: str = "auto", dtype: torch.dtype | None = None,
+                 cache_graph: bool | None = None, loss: LossFn | None = None, **other: Any) -> None:
+        refuse_keywords(other, "CurvatureOperator", OPERATOR_KEYWORDS)
         for what, val, known in (("metric", metric, METRICS), ("objective", objective, OBJECTIVES),
                                  ("method", method, METHODS)):
             if val not in known:
                 raise ValueError(f"unknown {what} {val!r}; choose one of {', '.join(known)}")
         check_eval_mode(model)
-        scope, scope_name = _as_scope(scope)
+        self.loss_fn, self.loss_kind, loss_name = resolve_loss(loss, metric)
+        given, is_mapping = named_params(model, params)
         full = {k: v for k, v in model.state_dict().items() if torch.is_floating_point(v)}
-        full.update({k: v for k, v in params.items() if torch.is_floating_point(v)})
-        keys = scope_keys(full, scope)
+        full.update({k: v for k, v in given.items() if torch.is_floating_point(v)})
+        keys, scope_name = scoped_keys(full, scope, None if is_mapping else list(given))
         if not keys:
             raise ValueError(f"scope {scope_name!r} selects no floating tensor of the parameters")
         dtype = dtype or full[keys[0]].dtype
@@ -125,15 +136,14 @@ class CurvatureOperator:
         full = {k: v.detach().to(self.device, dtype) for k, v in full.items()}
         self.theta: Params = {k: full[k] for k in keys}
         self._fixed: Params = {k: v for k, v in full.items() if k not in self.theta}
-        self.batches: list[Batch] = [(x.to(self.device, dtype), y.to(self.device)) for x, y in batches]
-        if not self.batches:
-            raise ValueError("the probe set is empty")
-        self.model, self.metric, self.objective = model, metric, objective
+        raw = read_batches(batches)
+        self.batches: list[Batch] = [cast_batch(x, y, self.device, dtype) for x, y in raw]
+        self.model, self.metric, self.objective = without_fused_attention(model), metric, objective
         self.spec = (spec or QuantSpec()) if objective == "ste" else None
         self.method = default_method(self.device, dtype) if method == "auto" else method
         if metric != "hessian":
             self.method = "jvp-vjp"
-        check_forward_ad(model, self.method)
+        check_forward_ad(self.model, self.method)
         # the ∇L_b graph of each batch, kept between products (double backward only; see the class doc)
         self.cache_graph = (len(self.batches) == 1 if cache_graph is None else bool(cache_graph)) \
             and self.method == "double-backward"
@@ -142,11 +152,15 @@ class CurvatureOperator:
         self.info: dict[str, Any] = {
             "metric": metric, "objective": objective, "scope": scope_name, "method": self.method,
             "dtype": str(dtype).removeprefix("torch."), "device": str(self.device),
-            "expansion_point": content_hash({k: v.detach().cpu() for k, v in params.items()}),
-            "probe": probe_hash(batches), "n_params": self.n_params, "n_tensors": len(keys),
-            "n_samples": sum(int(y.shape[0]) for _, y in batches), "n_batches": len(self.batches),
+            "expansion_point": content_hash({k: v.detach().cpu() for k, v in given.items()}),
+            "probe": probe_hash(raw), "n_params": self.n_params, "n_tensors": len(keys),
+            "n_samples": sum(int(y.shape[0]) for _, y in raw), "n_batches": len(self.batches),
             "spec": self.spec.to_dict() if self.spec else None,
         }
+        if loss is not None:
+            self.info["loss"] = loss_name
+        if self.model is not model:
+            self.info["attention"] = "explicit, in a copy of the model (its own uses fused SDPA; left unchanged)"
 
     def __repr__(self) -> str:
         i = self.info
@@ -163,8 +177,8 @@ class CurvatureOperator:
         return functional_call(self.model, p, (x,))
 
     def batch_loss(self, theta: Params, x: Tensor, y: Tensor) -> Tensor:
-        """Mean cross-entropy of one batch at ``theta``."""
-        return F.cross_entropy(self.logits(theta, x), y)
+        """The loss (default: mean cross-entropy) of one batch at ``theta``."""
+        return self.loss_fn(self.logits(theta, x), y)
 
     def loss(self, shift: Params | None = None) -> float:
         """L(θ + shift) over the probe set (float64 sum); ``shift`` keyed by scope keys or None."""
@@ -211,7 +225,7 @@ class CurvatureOperator:
             if self.cache_graph:
                 return hvp_through_graph(self._grad_graph(x, y), self.keys, V)
             return hvp_double(self.batch_loss, self.theta, self.keys, V, x, y)
-        return outer_vp(self.logits, self.theta, self.metric, V, x, y)
+        return outer_vp(self.logits, self.theta, self.metric, V, x, y, self.loss_kind)
 
     def clear_cache(self) -> None:
         """Free the cached ∇L_b graphs (``cache_graph``); the next product rebuilds them."""
@@ -252,8 +266,8 @@ class CurvatureOperator:
         step = chunk_size or len(vs)
         chunks = [{k: torch.stack([v[k] for v in vs[i : i + step]]) for k in self.keys}
                   for i in range(0, len(vs), step)]
-        K = reduce_over_probe(lambda x, y: batch_jvp_gram(self.logits, self.theta, self.metric, chunks, x, y),
-                              self.batches)
+        K = reduce_over_probe(lambda x, y: batch_jvp_gram(self.logits, self.theta, self.metric, chunks, x, y,
+                                                           self.loss_kind), self.batches)
         return (0.5 * (K + K.T)).cpu().numpy()  # symmetric by the formula; BLAS rounds ab and ba apart
 
     # ---- plumbing -------------------------------------------------------------------------------
@@ -278,65 +292,32 @@ class CurvatureOperator:
     def _cast(self, p: Params) -> Params:
         return {k: p[k].to(self.dtype) for k in self.keys}
 
-    def flatten(self, v: Params) -> Tensor:
-        """v (scope keys) → (P,) in the scope's key order."""
-        return flatten(v, self.keys)
-
-    def unflatten(self, x: Tensor) -> Params:
-        """(P,) → Params shaped like θ on the scope (operator dtype and device)."""
-        return unflatten(x.to(self.device, self.dtype), self.theta, self.keys)
-
-    def _check_flat(self, X: Tensor) -> Tensor:
-        check_finite({"flat vector": X}, "vector")  # one reduction instead of one per tensor
-        return X
-
-    def flat_matvec(self, x: Tensor) -> Tensor:
-        """M x for x (P,) → (P,) in the operator's dtype (one finiteness check on the flat vector)."""
-        return self.flatten(self._products([self.unflatten(self._check_flat(x))])[0])
-
-    def flat_matmat(self, X: Tensor) -> Tensor:
-        """M X for X (P, k) → (P, k), one :meth:`matmat`."""
-        X = self._check_flat(X)
-        cols = self._products([self.unflatten(X[:, j]) for j in range(X.shape[1])])
-        return torch.stack([self.flatten(c) for c in cols], dim=1)
-
-    def to_scipy(self) -> LinearOperator:
-        """A symmetric ``scipy.sparse.linalg.LinearOperator`` (P × P), float64 numpy in and out."""
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            return self.flat_matvec(torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(-1))).double().cpu().numpy()
-
-        def mm(X: np.ndarray) -> np.ndarray:
-            return self.flat_matmat(torch.from_numpy(np.asarray(X, dtype=np.float64))).double().cpu().numpy()
-
-        return LinearOperator((self.n_params, self.n_params), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
-
 
 # --------------------------------------------------------------------------------------------
 # one-liners
 # --------------------------------------------------------------------------------------------
 
 
-def hvp(model: nn.Module, params: Params, v: Params, batches: Sequence[Batch], *, scope: Scope = "all",
-        objective: str = "fp", spec: QuantSpec | None = None, method: str = "auto") -> Params:
-    """H v of the probe-set loss at ``params`` (v keyed by the scope's keys)."""
-    op = CurvatureOperator(model, params, batches, metric="hessian", objective=objective, scope=scope,
-                           spec=spec, method=method)
-    return op.matvec(v)
+def hvp(model: nn.Module, params: Params | None, v: Params | Tensor, batches: Any, *, scope: Scope = "all",
+        objective: str = "fp", spec: QuantSpec | None = None, method: str = "auto",
+        loss: LossFn | None = None) -> Params | Tensor:
+    """H v of the probe-set loss at ``params`` (v: Params keyed by the scope's keys, or flat)."""
+    return CurvatureOperator(model, params, batches, metric="hessian", objective=objective, scope=scope,
+                             spec=spec, method=method, loss=loss) @ v
 
 
-def ggn_vp(model: nn.Module, params: Params, v: Params, batches: Sequence[Batch], *, scope: Scope = "all",
-           objective: str = "fp", spec: QuantSpec | None = None) -> Params:
+def ggn_vp(model: nn.Module, params: Params | None, v: Params | Tensor, batches: Any, *, scope: Scope = "all",
+           objective: str = "fp", spec: QuantSpec | None = None, loss: LossFn | None = None) -> Params | Tensor:
     """G v = Jᵀ C J v of the probe-set loss at ``params``."""
     return CurvatureOperator(model, params, batches, metric="ggn", objective=objective, scope=scope,
-                             spec=spec).matvec(v)
+                             spec=spec, loss=loss) @ v
 
 
-def fisher_vp(model: nn.Module, params: Params, v: Params, batches: Sequence[Batch], *, scope: Scope = "all",
-              objective: str = "fp", spec: QuantSpec | None = None) -> Params:
+def fisher_vp(model: nn.Module, params: Params | None, v: Params | Tensor, batches: Any, *, scope: Scope = "all",
+              objective: str = "fp", spec: QuantSpec | None = None, loss: LossFn | None = None) -> Params | Tensor:
     """F v = (1/N) Σ_i g_i (g_iᵀ v), the empirical Fisher, at ``params``."""
     return CurvatureOperator(model, params, batches, metric="fisher", objective=objective, scope=scope,
-                             spec=spec).matvec(v)
+                             spec=spec, loss=loss) @ v
 
 
 __all__ = ["CurvatureOperator", "DTYPES", "METHODS", "METRICS", "OBJECTIVES", "default_method", "fisher_vp", "ggn_vp",

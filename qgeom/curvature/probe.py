@@ -66,8 +66,9 @@ def check_forward_ad(model: nn.Module, route: str) -> None:
     if not supports_forward_ad(model):
         raise ForwardADError(
             f"the {route} route needs second-order derivatives through attention, but the model "
-            "uses fused scaled_dot_product_attention (no forward-mode AD, no double backward); "
-            "build it with qgeom.models.create_model or call qgeom.models.disable_fused_attention")
+            "uses fused scaled_dot_product_attention (no forward-mode AD, no double backward); pass "
+            "qgeom.models.without_fused_attention(model), a copy sharing its tensors (the model is left as it "
+            "is; disable_fused_attention would change it in place), or build it with qgeom.models.create_model")
 
 
 # --------------------------------------------------------------------------------------------

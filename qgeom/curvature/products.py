@@ -2,14 +2,16 @@
 :class:`qgeom.curvature.operator.CurvatureOperator` reduces over the probe set.
 
 Each function takes the objective as callables — ``loss(θ, x, y)`` (the batch's mean
-cross-entropy) or ``logits(θ, x)`` (f(θ, x), shape (n, K)) — the scoped tensors θ (Params) and
+loss) or ``logits(θ, x)`` (the model's outputs f(θ, x), e.g. (n, K) logits) — the scoped tensors θ (Params) and
 stacked tangents V (Params of shape (k, *shape)), and returns M_b V stacked the same way:
 
 * :func:`hvp_forward`   H_b V by forward-over-reverse (``jvp`` of ``grad``, vmapped over V);
 * :func:`hvp_double`    H_b V by double backward; :func:`grad_graph` and :func:`hvp_through_graph`
   split it into the ∇L_b graph (built once, cacheable) and one backward pass per tangent;
-* :func:`outer_vp`      G_b V = Jᵀ C J V / n_b with C_i = diag(p_i) − p_i p_iᵀ (``ggn``) or
-  F_b V with C_i = r_i r_iᵀ, r_i = p_i − e_{y_i} (``fisher``): one JVP and one VJP;
+* :func:`outer_vp`      G_b V = Jᵀ C J V / n_b with C_i the loss's Hessian in the outputs
+  (``ggn``; cross-entropy: diag(p_i) − p_i p_iᵀ) or F_b V with C_i = r_i r_iᵀ, r_i the per-sample
+  gradient in the outputs (``fisher``; cross-entropy: p_i − e_{y_i}): one JVP and one VJP, the
+  output-space step from :mod:`qgeom.curvature.losses`;
 * :func:`batch_jvp_gram` the batch's Vᵀ M_b V for M = G or F from forward-mode passes alone.
 
 k = 1 skips ``vmap`` everywhere (measurably faster for one vector).
@@ -22,10 +24,10 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
+from qgeom.curvature.losses import output_gram, output_product
 from qgeom.params import Params
 
 LossFn = Callable[[Params, Tensor, Tensor], Tensor]
@@ -111,8 +113,11 @@ def hvp_double(loss: LossFn, theta: Params, keys: list[str], V: Params, x: Tenso
     return {key: h.unsqueeze(0) for key, h in zip(keys, hv)}
 
 
-def outer_vp(logits: LogitsFn, theta: Params, metric: str, V: Params, x: Tensor, y: Tensor) -> Params:
-    """Jᵀ (C J V) / n_b with C = diag(p) − ppᵀ (``ggn``) or r rᵀ, r = p − e_y (``fisher``)."""
+def outer_vp(logits: LogitsFn, theta: Params, metric: str, V: Params, x: Tensor, y: Tensor,
+             kind: str = "cross_entropy") -> Params:
+    """Jᵀ (C J V) / n_b with C the loss's output Hessian (``ggn``) or r rᵀ (``fisher``), for the
+    loss ``kind`` (:func:`qgeom.curvature.losses.output_product`; cross-entropy: C = diag(p) − ppᵀ,
+    r = p − e_y)."""
     f = lambda th: logits(th, x)  # noqa: E731
     z, pullback = vjp(f, theta)
     single = next(iter(V.values())).shape[0] == 1  # k = 1: no vmap (measurably faster)
@@ -120,13 +125,7 @@ def outer_vp(logits: LogitsFn, theta: Params, metric: str, V: Params, x: Tensor,
         JV = jvp(f, (theta,), ({k: t[0] for k, t in V.items()},))[1].unsqueeze(0)
     else:
         JV = vmap(lambda t: jvp(f, (theta,), (t,))[1])(V)  # (k, n, K)
-    p = torch.softmax(z.detach(), dim=-1)
-    if metric == "ggn":
-        U = p * JV - p * (p * JV).sum(-1, keepdim=True)
-    else:
-        r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
-        U = r * (r * JV).sum(-1, keepdim=True)
-    U = U / y.shape[0]
+    U = output_product(kind, metric, z, y, JV)
     if single:
         return {k: t.unsqueeze(0) for k, t in pullback(U[0])[0].items()}
     return vmap(lambda u: pullback(u)[0])(U)
@@ -143,23 +142,16 @@ def tangent_logits(logits: LogitsFn, theta: Params, V: Params, x: Tensor) -> tup
 
 
 def batch_jvp_gram(logits: LogitsFn, theta: Params, metric: str, chunks: list[Params], x: Tensor,
-                   y: Tensor) -> Tensor:
+                   y: Tensor, kind: str = "cross_entropy") -> Tensor:
     """The batch's mean (1/n_b) Σ_i (J_i V)ᵀ C_i (J_i V) (float64, N_v × N_v) over the tangents of
-    every chunk: C_i = diag p_i − p_i p_iᵀ (``ggn``) or r_i r_iᵀ, r_i = p_i − e_{y_i} (``fisher``)."""
+    every chunk: C_i the loss's output Hessian (``ggn``) or r_i r_iᵀ (``fisher``), as in
+    :func:`qgeom.curvature.losses.output_gram` (cross-entropy: diag p_i − p_i p_iᵀ, r_i = p_i − e_{y_i})."""
     z, parts = None, []
     with torch.no_grad():
         for V in chunks:
             z, JV = tangent_logits(logits, theta, V, x)
             parts.append(JV.detach().double())
-    JV = torch.cat(parts)  # (N_v, n, K)
-    p = torch.softmax(z.detach().double(), dim=-1)
-    n = y.shape[0]
-    if metric == "ggn":
-        s = (JV * p).sum(-1)  # (N_v, n): p_iᵀ J_i v_a
-        return (torch.einsum("ank,bnk->ab", JV * p, JV) - s @ s.T) / n
-    r = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
-    t = (JV * r).sum(-1)  # (N_v, n): r_iᵀ J_i v_a
-    return t @ t.T / n
+    return output_gram(kind, metric, z, y, torch.cat(parts))  # JV: (N_v, n, K)
 
 
 __all__ = ["batch_jvp_gram", "grad_graph", "hvp_double", "hvp_forward", "hvp_through_graph", "outer_vp",

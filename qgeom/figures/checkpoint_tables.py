@@ -49,8 +49,9 @@ def quadratic_model_table(run_dir: str | Path, *, receivers: Sequence[str] | Non
         V = {d: run.rho(seed, bits, d, scope) for d in names}
         theta_r = run.finetuned(seed, r)
         point = patch(theta_r, V[r], 1.0)
-        op = CurvatureOperator(run.model(theta_r), point, run.probe(r, seed, probe_size), metric=metric,
-                               objective="ste", scope=list(V[r]), spec=QuantSpec(bits))
+        model = run.model(theta_r)
+        op = CurvatureOperator(model, point, run.probe(r, seed, probe_size), metric=metric, objective="ste",
+                               scope=[k for k in model.state_dict() if k in V[r]], spec=QuantSpec(bits))
         L0, g = op.loss(), op.gradient()
         MV = dict(zip(names, op.matmat([V[d] for d in names])))
         rr, gr = inner(V[r], MV[r]), inner(g, V[r])
@@ -101,8 +102,10 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
     r = receiver or names[0]
     V = {d: run.rho(seed, bits, d, scope) for d in names}
     point = run.finetuned(seed, r) if objective == "fp" else run.qat(seed, bits, r)
-    op = CurvatureOperator(run.model(point), point, run.probe(r, seed, probe_size), metric=metric,
-                           objective=objective, scope=list(V[r]), spec=QuantSpec(bits) if objective == "ste" else None)
+    model = run.model(point)
+    keys = [k for k in model.state_dict() if k in V[r]]  # the model's order: flat vectors (Lanczos, SLQ) follow it
+    op = CurvatureOperator(model, point, run.probe(r, seed, probe_size), metric=metric,
+                           objective=objective, scope=keys, spec=QuantSpec(bits) if objective == "ste" else None)
     dens = spectral_density(op, n_probes=n_probes, n_iter=n_iter, seed=seed, n_grid=n_grid)
     eig = eigsh(op, k=top_k, which="LA", max_iter=n_iter, tol=1e-6, seed=seed)
     labels = {d: f"ρ_R ({d})" if d == r else f"ρ_D ({d})" for d in names}

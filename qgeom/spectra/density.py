@@ -39,12 +39,13 @@ class TraceEstimate:
 
 
 def hutchinson_trace(op: Any, n_probes: int = 32, *, probe: str = "rademacher", seed: int = 0,
-                     batch: int = 8, like: Params | None = None) -> TraceEstimate:
+                     batch: int = 8, like: Params | None = None, n: int | None = None) -> TraceEstimate:
     """tr(A) by Hutchinson: E[zᵀAz] = tr A for E[zzᵀ] = I; probes z_i seeded by ``seed + i``,
-    multiplied ``batch`` at a time (one ``matmat``)."""
+    multiplied ``batch`` at a time (one ``matmat``). ``op``, ``like``, ``n``: as for
+    :func:`qgeom.spectra.eigsh.eigsh` (any operator :func:`~qgeom.spectra.lanczos.as_flat_operator` takes)."""
     if n_probes < 2:
         raise ValueError("Hutchinson's standard error needs at least 2 probes")
-    A = as_flat_operator(op, like)
+    A = as_flat_operator(op, like, n)
     samples = []
     for i0 in range(0, n_probes, batch):
         Z = torch.stack([probe_vector(A.n, seed + i, probe) for i in range(i0, min(i0 + batch, n_probes))], 1)
@@ -92,13 +93,15 @@ class SpectralDensity:
 
 
 def spectral_density(op: Any, *, n_probes: int = 4, n_iter: int = 40, probe: str = "rademacher", seed: int = 0,
-                     sigma: float | None = None, n_grid: int = 1000, like: Params | None = None) -> SpectralDensity:
+                     sigma: float | None = None, n_grid: int = 1000, like: Params | None = None,
+                     n: int | None = None) -> SpectralDensity:
     """Stochastic Lanczos quadrature: for each probe v̂ (seed + i, unit norm) run ``n_iter``
     Lanczos steps of the three-term recurrence (no stored basis: memory 3 n-vectors); T = S Θ Sᵀ gives nodes θ_j and weights τ_j = S_{1j}², and
     φ(t) = (1/n_probes) Σ Σ_j τ_j N(t; θ_j, σ²). σ defaults to 1 % of the node range; the grid
-    spans the nodes ± 6σ and φ is renormalised to integrate to 1 on it.
+    spans the nodes ± 6σ and φ is renormalised to integrate to 1 on it. ``op``, ``like``, ``n``:
+    as for :func:`qgeom.spectra.eigsh.eigsh`.
     """
-    A = as_flat_operator(op, like)
+    A = as_flat_operator(op, like, n)
     nodes, weights = [], []
     for i in range(n_probes):
         T = lanczos(A, n_iter, v0=probe_vector(A.n, seed + i, probe), keep_basis=False, reorthogonalize=False)

@@ -77,9 +77,14 @@ def _bytes(dtype: torch.dtype) -> int:
 
 def eigsh(op: Any, k: int = 6, which: str = "LA", *, like: Params | None = None, max_iter: int | None = None,
           tol: float | None = None, seed: int = 0, return_vectors: bool = True, basis_dtype=torch.float64,
-          method: str = "auto", max_basis: int | None = None, memory_budget: float = 4 * 2**30) -> EigenResult:
+          method: str = "auto", max_basis: int | None = None, memory_budget: float = 4 * 2**30,
+          n: int | None = None) -> EigenResult:
     """The k extreme eigenpairs of a symmetric operator (``which``: LA largest, SA smallest
     algebraic, LM largest magnitude), ordered as ``which`` asks.
+
+    op: a qgeom curvature operator, a scipy ``LinearOperator``, an operator with ``.shape`` and
+    ``@`` (curvlinops), a dense matrix, a plain callable on flat vectors with ``n=<size>``, or a
+    Params matvec with ``like=<Params>`` (:func:`qgeom.spectra.lanczos.as_flat_operator`).
 
     Stops when every wanted Ritz pair's residual estimate β_m |s_{m,i}| ≤ tol · max|θ| (tol
     default: :func:`default_tol` of the operator's dtype), at an invariant subspace, or after
@@ -99,7 +104,7 @@ def eigsh(op: Any, k: int = 6, which: str = "LA", *, like: Params | None = None,
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if method not in EIG_METHODS:
         raise ValueError(f"method must be one of {EIG_METHODS}, got {method!r}")
-    A = as_flat_operator(op, like)
+    A = as_flat_operator(op, like, n)
     if not 1 <= k <= A.n:
         raise ValueError(f"k must be between 1 and n = {A.n}, got {k}")
     tol = default_tol(A.dtype) if tol is None else float(tol)

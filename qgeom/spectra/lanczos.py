@@ -3,8 +3,10 @@
 Every algorithm of :mod:`qgeom.spectra` works on a :class:`FlatOperator` — a symmetric linear
 map A on R^n given by a flat torch matvec (n,) → (n,) — and :func:`as_flat_operator` turns the
 other shapes into one: a :class:`qgeom.curvature.operator.CurvatureOperator` (anything with
-``flat_matvec``/``n_params``), an object with ``matvec`` over Params plus a ``like`` dict, or a
-dense symmetric matrix.
+``flat_matvec``/``n_params``), a scipy ``LinearOperator`` or sparse matrix (numpy, on the CPU), an
+object with ``.shape`` (n, n) and ``@`` on torch tensors (curvlinops' operators), a dense
+symmetric tensor or numpy array, a plain callable on flat torch vectors together with ``n``,
+or an object with ``matvec`` (or a callable) over Params together with a ``like`` dict.
 
 Lanczos builds an orthonormal basis Q_m = [q_1 … q_m] of the Krylov space K_m(A, q_1) and the
 tridiagonal T_m = Q_mᵀ A Q_m (diagonal α, off-diagonal β), re-orthogonalizing every new vector
@@ -29,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
+from scipy.sparse import issparse
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from torch import Tensor
 
 from qgeom.params import Params, flatten, unflatten
@@ -57,10 +61,12 @@ class FlatOperator:
         return Y.to(X.dtype)
 
 
-def as_flat_operator(op: Any, like: Params | None = None) -> FlatOperator:
+def as_flat_operator(op: Any, like: Params | None = None, n: int | None = None) -> FlatOperator:
     """A :class:`FlatOperator` for ``op`` (see the module docstring for the accepted shapes)."""
     if isinstance(op, FlatOperator):
         return op
+    if isinstance(op, np.ndarray):
+        op = torch.from_numpy(op)
     if isinstance(op, Tensor):
         if op.dim() != 2 or op.shape[0] != op.shape[1]:
             raise ValueError(f"a dense operator must be a square matrix, got shape {tuple(op.shape)}")
@@ -68,6 +74,8 @@ def as_flat_operator(op: Any, like: Params | None = None) -> FlatOperator:
     if hasattr(op, "flat_matvec") and hasattr(op, "n_params"):
         return FlatOperator(op.n_params, op.flat_matvec, getattr(op, "flat_matmat", None), op.unflatten,
                             op.dtype, op.device, dict(getattr(op, "info", {})))
+    if isinstance(op, LinearOperator) or issparse(op):
+        return _from_scipy(aslinearoperator(op))
     if like is not None and (hasattr(op, "matvec") or callable(op)):
         keys, mv = list(like), getattr(op, "matvec", op)
         ref = next(iter(like.values()))
@@ -76,8 +84,42 @@ def as_flat_operator(op: Any, like: Params | None = None) -> FlatOperator:
             lambda x: flatten(mv(unflatten(x, like, keys)), keys),
             unflatten=lambda x: unflatten(x, like, keys), dtype=ref.dtype, device=ref.device,
             info=dict(getattr(op, "info", {})))
-    raise TypeError("expected a FlatOperator, a CurvatureOperator, a square tensor, or a Params "
-                    f"matvec together with like=<Params>; got {type(op).__name__}")
+    if hasattr(op, "__matmul__") and len(getattr(op, "shape", ())) == 2:
+        return _from_matmul(op)
+    if callable(op):
+        if n is None:
+            raise TypeError("a plain callable needs the dimension it acts on: pass n=<size> (flat torch vectors "
+                            "(n,) → (n,)) or like=<Params> (Params → Params)")
+        return FlatOperator(int(n), lambda x: torch.as_tensor(op(x)), info={"operator": "callable"})
+    raise TypeError("expected a qgeom CurvatureOperator, a scipy LinearOperator, an operator with .shape and @ "
+                    "(e.g. curvlinops), a square tensor or array, a FlatOperator, a callable with n=<size>, or a "
+                    f"Params matvec with like=<Params>; got {type(op).__name__}")
+
+
+def _square(shape: tuple, what: str) -> int:
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{what} must be square, got shape {tuple(shape)}")
+    return int(shape[0])
+
+
+def _from_scipy(op: LinearOperator) -> FlatOperator:
+    """A scipy ``LinearOperator`` (numpy in and out, on the CPU) as a float64 torch operator."""
+    def mm(X: Tensor) -> Tensor:
+        return torch.as_tensor(np.asarray(op.matmat(X.cpu().numpy())), dtype=torch.float64).reshape(X.shape)
+
+    def mv(x: Tensor) -> Tensor:
+        return torch.as_tensor(np.asarray(op.matvec(x.cpu().numpy())), dtype=torch.float64).reshape(-1)
+
+    return FlatOperator(_square(op.shape, "a scipy LinearOperator"), mv, mm, info={"operator": type(op).__name__})
+
+
+def _from_matmul(op: Any) -> FlatOperator:
+    """An operator with ``.shape`` (n, n) and ``@`` on torch tensors (n,) and (n, k) (curvlinops' operators)."""
+    dtype, device = getattr(op, "dtype", torch.float64), getattr(op, "device", torch.device("cpu"))
+    if not isinstance(dtype, torch.dtype):
+        dtype = torch.float64
+    return FlatOperator(_square(tuple(op.shape), type(op).__name__), lambda x: op @ x, lambda X: op @ X,
+                        dtype=dtype, device=torch.device(device), info={"operator": type(op).__name__})
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,10 @@ def _side(net: nn.Module, theta: Params, theta64: Params, u: Params, v: Params, 
     if "function" in levels:
         out["logits"], out["loss"], _ = evaluate(net, theta, batches)
     keys = list(u)
+    scope = [k for k in net.state_dict() if k in u]  # the model's order (a list scope keeps the order it is given)
     if {"covariance", "geometry", "optimizer"} & set(levels):
-        ops = {m: CurvatureOperator(net, theta, batches, metric=m, scope=keys) for m in metrics}
-        out["grad"] = next(iter(ops.values())).gradient() if ops else CurvatureOperator(net, theta, batches, scope=keys).gradient()
+        ops = {m: CurvatureOperator(net, theta, batches, metric=m, scope=scope) for m in metrics}
+        out["grad"] = next(iter(ops.values())).gradient() if ops else CurvatureOperator(net, theta, batches, scope=scope).gradient()
         if {"covariance", "geometry"} & set(levels):
             out["prod"] = {m: op.matmat([u, v]) for m, op in ops.items()}
             out["pair"] = {m: geometry_of_pair(_Reuse(op, [u, v], out["prod"][m], out["grad"]), u, v) for m, op in ops.items()}

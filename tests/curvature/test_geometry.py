@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
-from _cases_curvature import dense_fisher, dense_ggn, dense_hessian, random_vector, tiny_case
+from _cases_curvature import TINY, dense_fisher, dense_ggn, dense_hessian, random_vector, tiny_case
+from qgeom.curvature.geometry import (directional_gradients, eigenbasis_projection, fisher_cosine, geometry_of_pair,
+                                      ggn_cosine, gram, hessian_cosine, metric_cosine, metric_inner, optimal_scale,
+                                      pair_geometry, quadratic_model, recovered_fraction)
 from qgeom.curvature.operator import CurvatureOperator
-from qgeom.curvature.geometry import (directional_gradients, eigenbasis_projection, geometry_of_pair, gram, hessian_cosine,
-                            metric_cosine, metric_inner, optimal_scale, pair_geometry, quadratic_model,
-                            recovered_fraction)
+from qgeom.models import create_model
 from qgeom.spectra.eigsh import eigsh
 from qgeom.params import IncompatibleParamsError
 from qgeom.io import save_params
@@ -275,6 +276,106 @@ def test_mismatched_vectors_are_refused():
         metric_cosine(op, u, {k: t for k, t in list(u.items())[1:]})
     with pytest.raises(IncompatibleParamsError):
         geometry_of_pair(op, u, {**u, "head.bias": torch.zeros(3, dtype=torch.float64)})
+
+
+# --------------------------------------------------------------------------------------------
+# any two vectors (issue 26, item 2)
+# --------------------------------------------------------------------------------------------
+
+
+def null_vector(op) -> dict:
+    """Along the key biases, which softmax attention ignores: ⟨w,w⟩_M = 0 up to roundoff."""
+    w = {k: torch.zeros_like(t) for k, t in op.theta.items()}
+    for k, t in op.theta.items():
+        if k.endswith("qkv.bias"):
+            d = t.shape[0] // 3
+            w[k][d : 2 * d] = 1.0
+    return w
+
+
+def test_flat_vectors_give_the_params_numbers():
+    """A flat (P,) tensor in op.keys order is the same vector: the same forms, bit for bit."""
+    op, M = op_for("ggn"), dense("ggn")
+    u, v = random_vector(op.theta, 60), random_vector(op.theta, 61)
+    fu, fv = op.flatten(u), op.flatten(v)
+    assert metric_cosine(op, fu, fv).value == metric_cosine(op, u, v).value
+    assert metric_cosine(op, fu, v).value == pytest.approx(quad(M, op, u, v) / math.sqrt(
+        quad(M, op, u, u) * quad(M, op, v, v)), rel=TOL)
+    assert optimal_scale(op, fu, fv).value == optimal_scale(op, u, v).value
+    assert float(metric_inner(op, fu, fv)) == float(metric_inner(op, u, v))
+    assert geometry_of_pair(op, fu, fv).to_dict() == geometry_of_pair(op, u, v).to_dict()
+    assert np.array_equal(gram(op, [fu, fv]).value, gram(op, [u, v]).value)
+    assert np.array_equal(directional_gradients(op, {"a": fu}).value, directional_gradients(op, {"a": u}).value)
+    with pytest.raises(IncompatibleParamsError, match="entries"):
+        metric_cosine(op, fu[:-1], fv)
+
+
+def test_ggn_and_fisher_cosine_one_liners_match_dense_formulas():
+    case = tiny_case()
+    op = op_for("ggn")
+    u, v = random_vector(op.theta, 62), random_vector(op.theta, 63)
+    for one_liner, M in ((ggn_cosine, dense_ggn("quantized")), (fisher_cosine, dense_fisher("quantized"))):
+        want = quad(M, op, u, v) / math.sqrt(quad(M, op, u, u) * quad(M, op, v, v))
+        got = one_liner(case.model, case.params, u, v, case.batches)  # scope: u's keys
+        assert not got.indefinite and got.value == pytest.approx(want, rel=TOL)
+        flat = one_liner(case.model, case.params, op.flatten(u), op.flatten(v), case.batches, scope="quantized")
+        assert flat.value == pytest.approx(want, rel=TOL)
+    assert ggn_cosine(case.model, case.params, u, v, case.batches).info["metric"] == "ggn"
+
+
+def test_allow_indefinite_gives_the_signed_ratio_beside_the_forms():
+    """u = the bottom Ritz vector of H (uᵀHu < 0): NaN by default; with allow_indefinite the
+    signed ratios from the dense H, still flagged; a null direction stays NaN either way."""
+    case = tiny_case()
+    op, H = op_for("hessian"), dense("hessian")
+    u = eigsh(op, k=1, which="SA").eigenvectors[0]
+    v = random_vector(op.theta, 64)
+    uu, vv, uv = quad(H, op, u, u), quad(H, op, v, v), quad(H, op, u, v)
+    assert uu < 0
+    cos = metric_cosine(op, u, v, allow_indefinite=True)
+    assert cos.indefinite and "signed ratio" in cos.message and cos.terms["uu"] == pytest.approx(uu, rel=TOL)
+    assert cos.value == pytest.approx(uv / math.sqrt(abs(uu) * abs(vv)), rel=TOL)
+    lam = optimal_scale(op, u, v, allow_indefinite=True)
+    assert lam.indefinite and lam.value == pytest.approx(uv / uu, rel=TOL) and "maximum" in lam.message
+    pg = geometry_of_pair(op, u, v, allow_indefinite=True)
+    assert pg.indefinite and pg.metric_cosine == pytest.approx(cos.value, rel=TOL)
+    assert pg.optimal_scale == pytest.approx(uv / uu, rel=TOL) and pg.forms["DD"] == pytest.approx(uu, rel=TOL)
+    one = hessian_cosine(case.model, case.params, u, v, case.batches, allow_indefinite=True)
+    assert one.value == pytest.approx(cos.value, rel=TOL)
+    K = gram(op, {"neg": u, "v": v}, allow_indefinite=True)
+    assert K.terms["cosines"][0, 1] == pytest.approx(cos.value, rel=TOL) and "signed" in K.message
+    assert math.isnan(metric_cosine(op, u, v).value)  # the default is unchanged
+    null = null_vector(op_for("hessian", "all"))
+    op_all = op_for("hessian", "all")
+    res = metric_cosine(op_all, null, random_vector(op_all.theta, 65), allow_indefinite=True)
+    assert math.isnan(res.value) and "roundoff" in res.message
+
+
+def test_messages_name_u_and_v_unless_told_otherwise():
+    op = op_for("hessian")
+    u = eigsh(op, k=1, which="SA").eigenvectors[0]
+    v = random_vector(op.theta, 66)
+    for res in (optimal_scale(op, u, v), quadratic_model(op, u, [0.0])):
+        assert "along u" in res.message and "ρ" not in res.message
+    pg = geometry_of_pair(op, u, v)
+    assert "⟨u,u⟩_M" in pg.message and "ρ" not in pg.message
+    assert "⟨ρ_D,ρ_D⟩_M" in geometry_of_pair(op, u, v, names=("ρ_D", "ρ_R")).message
+
+
+def test_pair_geometry_on_a_fused_attention_model_leaves_it_alone():
+    """The researcher's call: pair_geometry(model, model.state_dict(), u, v, batches) on a model
+    with fused SDPA gives the explicit-attention numbers and does not change the model."""
+    case = tiny_case()
+    model = create_model("micro", **TINY).double()
+    model.load_state_dict(case.params)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True
+    u, v = random_vector(op_for("ggn").theta, 67), random_vector(op_for("ggn").theta, 68)
+    got = pair_geometry(model, model.state_dict(), u, v, case.batches)
+    want = pair_geometry(case.model, case.params, u, v, case.batches)
+    assert got.metric_cosine == pytest.approx(want.metric_cosine, rel=TOL) and "copy" in got.info["attention"]
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from torch import nn
 from _cases_curvature import (SPEC, TINY, decomposed_layer_norm, dense_fisher, dense_ggn, dense_hessian,
                               flat_functions, random_vector, rel_err, sketch, tiny_case)
 from qgeom.curvature.operator import CurvatureOperator, fisher_vp, ggn_vp, hvp
-from qgeom.curvature.probe import ForwardADError, TrainingModeError, check_eval_mode, probe_hash, reduce_over_probe
+from qgeom.curvature.probe import (ForwardADError, TrainingModeError, check_eval_mode, check_forward_ad, probe_hash,
+                                   reduce_over_probe)
 from qgeom.models import create_model
 from qgeom.params import IncompatibleParamsError, from_model, scope_keys
 from qgeom.quant import ptq
@@ -266,15 +267,24 @@ def test_training_mode_dropout_is_refused():
         check_eval_mode(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train())
 
 
-def test_fused_attention_is_refused():
-    model = create_model("micro", **TINY)
+def test_fused_attention_is_handled_on_a_copy_and_the_model_is_left_alone():
+    """A model with fused SDPA (no forward-mode AD) gives the explicit-attention numbers — the
+    operator works on a copy sharing its tensors — and the caller's model is not changed."""
+    case = tiny_case()
+    model = create_model("micro", **TINY).double()
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = True
-    for metric, method in [("hessian", "forward-over-reverse"), ("hessian", "double-backward"), ("ggn", "auto")]:
-        with pytest.raises(ForwardADError, match="disable_fused_attention"):
-            CurvatureOperator(model, from_model(model), tiny_case(torch.float32).batches, metric=metric,
-                              method=method)
+    before = {id(m): m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+    X = torch.randn(1083, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for metric in ("hessian", "ggn"):
+        op = CurvatureOperator(model, case.params, case.batches, metric=metric)
+        assert op.model is not model and "copy" in op.info["attention"]
+        assert rel_err(op.flat_matmat(X), operator(metric).flat_matmat(X)) < F64_TOL
+    assert {id(m): m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")} == before
+    assert "attention" not in operator("ggn").info  # an explicit-attention model is used as it is
+    with pytest.raises(ForwardADError, match="without_fused_attention"):
+        check_forward_ad(model, "double-backward")
 
 
 def test_mismatched_vector_keys_are_refused():

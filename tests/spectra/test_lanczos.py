@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
 import scipy.sparse.linalg as sla
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.func import functional_call
 
-from _cases_curvature import dense_hessian, random_vector, tiny_case
+from _cases_curvature import autograd_hessian, dense_hessian, mlp, random_vector, tiny_case
 from qgeom.curvature.operator import CurvatureOperator
 from qgeom.spectra.density import hutchinson_trace, spectral_density
 from qgeom.spectra.eigsh import default_tol, eigsh
 from qgeom.spectra.lanczos import FlatOperator, as_flat_operator, lanczos
-from qgeom.params import flatten
+from qgeom.params import flatten, unflatten
 
 EIG_TOL = 1e-8
 
@@ -218,12 +220,46 @@ def test_operator_shapes():
     A = sym_matrix(np.arange(5.0))
     custom = FlatOperator(5, lambda x: A @ x)
     assert np.allclose(eigsh(custom, k=1).eigenvalues, [4.0])
-    with pytest.raises(TypeError, match="FlatOperator"):
-        as_flat_operator(lambda x: x)
+    with pytest.raises(TypeError, match="n=<size>"):
+        as_flat_operator(lambda x: x)  # a plain callable needs its dimension
+    with pytest.raises(TypeError, match="scipy LinearOperator"):
+        as_flat_operator("not an operator")
     with pytest.raises(ValueError, match="square"):
         as_flat_operator(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="which"):
         eigsh(A, k=1, which="BE")
+
+
+def test_scipy_operators_plain_callables_and_curvlinops_are_accepted():
+    """eigsh, hutchinson_trace and spectral_density on every shape of operator a researcher has
+    at hand, against eigh of the same dense matrix (tolerances as in the module docstring)."""
+    ev = np.linspace(-1.0, 3.0, 40)
+    A = sym_matrix(ev, seed=2)
+    shapes = {"scipy": sla.aslinearoperator(A.numpy()), "sparse": scipy.sparse.csr_matrix(A.numpy()),
+              "numpy": A.numpy(), "callable": lambda x: A @ x}
+    for name, op in shapes.items():
+        n = 40 if name == "callable" else None
+        res = eigsh(op, k=2, which="LA", n=n)
+        assert np.abs(res.eigenvalues - ev[::-1][:2]).max() <= EIG_TOL * 3 and res.converged, name
+        tr = hutchinson_trace(op, n_probes=8, n=n)
+        assert abs(tr.trace - ev.sum()) <= 3 * tr.stderr + 1e-12, name
+        sd = spectral_density(op, n_probes=2, n_iter=10, n=n)
+        assert np.trapezoid(sd.density, sd.grid) == pytest.approx(1.0, abs=1e-12), name
+    # a qgeom operator through its own to_scipy(): the numbers of the operator itself
+    op = hessian_operator()
+    direct, via = eigsh(op, k=1, which="LA"), eigsh(op.to_scipy(), k=1, which="LA")
+    assert via.eigenvalues[0] == pytest.approx(direct.eigenvalues[0], rel=1e-10)
+    curvlinops = pytest.importorskip("curvlinops")
+    model = mlp()  # no LayerNorm: curvlinops' jvp∘jacrev Hessian is right on it
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64))]
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+    H = autograd_hessian(lambda t: torch.nn.functional.mse_loss(
+        functional_call(model, unflatten(t, theta), (data[0][0],)), data[0][1]), flatten(theta))
+    theirs = curvlinops.HessianLinearOperator(model, torch.nn.MSELoss(), list(model.parameters()), data)
+    res = eigsh(theirs, k=2, which="LA")
+    want = np.linalg.eigvalsh(H.numpy())[::-1][:2]
+    assert np.abs(res.eigenvalues - want).max() <= EIG_TOL * np.abs(want).max()
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,17 @@ from qgeom.commands.output import Output
 BITS_HELP = "weight bit width, 2–8 (per-row symmetric RTN, the paper's quantizer)"
 
 
+def _start(out: Path, lr: float, device: str, threads: int, quiet: bool, inputs_: dict[str, Path] | None = None) -> Output:
+    """What every training command checks before any work: the output is writable (and is none of
+    its inputs), the learning rate is a finite number > 0; then the runtime, and the output."""
+    check_writable(out)
+    if inputs_:
+        check_not_input(out, inputs_)
+    check_finite_option(lr, "--lr", positive=True)
+    O.apply_runtime(device, threads)
+    return Output(quiet=quiet)
+
+
 @clean_errors
 def pretrain(
     out: Path = O.out_file("where to write θ_0 (.safetensors)"),
@@ -32,10 +43,7 @@ def pretrain(
     device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(),
 ) -> None:
     """Pretrain θ_0 on a pretext mixture of the offline tasks."""
-    check_writable(out)
-    check_finite_option(lr, "--lr", positive=True)
-    O.apply_runtime(device, threads)
-    log = Output(quiet=quiet)
+    log = _start(out, lr, device, threads, quiet)
     preset = preset or "micro"
     from qgeom.data import pretext_task  # lazy: torch-free --help
     from qgeom.models import create_model  # lazy: torch-free --help
@@ -75,11 +83,7 @@ def finetune(
     device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(),
 ) -> None:
     """Fine-tune θ_0 on one task with a fresh head: θ_t."""
-    check_writable(out)
-    check_not_input(out, {"--pretrained": pretrained})
-    check_finite_option(lr, "--lr", positive=True)
-    O.apply_runtime(device, threads)
-    log = Output(quiet=quiet)
+    log = _start(out, lr, device, threads, quiet, {"--pretrained": pretrained})
     data_seed = 0 if data_seed is None else data_seed
     if not task:
         raise typer.BadParameter("name the task to fine-tune on (θ_0 records only its pretext mixture)",
@@ -115,11 +119,7 @@ def qat(
     device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(),
 ) -> None:
     """Quantization-aware training (STE) from θ_t on its own task: θ_t,QAT."""
-    check_writable(out)
-    check_not_input(out, {"--finetuned": finetuned})
-    check_finite_option(lr, "--lr", positive=True)
-    O.apply_runtime(device, threads)
-    log = Output(quiet=quiet)
+    log = _start(out, lr, device, threads, quiet, {"--finetuned": finetuned})
     from qgeom.quant import QuantSpec  # lazy: torch-free --help
     from qgeom.data import check_task  # lazy: torch-free --help
     from qgeom.train import TrainConfig, accuracy, qat as run  # lazy: torch-free --help

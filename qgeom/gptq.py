@@ -143,6 +143,32 @@ def _linear_layers(model: nn.Module, weights: set[str]) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in weights]
 
 
+class _Captured(Exception):
+    """Raised by the capturing hook: the rest of the forward pass is not needed."""
+
+
+def _layer_inputs(model: nn.Module, theta: Params, layer: str, batches: list) -> list[Tensor]:
+    """The inputs of ``layer`` (rows × in) on every calibration batch; each forward pass stops at
+    the layer (the layers after it are not computed)."""
+    inputs: list[Tensor] = []
+
+    def capture(m, args):
+        inputs.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+        raise _Captured
+
+    hook = model.get_submodule(layer).register_forward_pre_hook(capture)
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                try:
+                    functional_call(model, theta, (x,))
+                except _Captured:
+                    pass
+    finally:
+        hook.remove()
+    return inputs
+
+
 def gptq(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]], spec: QuantSpec, *,
          scope: Scope = "quantized", block_size: int = 128, damp: float = 0.01, act_order: bool = False
          ) -> tuple[Params, list[dict]]:
@@ -158,15 +184,7 @@ def gptq(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[tuple
     theta = dict(params)
     stats = []
     for layer in _linear_layers(model, {k for k, v in params.items() if in_scope(k, v, scope)}):
-        inputs: list[Tensor] = []
-        hook = model.get_submodule(layer).register_forward_hook(
-            lambda m, args, out: inputs.append(args[0].detach().reshape(-1, args[0].shape[-1])))
-        try:
-            with torch.no_grad():
-                for x, _ in batches:
-                    functional_call(model, theta, (x,))
-        finally:
-            hook.remove()
+        inputs = _layer_inputs(model, theta, layer, batches)
         h = layer_hessian(torch.cat(inputs))
         r = gptq_quantize(theta[f"{layer}.weight"], h, spec, block_size=block_size, damp=damp, act_order=act_order)
         theta[f"{layer}.weight"] = r.weight

@@ -95,9 +95,8 @@ def _grid(cfg: RunConfig, r: Receiver) -> tuple[list[tuple], Callable[[str, str,
     return grid, vector
 
 
-def validation_jobs(cfg: RunConfig, r: Receiver) -> list[Job]:
-    """The baselines and the whole λ grid (post-PTQ), to choose λ."""
-    grid, vector = _grid(cfg, r)
+def validation_jobs(cfg: RunConfig, r: Receiver, grid: list[tuple], vector: Callable) -> list[Job]:
+    """The baselines and the whole λ grid (post-PTQ), to choose λ (``grid``, ``vector``: :func:`_grid`)."""
     lams = sorted(set(cfg.lambdas) | {1.0})
     out = [job(r.theta, "baseline"), job(r.theta_qat, "qat")]
     out += [job(P.patch(r.theta, vector(m, d, scope), lam), m, donor=d, scope=scope, lam=lam)
@@ -105,10 +104,10 @@ def validation_jobs(cfg: RunConfig, r: Receiver) -> list[Job]:
     return out
 
 
-def test_jobs(cfg: RunConfig, r: Receiver, lam_val: dict) -> tuple[list[Job], list[dict]]:
+def test_jobs(cfg: RunConfig, r: Receiver, lam_val: dict, grid: list[tuple], vector: Callable
+              ) -> tuple[list[Job], list[dict]]:
     """Baselines (PTQ and FP), the grid at λ = 1 (PTQ, FP) and at the chosen λ (PTQ), and the
     controls; also the grid statistics rows of the decomposition (computed, not evaluated)."""
-    grid, vector = _grid(cfg, r)
     pretrained = {k: (v if P.is_head(k) else r.theta0[k]) for k, v in r.theta.items()}
     out = [job(th, method, metric) for th, method in ((r.theta, "baseline"), (r.theta_qat, "qat"),
                                                        (pretrained, "pretrained_backbone"))
@@ -167,10 +166,11 @@ def evaluate_receiver(cfg: RunConfig, r: Receiver) -> pd.DataFrame:
     on it, then test."""
     spec = QuantSpec(r.bits)
     data = {split: eval_batches(getattr(r.task, split), cfg.eval_batch, r.device) for split in ("val", "test")}
-    rows = evaluate_jobs(r, validation_jobs(cfg, r), data["val"], spec, "val")
+    grid, vector = _grid(cfg, r)  # the scoped vectors and the multi-donor means, formed once
+    rows = evaluate_jobs(r, validation_jobs(cfg, r, grid, vector), data["val"], spec, "val")
     chosen = lambda_on_val(pd.DataFrame(rows))
     lam_val = {(c.method, c.donor, c.scope): c.lam_val for c in chosen.itertuples()}
-    jobs, stats = test_jobs(cfg, r, lam_val)
+    jobs, stats = test_jobs(cfg, r, lam_val, grid, vector)
     rows += stats
     rows += evaluate_jobs(r, jobs, data["test"], spec, "test")
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)

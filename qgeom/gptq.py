@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from qgeom.calibration import layer_hessian, layer_inputs, linear_layers, output_error
 from qgeom.params import Params, Scope, check_finite, in_scope
 from qgeom.quant import QuantSpec
 
@@ -47,13 +47,6 @@ class GPTQResult:
     damp: float
     error: float
     rtn_error: float
-
-
-def layer_hessian(x: Tensor) -> Tensor:
-    """H = 2 X Xᵀ / N from inputs ``x`` (N, in) — or (…, in), flattened over the leading axes —
-    accumulated in float64."""
-    x = x.reshape(-1, x.shape[-1]).double()
-    return 2.0 * x.T @ x / x.shape[0]
 
 
 def _check(spec: QuantSpec) -> None:
@@ -131,44 +124,6 @@ def gptq_quantize(w: Tensor, h: Tensor, spec: QuantSpec, *, block_size: int = 12
     return GPTQResult(Q.to(w.dtype), used, output_error(w, Q, h), output_error(w, rtn, h))
 
 
-def output_error(w: Tensor, q: Tensor, h: Tensor) -> float:
-    """½ tr((W − Q) H (W − Q)ᵀ) = ‖(W − Q)X‖²_F / N for H = 2XXᵀ/N (float64)."""
-    d = w.double() - q.double()
-    return float(0.5 * torch.einsum("oi,ij,oj->", d, h.double(), d))
-
-
-def _linear_layers(model: nn.Module, weights: set[str]) -> list[str]:
-    """The Linear modules whose ``.weight`` is in ``weights``, in registration order (a timm ViT
-    registers qkv, proj, fc1, fc2 block by block: the order of the forward pass)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in weights]
-
-
-class _Captured(Exception):
-    """Raised by the capturing hook: the rest of the forward pass is not needed."""
-
-
-def _layer_inputs(model: nn.Module, theta: Params, layer: str, batches: list) -> list[Tensor]:
-    """The inputs of ``layer`` (rows × in) on every calibration batch; each forward pass stops at
-    the layer (the layers after it are not computed)."""
-    inputs: list[Tensor] = []
-
-    def capture(m, args):
-        inputs.append(args[0].detach().reshape(-1, args[0].shape[-1]))
-        raise _Captured
-
-    hook = model.get_submodule(layer).register_forward_pre_hook(capture)
-    try:
-        with torch.no_grad():
-            for x, _ in batches:
-                try:
-                    functional_call(model, theta, (x,))
-                except _Captured:
-                    pass
-    finally:
-        hook.remove()
-    return inputs
-
-
 def gptq(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]], spec: QuantSpec, *,
          scope: Scope = "quantized", block_size: int = 128, damp: float = 0.01, act_order: bool = False
          ) -> tuple[Params, list[dict]]:
@@ -183,8 +138,8 @@ def gptq(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[tuple
     check_finite(params, "weights to quantize")
     theta = dict(params)
     stats = []
-    for layer in _linear_layers(model, {k for k, v in params.items() if in_scope(k, v, scope)}):
-        inputs = _layer_inputs(model, theta, layer, batches)
+    for layer in linear_layers(model, {k for k, v in params.items() if in_scope(k, v, scope)}):
+        inputs = layer_inputs(model, theta, layer, batches)
         h = layer_hessian(torch.cat(inputs))
         r = gptq_quantize(theta[f"{layer}.weight"], h, spec, block_size=block_size, damp=damp, act_order=act_order)
         theta[f"{layer}.weight"] = r.weight

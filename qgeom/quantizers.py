@@ -43,9 +43,10 @@ from qgeom.calibration import layer_hessians, linear_layers, output_error
 from qgeom.gptq import gptq
 from qgeom.params import Params, Scope, in_scope
 from qgeom.quant import QuantSpec, ptq
+from qgeom.vocabulary import QUANTIZERS
 
 Method = Literal["rtn", "gptq", "awq"]
-METHODS: tuple[str, ...] = ("rtn", "gptq", "awq")
+METHODS: tuple[str, ...] = QUANTIZERS  # (rtn, gptq, awq): the names configs and the CLI share
 _CALIBRATED = {"gptq": gptq, "awq": awq}
 _KEPT = {"gptq": ("damp", "rows"), "awq": ("alpha", "foldable", "rows")}  # per-layer fields passed on
 

@@ -14,3 +14,7 @@ OBJECTIVES = ("fp", "ste")
 #: The controls a transfer run can add (:mod:`qgeom.experiment.controls`, plus the donors'
 #: vectors from a θ_0 pretrained with another seed), also their method names in the accuracy table.
 RUN_CONTROLS = ("random_rows", "row_permuted", "negated", "other_basin")
+#: Weight quantizers (:mod:`qgeom.quantizers`): round-to-nearest, GPTQ, AWQ — all onto the same grid.
+QUANTIZERS = ("rtn", "gptq", "awq")
+#: Where a run's donor vectors come from: ρ_D = θ_D,QAT − θ_D, or the donor's own GPTQ/AWQ weights − θ_D.
+VECTOR_SOURCES = ("qat", "gptq", "awq")

@@ -95,7 +95,8 @@ def print_summary(summary: dict, console: Console = console) -> None:
         for key in ("verdict_patch", "verdict_random", "verdict_tuned", "verdict_alignment", "verdict_over_controls"):
             if r.get(key):
                 console.print(f"  - {r[key]}")
-        for line in r.get("verdict_controls", []):  # the stronger controls and the decomposition (issue 15)
+        # the stronger controls and the decomposition (issue 15), the stronger quantizers (issue 24)
+        for line in r.get("verdict_controls", []) + r.get("verdict_quantizers", []):
             console.print(f"  - {line}")
     if summary.get("stage_seconds"):
         console.print(_time_table(summary["stage_seconds"]))

@@ -120,6 +120,7 @@ def pair_table(acc: pd.DataFrame, geo: pd.DataFrame | None = None, dis: pd.DataF
     df["gain_over_controls"] = df.gain_unit - df[controls].max(axis=1)
     df["fp_cost"] = df.patch_fp - df.base_fp
     df["diagonal"] = df.donor == df.receiver
+    df = _strong_quantizers(acc, df, pk)
     if geo is not None and len(geo):
         cos = geo[geo.quantity == "cosine"].copy()
         cos["alignment"] = np.where(cos.metric == "euclidean", "euclidean", cos.metric + "_" + cos.objective)
@@ -134,6 +135,34 @@ def pair_table(acc: pd.DataFrame, geo: pd.DataFrame | None = None, dis: pd.DataF
     if dis is not None and len(dis):
         df = df.merge(dis, on=["donor", "receiver"], how="left")
     return df.sort_values(["bits", "scope", "seed", "receiver", "donor"]).reset_index(drop=True)
+
+
+#: Receiver quantizers besides RTN (config ``ptq``), as accuracy-table metrics ``m_top1``.
+STRONG_QUANTIZERS = ("gptq", "awq")
+
+
+def _strong_quantizers(acc: pd.DataFrame, df: pd.DataFrame, pk: list[str]) -> pd.DataFrame:
+    """Columns of every stronger quantizer m the run evaluated (test split, points): ``base_m``,
+    ``qat_m``, ``patch_m`` (λ = 1, then m), ``tuned_m`` (the λ chosen on val, then m),
+    ``gain_unit_m`` = patch_m − base_m (does ρ_D help beyond m?), ``gain_tuned_m``, and
+    ``m_over_rtn`` = base_m − base_ptq (what m itself recovers on the unpatched receiver)."""
+    rk = ["seed", "bits", "receiver"]
+    for m in [m for m in STRONG_QUANTIZERS if f"{m}_top1" in set(acc.metric)]:
+        t = _test(acc, f"{m}_top1")
+        base = t[t.method == "baseline"][rk + ["value"]].rename(columns={"value": f"base_{m}"})
+        qat = t[t.method == "qat"][rk + ["value"]].rename(columns={"value": f"qat_{m}"})
+        patch = t[t.method == "patch"]
+        unit = patch[patch.lam == 1.0][pk + ["value"]].rename(columns={"value": f"patch_{m}"})
+        tuned = patch.merge(df[pk + ["lam_val"]], on=pk)
+        tuned = tuned[tuned.lam == tuned.lam_val][pk + ["value"]].rename(columns={"value": f"tuned_{m}"})
+        df = df.merge(base, on=rk, how="left").merge(qat, on=rk, how="left")
+        df = df.merge(unit, on=pk, how="left").merge(tuned, on=pk, how="left")
+        for col in (f"base_{m}", f"qat_{m}", f"patch_{m}", f"tuned_{m}"):
+            df[col] = 100 * df[col]
+        df[f"gain_unit_{m}"] = df[f"patch_{m}"] - df[f"base_{m}"]
+        df[f"gain_tuned_{m}"] = df[f"tuned_{m}"] - df[f"base_{m}"]
+        df[f"{m}_over_rtn"] = df[f"base_{m}"] - df.base_ptq
+    return df
 
 
 def receiver_table(acc: pd.DataFrame) -> pd.DataFrame:

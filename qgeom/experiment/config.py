@@ -15,17 +15,18 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from qgeom.curvature.operator import METRICS
+from qgeom.experiment.checks import ConfigError, check, check_int, check_list, is_int
 from qgeom.io import dumps_json
 from qgeom.data import check_task_name, parse_task, task_names
 from qgeom.models import create_model, preset_config
 from qgeom.paper import PAPER_LAMBDAS
 from qgeom.params import SCOPES
-from qgeom.vocabulary import RUN_CONTROLS
+from qgeom.vocabulary import QUANTIZERS, RUN_CONTROLS, VECTOR_SOURCES
 from qgeom.tracking import check_trackers
 from qgeom.train import TrainConfig
 
@@ -69,16 +70,19 @@ class RunConfig:
     probe_batch: int = 128
     permutations: int = 5000
     eval_batch: int = 1000
+    # receiver quantizers (issue 24): RTN is the protocol's (λ grid, controls: zero-shot); gptq and awq
+    # add test rows (baselines, patch at λ = 1 and at the val λ, then that quantizer), calibrated on
+    # the receiver's own training images: baselines, not zero-shot
+    ptq: tuple[str, ...] = ("rtn",)
+    vector_source: str = "qat"  # ρ_D = θ_D,QAT − θ_D, or θ_D,GPTQ − θ_D / θ_D,AWQ − θ_D (donor calibration data)
+    act_bits: int = 0  # inputs of every quantized Linear fake-quantized at this many bits too (0: weights only)
+    calib_size: int = 256  # calibration images (first of the train split) for gptq, awq and activation ranges
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_json(self) -> str:
         return dumps_json(self.to_dict(), indent=2, sort_keys=True)
-
-
-class ConfigError(ValueError):
-    """A configuration value is malformed or out of range; the message starts with the key."""
 
 
 def _int(value: Any, key: str) -> int:
@@ -212,45 +216,21 @@ COMMA_HINT = (" (a list override is split on commas: write a task whose path hol
               "tasks='[\"shape\", \"imagefolder:NAME=DIR,WITH,COMMAS\"]', or in a config file)")
 
 
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_int(key: str, v: Any, low: int) -> None:
-    _check(_is_int(v), f"{key}: {v!r} is not an integer")
-    _check(v >= low, f"{key}: {v} must be ≥ {low}")
-
-
-def _check_list(key: str, values: Any, check_item: Callable[[str, Any], None], min_len: int = 1) -> None:
-    _check(isinstance(values, tuple), f"{key}: expected a list, got {values!r}")
-    _check(len(values) >= min_len, f"{key}: needs at least {min_len} value{'s' * (min_len > 1)}, got none"
-           if not values else f"{key}: needs at least {min_len} values, got {list(values)}")
-    dup = sorted({str(v) for v in values if values.count(v) > 1})
-    _check(not dup, f"{key}: repeated values {dup}")
-    for v in values:
-        check_item(key, v)
-
-
 def _check_train(key: str, t: Any) -> None:
-    _check(isinstance(t, TrainConfig), f"{key}: expected a mapping of training settings, got {t!r}")
-    _check_int(f"{key}.steps", t.steps, 1)
-    _check_int(f"{key}.batch_size", t.batch_size, 1)
-    _check_int(f"{key}.warmup_steps", t.warmup_steps, 0)
-    _check_int(f"{key}.seed", t.seed, 0)
+    check(isinstance(t, TrainConfig), f"{key}: expected a mapping of training settings, got {t!r}")
+    check_int(f"{key}.steps", t.steps, 1)
+    check_int(f"{key}.batch_size", t.batch_size, 1)
+    check_int(f"{key}.warmup_steps", t.warmup_steps, 0)
+    check_int(f"{key}.seed", t.seed, 0)
     for name, low_ok in (("lr", False), ("weight_decay", True)):
         v = getattr(t, name)
-        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                and (v > 0 or (low_ok and v == 0)), f"{key}.{name}: {v!r} must be a finite number "
                f"{'≥ 0' if low_ok else '> 0'}")
     c = t.clip_grad_norm
-    _check(c is None or (isinstance(c, (int, float)) and math.isfinite(c) and c > 0),
+    check(c is None or (isinstance(c, (int, float)) and math.isfinite(c) and c > 0),
            f"{key}.clip_grad_norm: {c!r} must be a finite number > 0 (or null: no clipping)")
-    _check(t.optimizer in OPTIMIZERS, f"{key}.optimizer: {t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    check(t.optimizer in OPTIMIZERS, f"{key}.optimizer: {t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
 def _check_task(key: str, name: Any) -> None:
@@ -261,11 +241,11 @@ def _check_task(key: str, name: Any) -> None:
 
 
 def _check_bits(key: str, b: Any) -> None:
-    _check(_is_int(b) and 2 <= b <= 8, f"{key}: {b!r} is not a supported bit width (2–8)")
+    check(is_int(b) and 2 <= b <= 8, f"{key}: {b!r} is not a supported bit width (2–8)")
 
 
 def _check_lambda(key: str, lam: Any) -> None:
-    _check(isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam > 0,
+    check(isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam > 0,
            f"{key}: {lam!r} is not a finite λ > 0 (the patch θ_R + λρ_D is defined for λ > 0)")
 
 
@@ -288,15 +268,15 @@ def validate(cfg: RunConfig) -> None:
     steps > 0 and finite learning rates, known presets, scopes and metrics. Runs in
     milliseconds and touches no file, so a run refuses a bad config before any work.
     """
-    _check(isinstance(cfg, RunConfig), f"expected a RunConfig, got {type(cfg).__name__}")
-    _check(isinstance(cfg.name, str) and cfg.name.strip() != "" and "/" not in cfg.name and cfg.name not in (".", ".."),
+    check(isinstance(cfg, RunConfig), f"expected a RunConfig, got {type(cfg).__name__}")
+    check(isinstance(cfg.name, str) and cfg.name.strip() != "" and "/" not in cfg.name and cfg.name not in (".", ".."),
            f"name: {cfg.name!r} must be a non-empty name without '/' (it names the default run directory)")
-    _check(isinstance(cfg.preset, str), f"preset: {cfg.preset!r} must be a preset name or timm:NAME")
+    check(isinstance(cfg.preset, str), f"preset: {cfg.preset!r} must be a preset name or timm:NAME")
     try:
         preset_config(cfg.preset)
     except ValueError as e:
         raise ConfigError(f"preset: {cfg.preset!r} is not a model preset or a timm model ({e})") from None
-    _check(isinstance(cfg.theta0, str) and (cfg.theta0 == "pretrain" or cfg.theta0.startswith("timm:")
+    check(isinstance(cfg.theta0, str) and (cfg.theta0 == "pretrain" or cfg.theta0.startswith("timm:")
                                             or Path(cfg.theta0).is_file()),
            f"theta0: {cfg.theta0!r} must be 'pretrain', 'timm:NAME' or an existing checkpoint file")
     if cfg.theta0.startswith("timm:"):
@@ -304,22 +284,22 @@ def validate(cfg: RunConfig) -> None:
             preset_config(cfg.theta0)
         except ValueError as e:
             raise ConfigError(f"theta0: {e}") from None
-    _check(isinstance(cfg.data_root, str), f"data_root: {cfg.data_root!r} must be a folder name")
-    _check(isinstance(cfg.data_download, bool), f"data_download: {cfg.data_download!r} must be true or false")
-    _check_int("num_workers", cfg.num_workers, 0)
-    _check_int("log_every", cfg.log_every, 1)
-    _check_int("val_every", cfg.val_every, 0)
+    check(isinstance(cfg.data_root, str), f"data_root: {cfg.data_root!r} must be a folder name")
+    check(isinstance(cfg.data_download, bool), f"data_download: {cfg.data_download!r} must be true or false")
+    check_int("num_workers", cfg.num_workers, 0)
+    check_int("log_every", cfg.log_every, 1)
+    check_int("val_every", cfg.val_every, 0)
     try:
         check_trackers(cfg.trackers)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _check(isinstance(cfg.model_overrides, dict) and all(isinstance(k, str) for k in cfg.model_overrides),
+    check(isinstance(cfg.model_overrides, dict) and all(isinstance(k, str) for k in cfg.model_overrides),
            f"model_overrides: {cfg.model_overrides!r} must be a mapping of timm keyword arguments")
     _check_model(cfg)
     if cfg.theta0 == "pretrain":  # the pretext mixture is only read when θ_0 is pretrained here
-        _check_list("pretext_tasks", cfg.pretext_tasks, _check_task)
+        check_list("pretext_tasks", cfg.pretext_tasks, _check_task)
     try:
-        _check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
+        check_list("tasks", cfg.tasks, _check_task, min_len=2)  # donors × receivers: at least two tasks
     except ConfigError as e:  # a folder's path with a comma, split as a list: say how to write it
         hint = any(str(t).startswith("imagefolder:") for t in cfg.tasks) and "unknown task" in str(e)
         raise ConfigError(f"{e}{COMMA_HINT if hint else ''}") from None
@@ -329,19 +309,33 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(str(e)) from None
     offline = any(not parse_task(t).streamed for t in cfg.tasks)
     for key in ("n_train", "n_val", "n_test"):  # for real tasks a cap; 0 = every image
-        _check_int(key, getattr(cfg, key), 1 if offline else 0)
-    _check(isinstance(cfg.controls, tuple) and all(c in RUN_CONTROLS for c in cfg.controls)
+        check_int(key, getattr(cfg, key), 1 if offline else 0)
+    check(isinstance(cfg.controls, tuple) and all(c in RUN_CONTROLS for c in cfg.controls)
            and len(set(cfg.controls)) == len(cfg.controls),
            f"controls: {list(cfg.controls)} must be distinct values of {', '.join(RUN_CONTROLS)}")
-    _check("other_basin" not in cfg.controls or cfg.theta0 == "pretrain",
+    check("other_basin" not in cfg.controls or cfg.theta0 == "pretrain",
            "controls: other_basin pretrains a second θ_0 with another seed, so it needs theta0=pretrain")
-    _check(isinstance(cfg.decomposition, bool), f"decomposition: {cfg.decomposition!r} must be true or false")
+    check(isinstance(cfg.decomposition, bool), f"decomposition: {cfg.decomposition!r} must be true or false")
     for key in ("n_pretext_per_task", "random_draws", "probe_size", "probe_batch", "permutations", "eval_batch"):
-        _check_int(key, getattr(cfg, key), 1)
+        check_int(key, getattr(cfg, key), 1)
     for key in ("pretrain", "finetune", "qat"):
         _check_train(key, getattr(cfg, key))
-    _check_list("bits", cfg.bits, _check_bits)
-    _check_list("seeds", cfg.seeds, lambda k, s: _check_int(k, s, 0))
-    _check_list("lambdas", cfg.lambdas, _check_lambda)
-    _check_list("scopes", cfg.scopes, lambda k, s: _check(s in RUN_SCOPES, f"{k}: {s!r} is not one of {', '.join(RUN_SCOPES)}"))
-    _check_list("metrics", cfg.metrics, lambda k, m: _check(m in RUN_METRICS, f"{k}: {m!r} is not one of {', '.join(RUN_METRICS)}"))
+    check_list("bits", cfg.bits, _check_bits)
+    check_list("seeds", cfg.seeds, lambda k, s: check_int(k, s, 0))
+    check_list("lambdas", cfg.lambdas, _check_lambda)
+    check_list("scopes", cfg.scopes, lambda k, s: check(s in RUN_SCOPES, f"{k}: {s!r} is not one of {', '.join(RUN_SCOPES)}"))
+    check_list("metrics", cfg.metrics, lambda k, m: check(m in RUN_METRICS, f"{k}: {m!r} is not one of {', '.join(RUN_METRICS)}"))
+    _check_quantizers(cfg)
+
+
+def _check_quantizers(cfg: RunConfig) -> None:
+    """The quantizer fields: ``ptq`` distinct values of QUANTIZERS including rtn (the λ grid and the
+    controls are RTN's: the zero-shot protocol), a known ``vector_source``, ``act_bits`` 0 or 2–8."""
+    check_list("ptq", cfg.ptq, lambda k, m: check(m in QUANTIZERS, f"{k}: {m!r} is not one of {', '.join(QUANTIZERS)}"))
+    check("rtn" in cfg.ptq, f"ptq: {list(cfg.ptq)} must include rtn (the λ grid and the controls are evaluated "
+          "with round-to-nearest, the zero-shot protocol); e.g. ptq=rtn,gptq")
+    check(cfg.vector_source in VECTOR_SOURCES,
+          f"vector_source: {cfg.vector_source!r} is not one of {', '.join(VECTOR_SOURCES)}")
+    check(is_int(cfg.act_bits) and (cfg.act_bits == 0 or 2 <= cfg.act_bits <= 8),
+          f"act_bits: {cfg.act_bits!r} must be 0 (weights only) or a bit width 2–8")
+    check_int("calib_size", cfg.calib_size, 1)

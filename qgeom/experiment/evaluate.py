@@ -10,6 +10,14 @@ over the grid (:func:`qgeom.experiment.analysis.lambda_on_val`); *test* is evalu
 the analysis reads it — at λ = 1 (PTQ and FP) and at the chosen λ (PTQ) — and for the baselines
 and the controls (test only: no λ is chosen for them). Every set is quantized once, and all sets
 of a split share one pass over its batches (:func:`qgeom.evaluation.top1_many`).
+
+Stronger quantizers (config ``ptq``, issue 24): RTN stays the protocol's quantizer — the λ grid on
+validation and the controls, with no receiver data. Each other quantizer ``m`` (GPTQ, AWQ,
+:mod:`qgeom.quantizers`; calibrated on ``calib_size`` of the receiver's own training images, so
+baselines, not zero-shot) adds test rows with metric ``m_top1``: the fine-tuned and QAT receivers,
+and every patch at λ = 1 and at the λ chosen on validation (under RTN), each quantized by ``m``.
+With ``act_bits`` every quantized set also has the inputs of its quantized Linears fake-quantized
+(:mod:`qgeom.activations`; ranges calibrated per set on the same images); FP rows stay FP.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ import pandas as pd
 import torch
 
 from qgeom import params as P
+from qgeom.activations import ActivationSpec, calibrate, quantized_inputs
 from qgeom.data import Split, Task, batches
 from qgeom.evaluation import top1_many
 from qgeom.experiment.analysis import lambda_on_val
 from qgeom.experiment.config import RunConfig
 from qgeom.experiment.controls import control, random_like
 from qgeom.experiment.decomposition import grid_only, grid_statistics, values_only
-from qgeom.quant import QuantSpec, ptq
+from qgeom.quant import QuantSpec
+from qgeom.quantizers import quantize
 
 EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
 
@@ -51,6 +61,29 @@ class Receiver:
     rhos: dict[str, P.Params]  # donor → ρ_D on the backbone, every task of the run (R included)
     other_rhos: dict[str, P.Params] = field(default_factory=dict)  # the other basin's ρ_D (other_basin control)
     device: torch.device = torch.device("cpu")
+    calib: list = field(default_factory=list)  # calibration batches (receiver train images): gptq, awq, act_bits
+    act_bits: int = 0  # activation bits of every quantized set (0: weights only)
+
+
+#: The accuracy metrics of a quantized set and the quantizer that makes it (``ptq_top1``: RTN, the protocol's).
+QUANTIZED_METRICS = {"ptq_top1": "rtn", "gptq_top1": "gptq", "awq_top1": "awq"}
+
+
+def quantizer_metric(method: str) -> str:
+    """The accuracy metric of the sets quantized by ``method`` (rtn → ``ptq_top1``)."""
+    return "ptq_top1" if method == "rtn" else f"{method}_top1"
+
+
+def calibration_batches(split, n: int, batch: int, device: torch.device) -> list:
+    """The first ``n`` images of ``split`` (in order) as batches on ``device``: the calibration set."""
+    out, seen = [], 0
+    for x, y in batches(split, min(batch, n)):
+        x, y = x[: n - seen], y[: n - seen]
+        out.append((x.to(device), y.to(device)))
+        seen += len(y)
+        if seen >= n:
+            break
+    return out
 
 
 def job(th: P.Params, method: str, metric: str = "ptq_top1", donor: str = "", scope: str = "", lam: float = np.nan,
@@ -68,14 +101,40 @@ def eval_batches(split, batch: int, device: torch.device):
     return lambda: batches(split, batch)
 
 
+def quantized_set(r: Receiver, row: dict, th: P.Params, spec: QuantSpec) -> P.Params:
+    """The set a job evaluates: quantized by its metric's quantizer (:data:`QUANTIZED_METRICS`); an FP
+    metric's set, or one already on a quantization grid (a decomposition hybrid), as it is."""
+    method = QUANTIZED_METRICS.get(row["metric"])
+    if row.pop("quantized", False) or method is None:
+        return th
+    if method == "rtn":  # no data: the zero-shot protocol (and no layer statistics to pay for)
+        return quantize(method, th, spec).params
+    return quantize(method, th, spec, model=r.model, batches=r.calib).params
+
+
+def _top1(r: Receiver, rows: list[dict], sets: list[P.Params], data) -> list[float]:
+    """Top-1 of every set; with ``r.act_bits`` each quantized set is evaluated with its own
+    calibrated activation quantizers (one pass per set), the FP sets together."""
+    if not r.act_bits:
+        return [float(a) for a in top1_many(r.model, sets, data, device=r.device)]
+    act = ActivationSpec(r.act_bits)
+    out = [float("nan")] * len(sets)
+    fp = [i for i, row in enumerate(rows) if row["metric"] not in QUANTIZED_METRICS]
+    for i, a in zip(fp, top1_many(r.model, [sets[i] for i in fp], data, device=r.device) if fp else []):
+        out[i] = float(a)
+    for i in (i for i in range(len(sets)) if i not in set(fp)):
+        with quantized_inputs(r.model, calibrate(r.model, sets[i], r.calib), act) as model:
+            out[i] = float(top1_many(model, [sets[i]], data, device=r.device)[0])
+    return out
+
+
 def evaluate_jobs(r: Receiver, jobs: list[Job], data, spec: QuantSpec, split: str) -> list[dict]:
-    """Rows of ``jobs`` on one split; PTQ'd per metric (a set already on a quantization grid, a
-    decomposition hybrid, is used as it is)."""
-    sets = [ptq(th, spec) if row["metric"] == "ptq_top1" and not row.pop("quantized", False) else th
-            for row, th in jobs]
-    acc = top1_many(r.model, sets, data, device=r.device)
+    """Rows of ``jobs`` on one split, each set quantized per its metric (:func:`quantized_set`)."""
+    rows = [row for row, _ in jobs]
+    sets = [quantized_set(r, row, th, spec) for row, th in jobs]
+    acc = _top1(r, rows, sets, data)
     key = dict(seed=r.seed, bits=r.bits, receiver=r.name)
-    return [key | row | dict(split=split, value=float(a)) for (row, _), a in zip(jobs, acc)]
+    return [key | row | dict(split=split, value=a) for row, a in zip(rows, acc)]
 
 
 def _grid(cfg: RunConfig, r: Receiver) -> tuple[list[tuple], Callable[[str, str, str], P.Params]]:
@@ -118,6 +177,7 @@ def test_jobs(cfg: RunConfig, r: Receiver, lam_val: dict, grid: list[tuple], vec
         lv = float(lam_val[(m, d, scope)])
         if lv != 1.0:
             out.append(job(P.patch(r.theta, vector(m, d, scope), lv), m, donor=d, scope=scope, lam=lv))
+    out += strong_quantizer_jobs(cfg, r, lam_val, grid, vector)
     stats: list[dict] = []
     for scope in cfg.scopes:
         for d in [d for d in r.rhos if d != r.name]:
@@ -125,6 +185,19 @@ def test_jobs(cfg: RunConfig, r: Receiver, lam_val: dict, grid: list[tuple], vec
             out += jobs
             stats += rows
     return out, stats
+
+
+def strong_quantizer_jobs(cfg: RunConfig, r: Receiver, lam_val: dict, grid: list[tuple], vector: Callable
+                          ) -> list[Job]:
+    """For every quantizer of ``cfg.ptq`` but RTN (metric ``m_top1``, test split): the fine-tuned and
+    QAT receivers, and every patch of the grid at λ = 1 and at its λ chosen on validation (RTN's)."""
+    out = []
+    for metric in [quantizer_metric(m) for m in cfg.ptq if m != "rtn"]:
+        out += [job(r.theta, "baseline", metric), job(r.theta_qat, "qat", metric)]
+        for m, d, scope in grid:
+            for lam in sorted({1.0, float(lam_val[(m, d, scope)])}):
+                out.append(job(P.patch(r.theta, vector(m, d, scope), lam), m, metric, d, scope, lam))
+    return out
 
 
 def _generator(*key) -> torch.Generator:

@@ -44,6 +44,10 @@ def verdict_lines(summary: dict) -> list[dict]:
             label = INTERVAL_LINES.get(name, f"the donor patch at λ = 1 vs the {name[len('gain_vs_'):]} control")
             rows.append(key | dict(line=label, kind="interval", mean=_num(iv["mean"]), low=_num(iv["low"]),
                                    high=_num(iv["high"])))
+        for m, ivs in r.get("quantizers", {}).items():  # the stronger receiver quantizers (issue 24)
+            for name, iv in ivs.items():
+                rows.append(key | dict(line=f"{m}: {name}", kind="interval", mean=_num(iv["mean"]),
+                                       low=_num(iv["low"]), high=_num(iv["high"])))
     for c in summary.get("correlations", []):
         rows.append(dict(bits=c["bits"], scope=c["scope"], line=f"Spearman of the {c['alignment']} alignment with the "
                          f"λ = 1 gain", kind="correlation", mean=_num(c["r"]), p=_num(c["p_value"])))

@@ -56,7 +56,7 @@ def summarize(pairs: pd.DataFrame, receivers: pd.DataFrame, corr: pd.DataFrame) 
             diff_vs_euclidean=diff,
             verdict_alignment=alignment_verdict(e, m, best_metric, diff),
             verdict_over_controls=_over_controls_line(corr[(corr.bits == bits) & (corr.scope == scope)]),
-            **_controls_summary(g),
+            **_controls_summary(g), **_quantizers_summary(g),
         ))
     return out
 
@@ -90,6 +90,28 @@ def _controls_summary(g: pd.DataFrame) -> dict:
         out["verdict_controls"].append(
             f"the grid alone (θ_R's values on the patched per-row grid) changes post-PTQ Top-1 by {grid} points, "
             f"the values alone (on θ_R's grid) by {values}; the grid alone {how}")
+    return out
+
+
+QUANTIZER_NAMES = {"gptq": "GPTQ", "awq": "AWQ"}
+
+
+def _quantizers_summary(g: pd.DataFrame) -> dict:
+    """Intervals and verdicts of the stronger receiver quantizers (config ``ptq``): does ρ_D help
+    beyond m (the patch at λ = 1, then m, vs m alone), and how much m itself recovers over RTN on
+    the unpatched receiver. m is calibrated on receiver images: these are baselines, not zero-shot."""
+    out: dict = {"quantizers": {}, "verdict_quantizers": []}
+    for m, name in QUANTIZER_NAMES.items():
+        if f"gain_unit_{m}" not in g.columns or not g[f"gain_unit_{m}"].notna().any():
+            continue
+        unit, tuned, over = (interval(g, f"gain_unit_{m}"), interval(g, f"gain_tuned_{m}"),
+                             interval(g, f"{m}_over_rtn"))
+        out["quantizers"][m] = dict(gain_unit=unit.to_dict(), gain_tuned=tuned.to_dict(), over_rtn=over.to_dict())
+        what = "(receiver calibration data: a baseline, not zero-shot) "
+        out["verdict_quantizers"] += [
+            verdict(over, f"{name} {what}on the unpatched receiver", "round-to-nearest"),
+            verdict(unit, f"the donor patch at λ = 1, then {name},", f"{name} alone"),
+            verdict(tuned, f"the donor patch at the λ chosen on val, then {name},", f"{name} alone")]
     return out
 
 

@@ -28,7 +28,7 @@ from qgeom import params as P
 from qgeom.data import TASKS, Task, check_task, fingerprint, parse_task, pretext_task
 from qgeom.experiment.analysis import read_table
 from qgeom.experiment.config import RunConfig, validate
-from qgeom.experiment.evaluate import Receiver, evaluate_receiver
+from qgeom.experiment.evaluate import Receiver, calibration_batches, evaluate_receiver
 from qgeom.experiment.layout import RunLayout, claim_config
 from qgeom.experiment.measure import GeometryInputs, measure_receiver, task_dissimilarity
 from qgeom.experiment.provenance import StaleInputsError
@@ -38,6 +38,7 @@ from qgeom.experiment.timing import StageTimer
 from qgeom.io import load_params, read_metadata, remove_stale_temps, save_params, write_csv
 from qgeom.models import create_model, default_device, load_pretrained
 from qgeom.quant import QuantSpec
+from qgeom.quantizers import quantize
 from qgeom.tracking import CurveLog
 from qgeom.train import finetune, pretrain, qat
 
@@ -190,13 +191,27 @@ class TransferRun:
         return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits, basin=basin,
                             config=cfg.to_dict())
 
+    def calibration(self, task: str) -> list:
+        """The first ``calib_size`` training images of ``task``: GPTQ's, AWQ's and the activation
+        ranges' calibration set (the task's own data: these are not zero-shot rows)."""
+        return calibration_batches(self.tasks[task].train, self.cfg.calib_size, self.cfg.eval_batch, default_device())
+
+    def quantized_point(self, seed: int, bits: int, task: str, basin: str = "") -> P.Params:
+        """θ_t,QAT, or with ``vector_source`` gptq/awq the fine-tuned θ_t quantized by that method
+        on its own calibration images (onto the same grid)."""
+        if self.cfg.vector_source == "qat":
+            return self.qat(seed, bits, task, basin)
+        return quantize(self.cfg.vector_source, self.finetuned(seed, task, basin), QuantSpec(bits),
+                        model=self.model(task), batches=self.calibration(task)).params
+
     def rho(self, seed: int, bits: int, task: str, basin: str = "") -> P.Params:
-        """ρ_t = θ_t,QAT − θ_t on the backbone (the quantized scope is a subset of its keys)."""
+        """ρ_t = θ_t,QAT − θ_t (or θ_t,GPTQ/AWQ − θ_t, ``vector_source``) on the backbone (the
+        quantized scope is a subset of its keys)."""
         return self._params(self.layout.rho(seed, bits, task, basin),
-                            lambda: P.quantization_vector(self.qat(seed, bits, task, basin),
+                            lambda: P.quantization_vector(self.quantized_point(seed, bits, task, basin),
                                                           self.finetuned(seed, task, basin), "backbone"),
                             stage="quantization_vector", task=task, seed=seed, bits=bits, scope="backbone",
-                            basin=basin)
+                            basin=basin, source=self.cfg.vector_source)
 
     # -- receivers ---------------------------------------------------------------------------
 
@@ -210,7 +225,8 @@ class TransferRun:
             if "other_basin" in self.cfg.controls else {}
         r = Receiver(seed, bits, receiver, self.model(receiver), self.tasks[receiver], self.finetuned(seed, receiver),
                      self.qat(seed, bits, receiver), self.theta0(), {d: self.rho(seed, bits, d) for d in self.names},
-                     others, default_device())
+                     others, default_device(), act_bits=self.cfg.act_bits,
+                     calib=self.calibration(receiver) if set(self.cfg.ptq) - {"rtn"} or self.cfg.act_bits else [])
         return evaluate_receiver(self.cfg, r)
 
     def geometry(self, seed: int, bits: int, receiver: str) -> pd.DataFrame:

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("qgeom.vocabulary", "qgeom.paper", "qgeom.files", "qgeom.processes", "qgeom.params", "qgeom.io", "qgeom.runtime"),
     ("qgeom.quant", "qgeom.gptq", "qgeom.activations", "qgeom.models", "qgeom.data", "qgeom.train", "qgeom.tracking", "qgeom.evaluation"),
     ("qgeom.curvature", "qgeom.spectra", "qgeom.symmetry"),
-    ("qgeom.experiment",),
+    ("qgeom.experiment", "qgeom.testing"),
     ("qgeom.figures",),
     ("qgeom.commands", "qgeom.cli", "qgeom.__main__"),
 )

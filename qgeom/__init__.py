@@ -10,8 +10,10 @@ The names a researcher needs for their own model are available here, loaded when
   :func:`pair_geometry`, :func:`geometry_of_pair`, :func:`quadratic_model`, …;
 * spectra: :func:`eigsh`, :func:`hutchinson_trace`, :func:`spectral_density` (any operator:
   qgeom's, scipy's, curvlinops', a matrix, a callable with ``n=``);
-* symmetries: :class:`Symmetry`, :func:`random_symmetry`, the catalogue's constructors,
-  :func:`check_invariance`;
+* symmetries: :class:`Symmetry` (``g.act_point``, ``g.act_tangent``, ``g.act_covector``,
+  ``g.apply_to(module)``), :func:`random_symmetry`, the catalogue's constructors,
+  :func:`check_invariance`, :func:`assert_invariant` (its hypothesis strategies:
+  :mod:`qgeom.testing`, ``pip install qgeom[testing]``);
 * models, parameters, files: :func:`create_model`, :func:`without_fused_attention`,
   :func:`from_model`, :func:`flatten`, :func:`unflatten`, :class:`QuantSpec`, :func:`ptq`,
   :func:`load_params`, :func:`save_params`.
@@ -38,6 +40,7 @@ _HOMES = {
         "Symmetry", "applicable_kinds", "head_permutation", "layernorm_folding", "layerscale_folding",
         "mlp_permutation", "qk_mixing", "random_symmetry", "residual_permutation", "vo_mixing"),
     "qgeom.symmetry.invariance": ("check_invariance",),
+    "qgeom.testing": ("assert_invariant",),
     "qgeom.models": ("create_model", "without_fused_attention"),
     "qgeom.params": ("flatten", "from_model", "inner", "norm", "unflatten"),
     "qgeom.quant": ("QuantSpec", "ptq"),

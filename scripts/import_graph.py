@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("qgeom.quant", "qgeom.calibration", "qgeom.gptq", "qgeom.awq", "qgeom.quantizers", "qgeom.activations",
      "qgeom.models", "qgeom.data", "qgeom.train", "qgeom.tracking", "qgeom.evaluation"),
     ("qgeom.curvature", "qgeom.spectra", "qgeom.symmetry"),
-    ("qgeom.experiment",),
+    ("qgeom.experiment", "qgeom.testing"),
     ("qgeom.figures",),
     ("qgeom.commands", "qgeom.cli", "qgeom.__main__"),
 )

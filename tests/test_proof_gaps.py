@@ -27,13 +27,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from _cases_symmetry import assert_agrees, batches, draw_element, inputs, rel_logit_error, tiny_vit, vit_configs  # noqa: F401
+from _cases_symmetry import assert_as_expected, batches, inputs, rel_logit_error  # noqa: F401
 
 from qgeom.curvature.operator import CurvatureOperator
 from qgeom.curvature.geometry import geometry_of_pair
 from qgeom.symmetry.invariance import check_invariance, random_vectors
 from qgeom.params import norm
 from qgeom.quant import QuantSpec
+from qgeom.testing import symmetries, tiny_vit, vit_configs
 from qgeom.symmetry import (
     BlockLinear, Scaling, Symmetry, layernorm_folding, layerscale_folding, mlp_permutation,
     random_symmetry,
@@ -109,14 +110,14 @@ def _key_bias_slices(D: int, depth: int) -> dict[str, slice]:
 
 
 @settings(max_examples=8, deadline=None)
-@given(cfg=vit_configs(min_head_dim=4), data=st.data())
+@given(cfg=vit_configs(head_dim=(4, 8)), data=st.data())
 def test_empirical_fisher_is_covariant_and_its_geometry_invariant(cfg, data):
     """For random configurations and catalogue elements: ∇L(gθ) = g⁻ᵀ∇L, F(gθ)gw = g⁻ᵀF(θ)w,
     and λ*_F, cos_F, the forms ⟨·,·⟩_F invariant (check_invariance's float64 tolerances ×κ(g))."""
     model, theta = tiny_vit(cfg, seed=data.draw(st.integers(0, 99)))
-    g = draw_element(data, model)
+    g = data.draw(symmetries(model), label="g")
     report = check_invariance(model, theta, g, batches(cfg), metrics=("fisher",), levels=("covariance", "geometry"))
-    assert_agrees(report)
+    assert_as_expected(report)
     df = report.frame
     fisher = df[df.quantity.str.contains("M=fisher") | df.quantity.str.endswith("_fisher")]
     # covariance, λ*_F, cos_F and the forms: all checked, none merely reported
@@ -229,7 +230,7 @@ def test_mlp_sign_flips_and_rescalings_change_the_logits(seed, block, unit):
 
 
 @settings(max_examples=10, deadline=None)
-@given(cfg=vit_configs(min_head_dim=4), seed=st.integers(0, 99))
+@given(cfg=vit_configs(head_dim=(4, 8)), seed=st.integers(0, 99))
 def test_stream_sign_flip_preserves_logits_and_commutes_with_quantizer_and_adamw(cfg, seed):
     """Item 9 for random configurations: logits and loss unchanged (≤ 1e-10), Q_b(gθ) = gQ_b(θ)
     (≤ 1e-10, float64), one AdamW and one SGD step commute (≤ 1e-9, 1e-10) — check_invariance's
@@ -240,7 +241,7 @@ def test_stream_sign_flip_preserves_logits_and_commutes_with_quantizer_and_adamw
     assert norm({k: g(theta)[k] - theta[k] for k in g.touched}) > 1.0  # not the identity
     report = check_invariance(model, theta, g, batches(cfg), spec=QuantSpec(bits=3),
                               levels=("function", "quantizer", "optimizer"))
-    assert_agrees(report)
+    assert_as_expected(report)
     df = report.frame
     assert (df.expected[df.level.isin(["function", "quantizer", "optimizer"]) & (df.quantity != "post-PTQ accuracy")]
             == "invariant").all()

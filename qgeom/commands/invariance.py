@@ -4,11 +4,15 @@ Builds a model (a preset with seeded random weights, or a qgeom checkpoint), a p
 offline task, random elements of the chosen symmetry kinds, and runs
 :func:`qgeom.symmetry.invariance.check_invariance`. Prints a table (``--format csv|json`` for programs),
 writes ``invariance.csv`` and ``invariance.json`` into ``--out-dir``, and exits with status 1
-when an expected invariance (or covariance) fails.
+when an expected invariance (or covariance) fails. Each check's columns: ``expected``,
+``measured``, ``tolerance``, ``holds`` (measured ≤ tolerance: did the identity hold?) and
+``as_expected`` (is that what ``expected`` says?); ``--format csv|json`` prints these rows with
+numeric cells, the table format a per-level summary (``--full``: every row).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -64,14 +68,16 @@ def _column(row: dict) -> str:
 
 
 def _cell(rows: list[dict]) -> str:
-    """✓ worst value of the expected invariances; ✗ a failure; ≠ largest measured violation; ? none measured."""
+    """✓ worst error where invariance is expected and held; ✗ an expected invariance that did not
+    hold; ≠ the largest violation where one is expected and was measured; ? an expected violation
+    not measured; – nothing checked."""
     checked = [r for r in rows if r["expected"] in ("invariant", "covariant")]
     broken = [r for r in rows if r["expected"] == "not invariant"]
-    if any(not r["agrees"] for r in checked):
-        return "[red]✗ " + f"{max(r['measured'] for r in checked if not r['agrees']):.0e}[/]"
+    if any(not r["as_expected"] for r in checked):
+        return "[red]✗ " + f"{max(r['measured'] for r in checked if not r['as_expected']):.0e}[/]"
     if broken:
         worst = max(r["measured"] for r in broken)
-        return f"[yellow]? {worst:.0e}[/]" if any(not r["agrees"] for r in broken) else f"[cyan]≠ {worst:.0e}[/]"
+        return f"[yellow]? {worst:.0e}[/]" if any(not r["as_expected"] for r in broken) else f"[cyan]≠ {worst:.0e}[/]"
     if checked:
         return f"[green]✓ {max(r['measured'] for r in checked):.0e}[/]"
     return "[dim]–[/]"
@@ -80,7 +86,8 @@ def _cell(rows: list[dict]) -> str:
 def _summary(rows: list[dict]) -> Table:
     """One row per symmetry, one column per level: ✓ max error where invariance is expected,
     ≠ the violation measured where it is not, ✗ an expected invariance that failed."""
-    table = Table("symmetry", *COLUMNS, title="invariance by level (relative errors; ≠ = expected and measured violation)")
+    table = Table("symmetry", *COLUMNS, title="invariance by level (relative errors; ✓ held as expected, "
+                  "≠ broke as expected, ✗ broke unexpectedly, ? expected break not measured)")
     for sym in dict.fromkeys(r["symmetry"] for r in rows):
         cells = [_cell([r for r in rows if r["symmetry"] == sym and _column(r) == c]) for c in COLUMNS]
         table.add_row(sym, *cells)
@@ -88,14 +95,32 @@ def _summary(rows: list[dict]) -> Table:
 
 
 def _full(rows: list[dict]) -> Table:
-    table = Table("symmetry", "level", "quantity", "expected", "measured", "tol", "", "before → after")
+    """Every check: ``holds`` (measured ≤ tol: did the identity hold?) and ``as expected``."""
+    table = Table("symmetry", "level", "quantity", "expected", "measured", "tol", "holds", "as expected", "before → after")
+    holds = {True: "yes", False: "no", None: "[dim]–[/]"}
     mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}
     for r in rows:
         ba = "" if r["before"] != r["before"] else f"{r['before']:.6g} → {r['after']:.6g}"
-        flag = "[yellow]?[/]" if r["agrees"] is False and r["expected"] == "not invariant" else mark[r["agrees"]]
+        flag = "[yellow]✗[/]" if r["as_expected"] is False and r["expected"] == "not invariant" else mark[r["as_expected"]]
         table.add_row(r["symmetry"], r["level"], r["quantity"], r["expected"], f"{r['measured']:.2e}",
-                      f"{r['tolerance']:.1e}", flag, ba)
+                      f"{r['tolerance']:.1e}", holds[r["holds"]], flag, ba)
     return table
+
+
+def _emit(report, log: Output, full: bool) -> None:
+    """Print the report: rich tables for people (per-level summary, or every check with
+    ``--full``); for programs (``--format csv|json``) every check as one record with numeric
+    cells under the report's own columns (:attr:`InvarianceReport.COLUMNS`; JSON strict: NaN → null)."""
+    if log.fmt == "table":
+        log.table("checks" if full else "summary", _full(report.rows) if full else _summary(report.rows))
+        return
+    if log.fmt == "json":
+        from qgeom.io import dumps_json  # lazy: torch-free --help
+
+        sys.stdout.write(dumps_json({"meta": report.meta, "rows": report.rows, "ok": report.ok}, indent=1) + "\n")
+    else:
+        sys.stdout.write(report.frame.to_csv(index=False))
+    sys.stdout.flush()
 
 
 def _levels(levels: str) -> list[str]:
@@ -186,7 +211,8 @@ def check_invariance_cmd(
     init_values: Optional[float] = typer.Option(None, help="LayerScale init for a preset (enables layerscale_folding)"),
     seed: int = O.seed("seeds the weights, the elements and the random vectors"),
     out: Optional[Path] = O.out_dir("directory for invariance.csv and invariance.json; default: print only"),
-    full: bool = typer.Option(False, "--full", help="print every check, not the per-level summary"),
+    full: bool = typer.Option(False, "--full", help="print every check, not the per-level summary "
+                                                     "(--format csv|json always print every check)"),
     device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
 ) -> None:
     """Check function, covariance, geometry, quantizer, optimizer and pipeline invariance of ViT symmetries."""
@@ -209,16 +235,16 @@ def check_invariance_cmd(
                               dtype=getattr(torch, dtype), levels=lv, metrics=[m for m in metrics.split(",") if m],
                               pipeline_steps=pipeline_steps, pipeline_for=pipe, seed=seed)
     report.meta.update(source=source, task=task, strength=strength, kinds=[g.kind for g in syms])
-    log.table("checks" if full else "summary", _full(report.rows) if full else _summary(report.rows))
+    _emit(report, log, full)
     fails, surprises = report.failures(), report.surprises()
-    agree = sum(1 for r in report.rows if r["agrees"])
+    agree = sum(1 for r in report.rows if r["as_expected"])
     log.result(f"{source}; {len(batches[0][1])} probe images of {task!r}; {dtype}; Q_b {bits} bits; "
-               f"{len(report.rows)} checks: {agree} agree, [red]{len(fails)} failed[/], "
+               f"{len(report.rows)} checks: {agree} as expected, [red]{len(fails)} failed[/], "
                f"[yellow]{len(surprises)} expected violations not measured[/] ({time.time() - t0:.1f} s)")
     if out is not None:
         csv, js = report.write(out / "invariance")
         log.info(f"wrote [bold]{csv}[/] and [bold]{js}[/]")
-    log.close()
+    # no log.close(): the report was printed by _emit, not kept as an Output table (close would add "{}")
     if fails:
         raise typer.Exit(code=1)
 

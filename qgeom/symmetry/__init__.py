@@ -4,12 +4,17 @@ A symmetry element ``g`` is an invertible *linear* map on parameter dicts that a
 tensor: each touched tensor ``t`` is multiplied along some of its axes by invertible matrices
 (mode products ``t ×_a M``: ``t'[.., i, ..] = Σ_j M[i, j] t[.., j, ..]``). Hence
 
-* points θ and tangent vectors ρ transform alike:            θ ↦ g θ,  ρ ↦ g ρ   (:meth:`Symmetry.__call__`);
-* covectors (gradients ∇L, products M·v) transform by g⁻ᵀ:    c ↦ g⁻ᵀ c          (:meth:`Symmetry.act_covector`),
-  so that ⟨g⁻ᵀ c, g v⟩ = ⟨c, v⟩, ∇L(gθ) = g⁻ᵀ ∇L(θ) and M(gθ) = g⁻ᵀ M(θ) g⁻¹.
+* points θ:                                                 θ ↦ g θ    (:meth:`Symmetry.act_point`, also ``g(θ)``);
+* tangent vectors ρ (displacements) by the Jacobian J = g:   ρ ↦ g ρ    (:meth:`Symmetry.act_tangent`);
+* covectors (gradients ∇L, products M·v) by J⁻ᵀ = g⁻ᵀ:      c ↦ g⁻ᵀ c  (:meth:`Symmetry.act_covector`),
+  so that ⟨g⁻ᵀ c, g v⟩ = ⟨c, v⟩, ∇L(gθ) = g⁻ᵀ ∇L(θ) and M(gθ) = g⁻ᵀ M(θ) g⁻¹;
+* a module: :meth:`Symmetry.apply_to` returns a transformed copy (the module is unchanged).
 
 Because g never mixes tensors, it restricts to any sub-dict (a scope): missing tensors are zero
 components and stay zero. Elements compose (``g @ h`` applies h first) and invert exactly.
+
+Constructors take explicit elements: a dict {block: element}, or one element for every block
+(``head_permutation(model, [1, 0, 3, 2])``).
 
 The catalogue (timm ``Block``: x += ls1(attn(norm1 x)); x += ls2(mlp(norm2 x)); H heads of size
 d; ``qkv.weight`` rows are [q heads | k heads | v heads], d contiguous rows per head):

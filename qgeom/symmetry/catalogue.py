@@ -38,11 +38,31 @@ def _make(kind: str, layout: ViTLayout, actions: list[Action]) -> Symmetry:
     return Symmetry(kind, tuple(actions), layout.sub(dict.fromkeys(a[0] for a in actions)))
 
 
-def _check_perm(p: Tensor, n: int, what: str) -> Tensor:
-    p = torch.as_tensor(p, dtype=torch.int64)
-    if p.shape != (n,) or not torch.equal(torch.sort(p).values, torch.arange(n)):
-        raise ValueError(f"{what}: expected a permutation of range({n}), got {p.tolist()[:8]}…")
-    return p
+def _check_perm(p, n: int, what: str) -> Tensor:
+    """``p`` (a list, tuple, array or tensor of integers) as an int64 tensor, if it is a
+    permutation of range(n); a ValueError saying what to pass otherwise."""
+    try:
+        t = torch.as_tensor(p)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{what}: expected a permutation of range({n}) (list, tuple or tensor of integers), "
+                         f"got {type(p).__name__}: {e}") from None
+    if (t.is_floating_point() and bool((t != t.round()).any())) or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{what}: expected integers 0…{n - 1}, got {t.tolist()[:8]}")
+    t = t.to(torch.int64)
+    if t.shape != (n,) or not torch.equal(torch.sort(t).values, torch.arange(n)):
+        shown = t.tolist() if t.numel() <= 8 else f"{t.flatten()[:8].tolist()}… (shape {tuple(t.shape)})"
+        raise ValueError(f"{what}: expected a permutation of range({n}) (each of 0…{n - 1} once), got {shown}")
+    return t
+
+
+def _per_block(L: ViTLayout, given, what: str) -> dict[int, tuple[object, str]]:
+    """{block: (element, its name in messages)} from a dict {block: element}, or from one bare
+    element used on every block."""
+    if isinstance(given, Mapping):
+        return {i: (x, f"{what} of block {i}") for i, x in given.items()}
+    if isinstance(given, (str, bytes)) or given is None:
+        raise ValueError(f"{what}: pass one element for every block or a dict {{block index: element}}, got {given!r}")
+    return {i: (given, f"{what} (one for every block; or pass a dict {{block index: element}})") for i in range(L.depth)}
 
 
 def _check_block(layout: ViTLayout, i: int) -> str:
@@ -56,17 +76,20 @@ def _check_block(layout: ViTLayout, i: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def head_permutation(model, perms: Mapping[int, Tensor]) -> Symmetry:
+def head_permutation(model, perms) -> Symmetry:
     """π_i ∈ S_H per block i: head h of the new model is head π_i[h] of the old one.
+
+    perms: a dict {block i: π_i}, or one permutation (list, tuple or tensor of 0…H−1, e.g.
+    ``[1, 0, 3, 2]``) applied to every block.
 
     qkv.weight (3Hd, D) and qkv.bias (3Hd,): row blocks of q, k and v; proj.weight (D, Hd):
     column blocks; the attention-output norm (scale_norm, over Hd) likewise.
     """
     L = layout_of(model)
     H, d, acts = L.num_heads, L.head_dim, []
-    for i, pi in perms.items():
+    for i, (pi, what) in _per_block(L, perms, "head permutation").items():
         p = _check_block(L, i) + "attn."
-        cols = (_check_perm(pi, H, f"head permutation of block {i}")[:, None] * d + torch.arange(d)).reshape(-1)
+        cols = (_check_perm(pi, H, what)[:, None] * d + torch.arange(d)).reshape(-1)
         rows = torch.cat([cols + part * H * d for part in range(3)])
         acts += [(p + "qkv.weight", 0, Permutation(rows)), (p + "qkv.bias", 0, Permutation(rows)),
                  (p + "proj.weight", 1, Permutation(cols)), (p + "norm.weight", 0, Permutation(cols)),
@@ -74,8 +97,9 @@ def head_permutation(model, perms: Mapping[int, Tensor]) -> Symmetry:
     return _make("head_permutation", L, acts)
 
 
-def qk_mixing(model, A: Mapping[int, Tensor], kind: str = "qk_mixing") -> Symmetry:
+def qk_mixing(model, A, kind: str = "qk_mixing") -> Symmetry:
     """A_i (H, d, d) per block: W_q,h → A_h W_q,h, W_k,h → A_h⁻ᵀ W_k,h, biases likewise.
+    A: a dict {block i: A_i}, or one (H, d, d) stack for every block.
 
     Acts on qkv.weight rows and qkv.bias as diag(A_1…A_H, A_1⁻ᵀ…A_H⁻ᵀ, I…I). Exact because
     (A q)ᵀ(A⁻ᵀ k) = qᵀk; refused with q/k normalisation (LayerNorm of A q ≠ A LayerNorm q).
@@ -84,7 +108,7 @@ def qk_mixing(model, A: Mapping[int, Tensor], kind: str = "qk_mixing") -> Symmet
     if L.qk_norm:
         raise UnsupportedSymmetryError("query/key mixing is not a symmetry with q/k normalisation (qk_norm=True)")
     acts = []
-    for i, a in A.items():
+    for i, (a, _) in _per_block(L, A, "query/key mixing").items():
         p = _check_block(L, i) + "attn.qkv."
         a = _check_gl(a, L, i)
         op = BlockLinear(torch.cat([a, invert_blocks(a).mT, torch.eye(L.head_dim, dtype=a.dtype).expand_as(a)]))
@@ -92,8 +116,9 @@ def qk_mixing(model, A: Mapping[int, Tensor], kind: str = "qk_mixing") -> Symmet
     return _make(kind, L, acts)
 
 
-def vo_mixing(model, B: Mapping[int, Tensor], kind: str = "vo_mixing") -> Symmetry:
+def vo_mixing(model, B, kind: str = "vo_mixing") -> Symmetry:
     """B_i (H, d, d) per block: W_v,h, b_v,h → B_h ·; proj columns of head h → · B_h⁻¹.
+    B: a dict {block i: B_i}, or one (H, d, d) stack for every block.
 
     qkv rows/bias: diag(I…, I…, B_1…B_H); proj.weight columns (mode matrix diag(B_h⁻ᵀ)).
     Refused with an attention-output norm (scale_norm), which does not commute with B_h.
@@ -102,7 +127,7 @@ def vo_mixing(model, B: Mapping[int, Tensor], kind: str = "vo_mixing") -> Symmet
     if L.attn_out_norm:
         raise UnsupportedSymmetryError("value/output mixing is not a symmetry with an attention-output norm (scale_norm)")
     acts = []
-    for i, b in B.items():
+    for i, (b, _) in _per_block(L, B, "value/output mixing").items():
         p = _check_block(L, i) + "attn."
         b = _check_gl(b, L, i)
         op = BlockLinear(torch.cat([torch.eye(L.head_dim, dtype=b.dtype).expand(2 * L.num_heads, -1, -1), b]))
@@ -119,14 +144,15 @@ def _check_gl(a: Tensor, L: ViTLayout, i: int) -> Tensor:
     return a
 
 
-def mlp_permutation(model, perms: Mapping[int, Tensor]) -> Symmetry:
+def mlp_permutation(model, perms) -> Symmetry:
     """σ_i ∈ S_hidden per block: fc1.weight rows and fc1.bias ← σ; fc2.weight columns ← σ
-    (and the MLP's hidden norm, if any). Exact for any elementwise activation."""
+    (and the MLP's hidden norm, if any). Exact for any elementwise activation. perms: a dict
+    {block i: σ_i}, or one permutation (list, tuple or tensor) applied to every block."""
     L = layout_of(model)
     acts = []
-    for i, s in perms.items():
+    for i, (s, what) in _per_block(L, perms, "MLP permutation").items():
         p = _check_block(L, i) + "mlp."
-        op = Permutation(_check_perm(s, L.shapes[p + "fc1.weight"][0], f"MLP permutation of block {i}"))
+        op = Permutation(_check_perm(s, L.shapes[p + "fc1.weight"][0], what))
         acts += [(p + "fc1.weight", 0, op), (p + "fc1.bias", 0, op), (p + "fc2.weight", 1, op),
                  (p + "norm.weight", 0, op), (p + "norm.bias", 0, op)]
     return _make("mlp_permutation", L, acts)

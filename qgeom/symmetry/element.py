@@ -7,12 +7,13 @@ it should satisfy (:meth:`Symmetry.expectations`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from qgeom.params import IncompatibleParamsError, Params, in_scope
 from qgeom.quant import QuantSpec
@@ -25,6 +26,10 @@ EXPECTED_LEVELS = ("function", "quantizer", "optimizer_sgd", "optimizer_adamw", 
 class Symmetry:
     """A symmetry element g: ``actions`` applied in order, each (tensor name, axis, operator).
 
+    Three actions, named by what they move: :meth:`act_point` (θ ↦ gθ; also ``g(θ)``),
+    :meth:`act_tangent` (v ↦ J v = g v) and :meth:`act_covector` (c ↦ J⁻ᵀ c = g⁻ᵀ c), with J the
+    Jacobian of θ ↦ gθ; :meth:`apply_to` returns a transformed copy of an ``nn.Module``.
+
     ``shapes`` records the shape of every touched tensor, so a dict of the wrong model is
     refused instead of being silently half-transformed. ``kind`` names the element.
     """
@@ -34,14 +39,56 @@ class Symmetry:
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __call__(self, params: Mapping[str, Tensor]) -> Params:
-        """g θ (points) — and g ρ (tangent vectors): the same linear map. Untouched tensors shared."""
-        return self._act(params, self.actions)
+        """g θ: the action on a point (:meth:`act_point`). Untouched tensors are shared, not copied."""
+        return self._act(params, self.actions, "g(params)")
 
-    act = __call__
+    def act_point(self, theta: Mapping[str, Tensor]) -> Params:
+        """θ ↦ g θ on a point of parameter space (a parameter dict). g is linear, so this is the
+        same map as :meth:`act_tangent`; the two names say which kind of object is moved."""
+        return self._act(theta, self.actions, "g.act_point(theta)")
+
+    def act_tangent(self, v: Mapping[str, Tensor]) -> Params:
+        """v ↦ J v for a tangent vector v at θ (a displacement: ρ = θ_QAT − θ, a task vector, a
+        Ritz vector), with J = ∂(gθ)/∂θ the Jacobian of the point action. g is linear, so J = g and
+        v ↦ g v: transported like a difference of two points, g(θ + v) − g(θ) = g v. Pairs with
+        :meth:`act_covector`: ⟨act_covector(c), act_tangent(v)⟩ = ⟨c, v⟩."""
+        return self._act(v, self.actions, "g.act_tangent(v)")
 
     def act_covector(self, c: Mapping[str, Tensor]) -> Params:
-        """g⁻ᵀ c for a covector c (a gradient, a product M·v): ⟨g⁻ᵀ c, g v⟩ = ⟨c, v⟩."""
-        return self._act(c, tuple((n, a, op.inverse().transpose()) for n, a, op in self.actions))
+        """c ↦ J⁻ᵀ c for a covector c at θ (a gradient ∇L(θ), a product M(θ)·v), J = g as in
+        :meth:`act_tangent`: ∇L(gθ) = g⁻ᵀ ∇L(θ) for any L with L(gθ) = L(θ), and
+        ⟨g⁻ᵀ c, g v⟩ = ⟨c, v⟩. Equal to :meth:`act_tangent` only for orthogonal g (g⁻ᵀ = g)."""
+        return self._act(c, tuple((n, a, op.inverse().transpose()) for n, a, op in self.actions),
+                         "g.act_covector(c)")
+
+    act = act_point  # the historical name
+
+    def apply_to(self, module: nn.Module) -> nn.Module:
+        """A deep copy of ``module`` with its parameters (and floating buffers) replaced by g θ;
+        ``module`` itself is left unchanged. The map is applied in float64 and the result cast
+        back to each tensor's dtype. Every tensor g touches must exist with the shape g was built
+        for (:class:`~qgeom.params.IncompatibleParamsError` otherwise)."""
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"apply_to takes an nn.Module, got {type(module).__name__}; for a parameter dict use g(params)")
+        out = copy.deepcopy(module)
+        state = out.state_dict()
+        missing = [n for n in self.touched if n not in state]
+        if missing:
+            raise IncompatibleParamsError(
+                f"symmetry {self.kind!r} acts on tensors this module lacks: {', '.join(missing[:5])}; "
+                "build the element on this module (e.g. qgeom.random_symmetry(module, kind))")
+        moved = self.act_point({n: state[n].detach().double() for n in self.touched})
+        with torch.no_grad():
+            for n, t in moved.items():
+                state[n].copy_(t.to(state[n].dtype))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Symmetry({self.kind!r}, {len(self.actions)} axis maps on {len(self.touched)} tensors)"
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """The short repr in IPython and in hypothesis' falsifying examples (not every matrix)."""
+        printer.text(repr(self))
 
     def inverse(self) -> "Symmetry":
         """g⁻¹ (exact for permutations and monomial maps)."""
@@ -59,7 +106,13 @@ class Symmetry:
     def touched(self) -> list[str]:
         return list(dict.fromkeys(n for n, _, _ in self.actions))
 
-    def _act(self, params: Mapping[str, Tensor], actions: tuple[Action, ...]) -> Params:
+    def _act(self, params: Mapping[str, Tensor], actions: tuple[Action, ...], how: str) -> Params:
+        if isinstance(params, nn.Module):
+            raise TypeError(f"{how} takes a parameter dict, got the module {type(params).__name__}; for a "
+                            "transformed copy of a module use g.apply_to(model), or pass qgeom.from_model(model)")
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{how} takes a parameter dict (name → tensor), got {type(params).__name__}; "
+                            "for a flat vector use qgeom.unflatten(vec, like) first")
         out = dict(params)
         for name, axis, op in actions:
             if name not in out:

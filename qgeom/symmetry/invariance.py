@@ -23,8 +23,9 @@ g (:mod:`qgeom.symmetry`), :func:`check_invariance` measures:
 What each element should satisfy comes from :meth:`qgeom.symmetry.Symmetry.expectations`.
 This module measures, at θ and at gθ; :mod:`qgeom.symmetry.invariance_report` turns the two
 measurements into rows, each with its expectation (``invariant``, ``covariant``, ``not
-invariant`` — a violation must be measured — or ``reported``: informational) and a tolerance
-for the dtype, multiplied by the element's condition number where roundoff is amplified by g.
+invariant`` — a violation must be measured — or ``reported``: informational), a tolerance
+for the dtype, multiplied by the element's condition number where roundoff is amplified by g,
+whether the identity ``holds`` and whether that is ``as_expected``.
 Products are taken by :class:`qgeom.curvature.operator.CurvatureOperator` over the vectors' keys (g never
 mixes tensors, so every identity restricts to a scope). The quantizer level is evaluated in
 float64 whatever the dtype: at float32 precision a weight within 1e-7 of a rounding tie can
@@ -189,7 +190,8 @@ def check_invariance(
     rows: list[dict] = []
     for g in syms:
         pipe_g = pipe if "pipeline" in levels and (pipeline_for is None or g.kind in pipeline_for) else None
-        side = _side(net, g(theta), g(theta64), g(u), g(v), batches, spec, metrics, levels, pipe_g)
+        side = _side(net, g.act_point(theta), g.act_point(theta64), g.act_tangent(u), g.act_tangent(v), batches,
+                     spec, metrics, levels, pipe_g)
         rows += [r for r in compare(g, base, side, theta, spec, tol, pipe_g is not None) if r["level"] in levels]
     meta = dict(dtype=str(dtype).removeprefix("torch."), spec=spec.to_dict(), metrics=list(metrics), levels=list(levels),
                 n_samples=sum(len(y) for _, y in batches), seed=seed, pipeline_steps=pipeline_steps,

@@ -5,7 +5,8 @@ report, and the comparison of what was measured at θ and at gθ (:func:`compare
 runs); this module turns two such measurements into rows and needs no model. A row states the
 expectation (``invariant``, ``covariant``, ``not invariant`` — a violation must be measured — or
 ``reported``: informational) and a tolerance for the dtype, multiplied by the element's
-condition number for the levels where roundoff is amplified by g.
+condition number for the levels where roundoff is amplified by g; then whether the identity
+``holds`` (measured ≤ tolerance) and whether that is ``as_expected`` (:class:`InvarianceReport`).
 """
 
 from __future__ import annotations
@@ -58,10 +59,21 @@ class Tolerances:
 
 
 class InvarianceReport:
-    """Rows (dicts): symmetry, level, quantity, expected, measured, tolerance, agrees, before,
-    after, note. ``agrees`` is None for ``reported`` rows."""
+    """Rows (dicts): symmetry, level, quantity, expected, measured, tolerance, holds,
+    as_expected, before, after, note.
 
-    COLUMNS = ("symmetry", "level", "quantity", "expected", "measured", "tolerance", "agrees", "before", "after", "note")
+    * ``expected``: ``invariant`` / ``covariant`` (the identity should hold), ``not invariant``
+      (a violation should be measured) or ``reported`` (informational);
+    * ``measured``: the relative error of the identity (≥ 0; NaN where it is undefined);
+    * ``holds``: whether the identity held, ``measured ≤ tolerance`` (None where NaN) — the same
+      question on every row, whatever was expected;
+    * ``as_expected``: whether ``holds`` is what ``expected`` says (True on a ``not invariant``
+      row means the violation was measured; False wherever ``measured`` is NaN); None on
+      ``reported`` rows.
+    """
+
+    COLUMNS = ("symmetry", "level", "quantity", "expected", "measured", "tolerance", "holds", "as_expected", "before",
+               "after", "note")
 
     def __init__(self, rows: Iterable[dict], meta: Mapping | None = None) -> None:
         self.rows, self.meta = list(rows), dict(meta or {})
@@ -71,12 +83,12 @@ class InvarianceReport:
         return pd.DataFrame(self.rows, columns=list(self.COLUMNS))
 
     def failures(self) -> list[dict]:
-        """Rows whose expected invariance/covariance was not measured."""
-        return [r for r in self.rows if r["expected"] in ("invariant", "covariant") and not r["agrees"]]
+        """Rows whose expected invariance/covariance did not hold."""
+        return [r for r in self.rows if r["expected"] in ("invariant", "covariant") and r["as_expected"] is False]
 
     def surprises(self) -> list[dict]:
         """Rows expected to break that measured no violation (a too-weak element or a wrong expectation)."""
-        return [r for r in self.rows if r["expected"] == "not invariant" and not r["agrees"]]
+        return [r for r in self.rows if r["expected"] == "not invariant" and r["as_expected"] is False]
 
     @property
     def ok(self) -> bool:
@@ -97,9 +109,12 @@ def _row(sym: str, level: str, quantity: str, expected: str, measured: float, to
          before: float = math.nan, after: float = math.nan, note: str = "") -> dict:
     if expected not in EXPECTATIONS:
         raise ValueError(expected)
-    agrees = None if expected == "reported" else bool(measured <= tol) if expected != "not invariant" else bool(measured > tol)
+    holds = None if math.isnan(measured) else bool(measured <= tol)
+    # NaN (holds None) on a checked row is never as expected: an identity that could not be measured did not hold
+    as_expected = None if expected == "reported" else holds is (expected != "not invariant")
     return dict(symmetry=sym, level=level, quantity=quantity, expected=expected, measured=float(measured),
-                tolerance=float(tol), agrees=agrees, before=float(before), after=float(after), note=note)
+                tolerance=float(tol), holds=holds, as_expected=as_expected, before=float(before), after=float(after),
+                note=note)
 
 
 def _rel(a: float, b: float) -> float:
@@ -171,7 +186,7 @@ def compare(g: Symmetry, a: dict, b: dict, theta: Params, spec: QuantSpec, tol: 
                          pb.euclidean_cosine, "invariant only for orthogonal g"))
     if "Q" in a:
         th64 = {n: t.double() for n, t in theta.items()}
-        gQ = select(g({**th64, **a["Q"]}), "quantized")
+        gQ = select(g.act_point({**th64, **a["Q"]}), "quantized")
         q = exp["quantizer"]
         rows += [_row(name, "quantizer", "‖Q(gθ) − gQ(θ)‖ / ‖gQ(θ)‖ (float64)", _expect(q), _rel_dist(b["Q"], gQ), tol.quantizer * k),
                  _row(name, "quantizer", "post-PTQ loss", _expect(q), _rel(a["ptq_loss"], b["ptq_loss"]),
@@ -182,11 +197,11 @@ def compare(g: Symmetry, a: dict, b: dict, theta: Params, spec: QuantSpec, tol: 
     if "adamw" in a:
         keep, dropped = _resolved(b["grad"])
         rows += [_row(name, "optimizer", "AdamW step ‖Δ(gθ) − gΔ(θ)‖ rel", _expect(exp["optimizer_adamw"]),
-                      _rel_dist(_mask(b["adamw"], keep), _mask(g(a["adamw"]), keep)), tol.adamw * k,
+                      _rel_dist(_mask(b["adamw"], keep), _mask(g.act_tangent(a["adamw"]), keep)), tol.adamw * k,
                       note=f"commutes for signed permutations; {dropped} coordinates with unresolved ∇ ≈ 0 left out"),
                  _row(name, "optimizer", "SGD step ‖Δ(gθ) − gΔ(θ)‖ rel", _expect(exp["optimizer_sgd"]),
-                      _rel_dist(b["sgd"], g(a["sgd"])), tol.sgd * k, note="commutes for orthogonal g")]
+                      _rel_dist(b["sgd"], g.act_tangent(a["sgd"])), tol.sgd * k, note="commutes for orthogonal g")]
     if pipeline:
         rows.append(_row(name, "pipeline", "QAT ‖ρ(gθ) − gρ(θ)‖ rel", _expect(exp["pipeline"]),
-                         _rel_dist(b["rho"], g(a["rho"])), tol.pipeline * k, note="AdamW + fake-quant QAT, same seed and batches"))
+                         _rel_dist(b["rho"], g.act_tangent(a["rho"])), tol.pipeline * k, note="AdamW + fake-quant QAT, same seed and batches"))
     return rows

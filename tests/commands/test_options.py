@@ -169,8 +169,9 @@ def test_csv_and_json_hold_only_the_data():
     assert doc["offline"][0] == {"task": "shape", "classes": "4", "what it asks": "which shape is drawn"}
     res = runner.invoke(app, ["check-invariance", "--levels", "function", "--n-probe", "2", "--symmetry",
                               "qk_mixing,head_permutation", "--format", "json", "--dtype", "float32"])
-    rows = json.loads(res.stdout)["summary"]
-    assert [r["symmetry"] for r in rows] == ["qk_mixing", "head_permutation"] and rows[0]["function"].startswith("✓")
+    rows = json.loads(res.stdout)["rows"]  # every check, numeric cells (no "✓ 1e-07" display text)
+    assert list(dict.fromkeys(r["symmetry"] for r in rows)) == ["qk_mixing", "head_permutation"]
+    assert all(isinstance(r["measured"], float) and r["holds"] is True and r["as_expected"] is True for r in rows)
 
 
 def test_tiny_run_summary_as_csv_and_json(tiny_run):

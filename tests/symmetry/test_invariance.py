@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from _cases_symmetry import assert_agrees, batches, draw_element, tiny_vit, vit_configs  # shared cases (tests/)
+from _cases_symmetry import assert_as_expected, batches  # shared cases (tests/)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,21 +13,22 @@ from qgeom.symmetry.invariance import InvarianceReport, Tolerances, check_invari
 from qgeom.params import select
 from qgeom.quant import QuantSpec
 from qgeom.symmetry import KINDS, BlockLinear, Symmetry, applicable_kinds, random_symmetry
+from qgeom.testing import symmetries, tiny_vit, vit_configs
 
 TINY = dict(depth=2, num_heads=2, embed_dim=8, img_size=8, patch_size=4, mlp_ratio=2.0, init_values=0.5)
 
 
 @settings(max_examples=15, deadline=None)
-@given(cfg=vit_configs(min_head_dim=4), data=st.data())
+@given(cfg=vit_configs(head_dim=(4, 8)), data=st.data())
 def test_every_level_agrees_with_the_expectations(cfg, data):
     """float64: logits to 1e-10; ∇L, G·v and H·v covariant; λ*, cos_M, wᵀ∇L invariant; the
     Euclidean cosine invariant for orthogonal g and measurably changed otherwise; Q_b equivariant
     where the element's matrices say so and measurably not otherwise; one AdamW/SGD step likewise."""
     model, theta = tiny_vit(cfg, seed=data.draw(st.integers(0, 99)))
-    g = draw_element(data, model)
+    g = data.draw(symmetries(model), label="g")
     report = check_invariance(model, theta, g, batches(cfg), spec=QuantSpec(bits=3),
                               levels=("function", "covariance", "geometry", "quantizer", "optimizer"))
-    assert_agrees(report)
+    assert_as_expected(report)
     df = report.frame
     exp = g.expectations(QuantSpec(bits=3))
     assert (df.level == "covariance").sum() == 3 and (df[df.level == "covariance"].expected == "covariant").all()
@@ -56,7 +57,7 @@ def test_float32_tolerances_hold_for_every_kind():
     syms = [random_symmetry(model, k, seed=4) for k in KINDS]
     report = check_invariance(model, theta, syms, batches(TINY), dtype=torch.float32, spec=QuantSpec(bits=3),
                               levels=("function", "covariance", "geometry", "quantizer", "optimizer"))
-    assert_agrees(report)
+    assert_as_expected(report)
     assert report.meta["dtype"] == "float32"
     assert (report.frame.tolerance[report.frame.level == "function"] >= Tolerances.for_dtype(torch.float32).function).all()
 
@@ -82,24 +83,89 @@ def test_vectors_on_a_scope_and_a_broken_symmetry_fails(tmp_path):
     assert loaded["ok"] is False and len(loaded["rows"]) == len(report.rows)
 
 
-def test_cli_check_invariance(tmp_path):
+def _cli():
     import typer
-    from typer.testing import CliRunner
 
     from qgeom.commands.invariance import register
 
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)  # keep typer in multi-command mode
+    return app
+
+
+def test_cli_check_invariance(tmp_path):
+    from typer.testing import CliRunner
+
+    app = _cli()
     out = tmp_path / "inv"
     args = ["check-invariance", "--symmetry", "head_permutation,qk_scalar", "--levels", "function,quantizer",
             "--n-probe", "4", "--bits", "3", "--out-dir", str(out)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
+    assert "as expected" in res.output and "agree" not in res.output
     df = pd.read_csv(out / "invariance.csv")
-    assert set(df.symmetry) == {"head_permutation", "qk_scalar"} and df.agrees.isin([True, False]).any()
+    assert list(df.columns) == list(InvarianceReport.COLUMNS)
+    assert set(df.symmetry) == {"head_permutation", "qk_scalar"} and df.as_expected.isin([True, False]).any()
     res = CliRunner().invoke(app, ["check-invariance", "--symmetry", "no_such_kind"])
     assert res.exit_code != 0 and "no_such_kind" in res.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_cli_csv_and_json_cells_are_numbers_not_display_text(fmt):
+    """--format csv|json: one record per check under the report's columns, measured/tolerance as
+    numbers (no "✓ 1e-15"), holds/as_expected as booleans, a final newline, strict JSON."""
+    import io
+
+    from typer.testing import CliRunner
+
+    args = ["check-invariance", "--symmetry", "head_permutation,qk_scalar", "--levels", "function,geometry",
+            "--metrics", "ggn", "--n-probe", "4", "--format", fmt]
+    res = CliRunner().invoke(_cli(), args)
+    assert res.exit_code == 0, res.output
+    text = res.stdout
+    assert text.endswith("\n") and "✓" not in text and "≠" not in text and "[green]" not in text
+    if fmt == "json":
+        rows = json.loads(text)["rows"]  # json.loads accepts NaN; strictness: no bare NaN in the text
+        assert "NaN" not in text
+    else:
+        rows = pd.read_csv(io.StringIO(text)).to_dict("records")
+        assert list(rows[0]) == list(InvarianceReport.COLUMNS)
+    assert len(rows) > 4 and {r["symmetry"] for r in rows} == {"head_permutation", "qk_scalar"}
+    for r in rows:
+        assert isinstance(r["measured"], float) and isinstance(r["tolerance"], float)
+        assert r["holds"] in (True, False)  # bool (JSON) or numpy bool (CSV read by pandas)
+    eu = {r["symmetry"]: r for r in rows if r["quantity"] == "Euclidean cosine"}
+    assert not eu["qk_scalar"]["holds"] and eu["qk_scalar"]["as_expected"] and eu["head_permutation"]["holds"]
+
+
+def test_holds_and_as_expected_cannot_be_misread():
+    """On a "not invariant" row the violation measured means holds=False and as_expected=True; on
+    an invariant row holds=True and as_expected=True; failures() and surprises() read as_expected."""
+    model, theta = tiny_vit(TINY)
+    syms = [random_symmetry(model, "head_permutation", seed=1), random_symmetry(model, "qk_scalar", seed=1)]
+    report = check_invariance(model, theta, syms, batches(TINY), levels=("geometry",), metrics=("ggn",))
+    eu = {r["symmetry"]: r for r in report.rows if r["quantity"] == "Euclidean cosine"}
+    broke, kept = eu["qk_scalar"], eu["head_permutation"]
+    assert broke["expected"] == "not invariant" and broke["measured"] > broke["tolerance"]
+    assert broke["holds"] is False and broke["as_expected"] is True
+    assert kept["expected"] == "invariant" and kept["holds"] is True and kept["as_expected"] is True
+    assert report.ok and not report.surprises() and "agrees" not in report.frame.columns
+    flipped = InvarianceReport([{**broke, "holds": True, "as_expected": False},
+                                {**kept, "holds": False, "as_expected": False}])
+    assert flipped.surprises() == [flipped.rows[0]] and flipped.failures() == [flipped.rows[1]]
+
+
+def test_a_nan_measurement_never_counts_as_held_or_as_expected():
+    from qgeom.symmetry.invariance_report import _row
+
+    nan = float("nan")
+    cells = {e: _row("g", "geometry", "q", e, nan, 1e-8) for e in ("invariant", "covariant", "not invariant", "reported")}
+    assert all(r["holds"] is None for r in cells.values())
+    assert [cells[e]["as_expected"] for e in ("invariant", "covariant", "not invariant", "reported")] == [False, False, False, None]
+    assert InvarianceReport(cells.values()).failures() == [cells["invariant"], cells["covariant"]]
+    shown = _row("g", "quantizer", "accuracy", "reported", 0.25, 0.5)
+    assert shown["holds"] is True and shown["as_expected"] is None
 
 
 def test_applicable_kinds_names_the_reason():
@@ -120,4 +186,4 @@ def test_micro_preset_all_kinds_float64():
     syms = [random_symmetry(model, k, seed=1) for k in KINDS]
     report = check_invariance(model, from_model(model), syms, [(task.val.x, task.val.y)], spec=QuantSpec(bits=2),
                               pipeline_for=("residual_permutation", "qk_scalar"))
-    assert_agrees(report)
+    assert_as_expected(report)

@@ -1,14 +1,15 @@
 """Symmetry elements: exact function invariance, group algebra, covectors, level expectations.
 
-Property tests draw random tiny ViT configurations (depth 1–3, heads 1–4, head_dim 2–8, qkv
-bias, LayerScale, token/average pooling) and random elements, in float64.
+Property tests draw random tiny ViT configurations (depth 1–3, heads 1–4, head_dim 2–8, MLP
+ratio 1/2/4, qkv bias, LayerScale, token/average pooling) and random elements, in float64, from
+the public strategies of :mod:`qgeom.testing`.
 """
 
 import math
 
 import pytest
 import torch
-from _cases_symmetry import draw_element, inputs, rel_logit_error, tiny_vit, vit_configs  # shared cases (tests/)
+from _cases_symmetry import inputs, rel_logit_error  # shared cases (tests/)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from qgeom.symmetry import (
     CATALOGUE, BlockLinear, Permutation, Scaling, Symmetry, UnsupportedSymmetryError, classify, compose,
     head_permutation, layerscale_folding, mlp_permutation, qk_mixing, random_symmetry, residual_permutation,
 )
+from qgeom.testing import symmetries, tiny_vit, vit_configs
 
 FUNCTION_RTOL = 1e-10  # float64, relative to max |logits|
 
@@ -37,7 +39,7 @@ def random_like(theta, seed):
 @given(cfg=vit_configs(), data=st.data())
 def test_function_invariance(cfg, data):
     model, theta = tiny_vit(cfg, seed=data.draw(st.integers(0, 99)))
-    g = draw_element(data, model)
+    g = data.draw(symmetries(model), label="g")
     assert rel_logit_error(model, theta, g, inputs(cfg)) <= FUNCTION_RTOL * max(1.0, g.condition_number())
 
 
@@ -46,7 +48,7 @@ def test_function_invariance(cfg, data):
 def test_group_algebra_and_covectors(cfg, data):
     """g⁻¹g = id, (gh)θ = g(hθ), ⟨g⁻ᵀc, gv⟩ = ⟨c, v⟩, ⟨gᵀc, v⟩ = ⟨c, gv⟩, restriction to a scope."""
     model, theta = tiny_vit(cfg)
-    g, h = draw_element(data, model), draw_element(data, model)
+    g, h = data.draw(symmetries(model), label="g"), data.draw(symmetries(model), label="h")
     c, v = random_like(theta, 1), random_like(theta, 2)
     scale = norm(theta)
     assert norm(sub(g.inverse()(g(theta)), theta)) <= 1e-12 * scale
@@ -65,7 +67,7 @@ def test_group_algebra_and_covectors(cfg, data):
 def test_euclidean_cosine_invariant_exactly_for_orthogonal_elements(cfg, data):
     """Permutations, sign flips, orthogonal mixing keep Euclidean cosines; GL and rescalings change them."""
     model, theta = tiny_vit(cfg)
-    g = draw_element(data, model)
+    g = data.draw(symmetries(model), label="g")
     u = random_like(theta, 3)
     v = {k: 0.6 * u[k] + 0.8 * w for k, w in random_like(theta, 4).items()}
     change = abs(cosine(g(u), g(v)) - cosine(u, v))
@@ -77,14 +79,14 @@ def test_euclidean_cosine_invariant_exactly_for_orthogonal_elements(cfg, data):
 
 
 @settings(max_examples=25, deadline=None)
-@given(cfg=vit_configs(min_head_dim=4), bits=st.sampled_from([3, 4, 8]), data=st.data())
+@given(cfg=vit_configs(head_dim=(4, 8)), bits=st.sampled_from([3, 4, 8]), data=st.data())
 def test_quantizer_equivariance_where_expected_and_violation_elsewhere(cfg, bits, data):
     """Q_b(gθ) = g Q_b(θ) to roundoff where the element's matrices imply it; a violation otherwise.
 
     (On 2×2 weights at 2 bits a non-equivariant g can happen to commute with Q_b — every entry
     but the row maximum rounds to 0 on both sides — so this draws head_dim ≥ 4 and ≥ 3 bits.)"""
     model, theta = tiny_vit(cfg)
-    g = draw_element(data, model)
+    g = data.draw(symmetries(model), label="g")
     spec = QuantSpec(bits=bits)
     gQ = select(g(ptq(theta, spec)), "quantized")
     err = norm(sub(select(ptq(g(theta), spec), "quantized"), gQ)) / norm(gQ)
@@ -101,7 +103,7 @@ def test_computed_expectations_match_the_catalogue(cfg, data):
     heads = max(cfg["num_heads"], 2)
     cfg = {**cfg, "num_heads": heads, "embed_dim": heads * 4}
     model, _ = tiny_vit(cfg)
-    g = draw_element(data, model)
+    g = data.draw(symmetries(model), label="g")
     assert g.expectations() == CATALOGUE[g.kind]
 
 

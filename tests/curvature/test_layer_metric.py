@@ -294,3 +294,12 @@ def test_bad_input_is_refused_with_what_to_pass(case):
     with pytest.raises(ValueError, match="never called"):
         batch_grams(case.model, WEIGHTS, lambda x: None, case.x)
     assert linear_weights(case.model, case.params, list(case.params)) == WEIGHTS
+
+
+def test_spectra_take_the_layer_metric_like_any_operator(op, ref):
+    """Lanczos on op: λ_max(⊕_ℓ I_out ⊗ H_ℓ) = max_ℓ λ_max(H_ℓ) (rtol 1e-8: Lanczos to tol 1e-10)."""
+    from qgeom.spectra.eigsh import eigsh
+
+    top = eigsh(op, k=1, which="LA", max_iter=60, seed=0, return_vectors=False)
+    expected = max(float(torch.linalg.eigvalsh(h)[-1]) for h in ref.values())
+    assert top.eigenvalues[0] == pytest.approx(expected, rel=1e-8)

@@ -40,11 +40,13 @@ from qgeom.params import Params, first_names, in_scope
 
 
 def linear_weights(model: nn.Module, params: Mapping[str, Tensor], keys: Iterable[str]) -> list[str]:
-    """The keys (in their order) that are the ``.weight`` of an ``nn.Linear`` of ``model`` and in
-    the ``quantized`` scope: the layers of the metric. Raises ``ValueError`` when there is none."""
-    linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """The keys that are the ``.weight`` of an ``nn.Linear`` of ``model`` and in the ``quantized``
+    scope, in the model's registration order (timm: qkv, proj, fc1, fc2 block by block, the
+    forward order): the layers of the metric. Raises ``ValueError`` when there is none."""
     keys = list(keys)
-    out = [k for k in keys if k in linear and in_scope(k, params[k], "quantized")]
+    chosen = set(keys)
+    linear = [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    out = [k for k in linear if k in chosen and in_scope(k, params[k], "quantized")]
     if not out:
         raise ValueError(f"the layer metric weighs the weights of quantized nn.Linear layers (not the head), and the "
                          f"scope ({first_names(keys)}) holds none: pass a scope with them, e.g. 'quantized' or 'backbone'")

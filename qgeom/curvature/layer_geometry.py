@@ -34,7 +34,7 @@ from qgeom.quant import QuantSpec
 
 def layer_gram_matrices(op: CurvatureOperator, vectors: Sequence[Params | Tensor]
                         ) -> dict[str, tuple[np.ndarray, list[float]]]:
-    """Per layer ℓ (weight name, forward order): (K_ℓ, floors) with K_ℓ[a, b] = tr(V_a H_ℓ V_bᵀ)
+    """Per layer ℓ (weight name, in the model's order): (K_ℓ, floors) with K_ℓ[a, b] = tr(V_a H_ℓ V_bᵀ)
     (N × N, float64) and the roundoff floor of each ⟨v_a, v_a⟩_ℓ; Σ_ℓ K_ℓ is the pooled Gram
     matrix :func:`qgeom.curvature.geometry.gram_matrix` gives. ``op``: metric ``layer``."""
     vs = [as_vector(op, v) for v in vectors]

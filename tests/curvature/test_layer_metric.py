@@ -294,6 +294,7 @@ def test_bad_input_is_refused_with_what_to_pass(case):
     with pytest.raises(ValueError, match="never called"):
         batch_grams(case.model, WEIGHTS, lambda x: None, case.x)
     assert linear_weights(case.model, case.params, list(case.params)) == WEIGHTS
+    assert linear_weights(case.model, case.params, sorted(case.params)) == WEIGHTS  # the model's (forward) order
 
 
 def test_spectra_take_the_layer_metric_like_any_operator(op, ref):

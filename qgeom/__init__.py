@@ -3,11 +3,11 @@
 The names a researcher needs for their own model are available here, loaded when first used
 (PEP 562 module ``__getattr__``), so ``import qgeom`` and ``qgeom --help`` import no torch:
 
-* curvature: :class:`CurvatureOperator` (Hessian, GGN, Fisher of any module and loss; ``op @ v``,
-  ``to_scipy()``), :func:`hvp`, :func:`ggn_vp`, :func:`fisher_vp`;
+* curvature: :class:`CurvatureOperator` (Hessian, GGN, Fisher of any module and loss, and GPTQ's
+  layer-input metric ``layer``; ``op @ v``, ``to_scipy()``), :func:`hvp`, :func:`ggn_vp`, :func:`fisher_vp`;
 * geometry: :func:`metric_cosine`, :func:`hessian_cosine`, :func:`ggn_cosine`,
   :func:`fisher_cosine`, :func:`optimal_scale`, :func:`recovered_fraction`, :func:`gram`,
-  :func:`pair_geometry`, :func:`geometry_of_pair`, :func:`quadratic_model`, …;
+  :func:`pair_geometry`, :func:`geometry_of_pair`, :func:`quadratic_model`, :func:`layer_geometry`, …;
 * spectra: :func:`eigsh`, :func:`hutchinson_trace`, :func:`spectral_density` (any operator:
   qgeom's, scipy's, curvlinops', a matrix, a callable with ``n=``);
 * symmetries: :class:`Symmetry` (``g.act_point``, ``g.act_tangent``, ``g.act_covector``,
@@ -33,6 +33,7 @@ _HOMES = {
         "GeometryResult", "PairGeometry", "directional_gradients", "eigenbasis_projection", "fisher_cosine",
         "geometry_of_pair", "ggn_cosine", "gram", "hessian_cosine", "metric_cosine", "metric_inner", "optimal_scale",
         "pair_geometry", "quadratic_model", "recovered_fraction"),
+    "qgeom.curvature.layer_geometry": ("layer_geometry",),
     "qgeom.spectra.eigsh": ("EigenResult", "eigsh"),
     "qgeom.spectra.density": ("hutchinson_trace", "spectral_density"),
     "qgeom.spectra.lanczos": ("FlatOperator",),

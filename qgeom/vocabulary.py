@@ -7,8 +7,12 @@ from __future__ import annotations
 
 #: Which tensors of a parameter dict a vector lives on (:func:`qgeom.params.in_scope`).
 SCOPES = ("quantized", "backbone", "all")
-#: Curvature metrics M: the Hessian, the Gauss-Newton matrix and the empirical Fisher.
+#: Curvature metrics M of the loss: the Hessian, the Gauss-Newton matrix and the empirical Fisher
+#: (the transfer run's metrics).
 METRICS = ("hessian", "ggn", "fisher")
+#: Every metric a curvature operator takes: the loss's, and GPTQ's block-diagonal layer-input
+#: metric ``layer`` (X_ℓX_ℓᵀ/N per quantized Linear, from forward passes: :mod:`qgeom.curvature.layer`).
+GEOMETRY_METRICS = METRICS + ("layer",)
 #: Objectives: the full-precision loss at θ (``fp``), the STE surrogate of the quantized loss (``ste``).
 OBJECTIVES = ("fp", "ste")
 #: The controls a transfer run can add (:mod:`qgeom.experiment.controls`, plus the donors'

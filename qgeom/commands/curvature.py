@@ -3,7 +3,8 @@
 geometry: a receiver checkpoint θ_R and any number of vectors ρ (donors' and the receiver's own)
 → norms, directional gradients ρᵀ∇L, and for every ordered pair (D, R): Euclidean and metric
 cosines, λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M and the recovered fraction cos²_M — all from one
-Gram matrix K = Vᵀ M V (N products). spectrum: top-k eigenvalues (Lanczos), Hutchinson's trace
+Gram matrix K = Vᵀ M V (N products). ``--metric layer`` (GPTQ's block-diagonal input metric) adds
+each quantized Linear's own cosine and λ* per pair (geometry_layers.csv, ``layers`` in the JSON). spectrum: top-k eigenvalues (Lanczos), Hutchinson's trace
 and the SLQ spectral density of M at θ_R.
 
 The probe set is ``--n-probe`` images of the task's ``--probe-split`` picked by ``--probe-seed``
@@ -30,7 +31,8 @@ from qgeom.commands.output import Output
 
 # options of geometry and spectrum only; the shared ones come from qgeom.commands.options
 COMMON = dict(
-    metric=typer.Option("ggn", help="ggn (PSD, the default), hessian or fisher"),
+    metric=typer.Option("ggn", help="ggn (PSD, the default), hessian, fisher, or layer (GPTQ's metric: each "
+                                    "quantized Linear's input second moment, forward passes only)"),
     objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
     probe_split=typer.Option("train", "--probe-split", help="split the probe set is drawn from: train, val or test"),
 )
@@ -183,6 +185,23 @@ def _geometry_rows(op, K, dg, names: list[str], vectors: list[Path], vs: list[di
     return vec_rows, pair_rows
 
 
+def _layer_rows(op, names: list[str], vs: list[dict]) -> list[dict]:
+    """With ``--metric layer``: one row per ordered pair and quantized Linear — that layer's own
+    cosine and λ* in GPTQ's metric (:mod:`qgeom.curvature.layer_geometry`); none for other metrics."""
+    if op.metric != "layer":
+        return []
+    from qgeom.curvature.forms import form_quantities  # lazy: torch-free --help
+    from qgeom.curvature.layer_geometry import layer_gram_matrices  # lazy: torch-free --help
+
+    rows = []
+    for layer, (K, floors) in layer_gram_matrices(op, vs).items():
+        q = form_quantities(K, floors)
+        rows += [{"donor": d, "receiver_vector": r, "layer": layer, "layer_cosine": q.cosines[i, j],
+                  "layer_optimal_scale": q.scales[i, j], "DD": K[i, i], "RR": K[j, j], "DR": q.K_sym[i, j]}
+                 for i, d in enumerate(names) for j, r in enumerate(names) if i != j]
+    return rows
+
+
 def _geometry_tables(log: Output, op, vec_rows: list[dict], pair_rows: list[dict]) -> None:
     """Print the vectors and the pairs tables."""
     log.expect_tables(2)
@@ -228,15 +247,19 @@ def geometry_cmd(
     K = gram(op, dict(zip(names, vs)))
     dg = directional_gradients(op, dict(zip(names, vs)))
     vec_rows, pair_rows = _geometry_rows(op, K, dg, names, vectors, vs)
+    layer_rows = _layer_rows(op, names, vs)
     _geometry_tables(log, op, vec_rows, pair_rows)
     if K.indefinite:
         log.warn(K.message)
     if out is not None:
         _write(out, "geometry_vectors.csv", vec_rows)
         _write(out, "geometry_pairs.csv", pair_rows)
-        _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows,
-                                           "pairs": pair_rows, "gram": K.to_dict(), "message": K.message})
-        log.info(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, geometry.json")
+        if layer_rows:
+            _write(out, "geometry_layers.csv", layer_rows)
+        _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows, "pairs": pair_rows,
+                                           "layers": layer_rows, "gram": K.to_dict(), "message": K.message})
+        log.info(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, {'geometry_layers.csv, ' * bool(layer_rows)}"
+                 "geometry.json")
     log.close()
 
 

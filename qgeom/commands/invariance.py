@@ -56,12 +56,14 @@ def _kinds(symmetry: str) -> list[str]:
     return kinds
 
 
-COLUMNS = ("function", "covariance", "geometry", "euclidean", "quantizer", "adamw", "sgd", "pipeline")
+COLUMNS = ("function", "covariance", "geometry", "euclidean", "layer", "quantizer", "adamw", "sgd", "pipeline")
 
 
 def _column(row: dict) -> str:
     if row["quantity"] == "Euclidean cosine":
         return "euclidean"
+    if "layer" in row["quantity"]:  # GPTQ's layer metric: its own column (invariant under fewer symmetries)
+        return "layer"
     if row["level"] == "optimizer":
         return "adamw" if row["quantity"].startswith("AdamW") else "sgd"
     return row["level"]
@@ -203,7 +205,8 @@ def check_invariance_cmd(
     data_root: Optional[str] = O.data_root(),
     n_probe: int = O.n_probe("probe images (validation split): every check's probe set"),
     levels: str = typer.Option("all", help="comma-separated: function,covariance,geometry,quantizer,optimizer,pipeline"),
-    metrics: str = typer.Option("ggn,hessian", help="curvature metrics for covariance and geometry"),
+    metrics: str = typer.Option("ggn,hessian,layer", help="metrics for covariance and geometry: ggn, hessian, "
+                                "fisher, layer (GPTQ's layer-input metric; its own column in the summary)"),
     pipeline_steps: int = typer.Option(3, min=1, help="AdamW QAT steps of the pipeline level"),
     rho_d: Optional[Path] = typer.Option(None, help="ρ_D (.safetensors); default: random directions"),
     rho_r: Optional[Path] = typer.Option(None, help="ρ_R (.safetensors), with --rho-d"),

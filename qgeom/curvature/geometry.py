@@ -143,7 +143,7 @@ def gram_matrix(op: CurvatureOperator, vectors: Sequence[Params], route: str = "
 
     route ``jvp`` (the default for the GGN and the Fisher: :meth:`CurvatureOperator.jvp_gram`,
     N forward-mode passes per batch, no backward) or ``products`` (one ``matmat``: N products
-    M v, JVP + VJP each for G and F; the only route for the Hessian). ``chunk_size`` bounds how
+    M v, JVP + VJP each for G and F; the only route for the Hessian and the layer metric). ``chunk_size`` bounds how
     many vectors travel together. Floors (:func:`null_thresholds`) need a lower bound s of ‖M‖:
     from products, max ‖M v_i‖/‖v_i‖; from JVPs, the largest Rayleigh quotient at hand,
     max(max_i K_ii/‖v_i‖², λ_max(K)/λ_max(VᵀV)) — for x the top eigenvector of K,
@@ -152,7 +152,7 @@ def gram_matrix(op: CurvatureOperator, vectors: Sequence[Params], route: str = "
     if route not in GRAM_ROUTES:
         raise ValueError(f"unknown Gram route {route!r}; choose one of {', '.join(GRAM_ROUTES)}")
     if route == "auto":
-        route = "products" if op.metric == "hessian" else "jvp"
+        route = "jvp" if op.metric in ("ggn", "fisher") else "products"
     if route == "jvp":
         K = op.jvp_gram(vectors, chunk_size)
         E = np.array([[inner(a, b) for b in vectors] for a in vectors])

@@ -20,7 +20,10 @@ Metrics (P = number of scoped coordinates, K = classes, J_i = ∂f(θ, x_i)/∂�
 * ``fisher``   F = (1/N) Σ_i g_i g_iᵀ, g_i = ∇ℓ_i = J_iᵀ r_i with r_i = ∂ℓ_i/∂f (cross-entropy:
   p_i − e_{y_i}; MSE: (2/D)(f_i − y_i)); by this
   batch formula F v = (1/N) Σ_i J_iᵀ r_i (r_iᵀ J_i v), one JVP and one VJP per batch, no
-  per-sample gradients (the tests check it against vmap-ed per-sample gradients).
+  per-sample gradients (the tests check it against vmap-ed per-sample gradients);
+* ``layer``    GPTQ's metric, not the loss's: (M v)_ℓ = V_ℓ H_ℓ with H_ℓ = X_ℓX_ℓᵀ/N the input second
+  moment of each quantized Linear ℓ of the scope, 0 on every other tensor; forward passes only,
+  H_ℓ computed once and held (:meth:`CurvatureOperator.layer_grams`, :mod:`qgeom.curvature.layer`).
 
 Each batch contributes its mean (the formulas of one batch are :mod:`qgeom.curvature.products`),
 weighted n_b / N by :func:`qgeom.curvature.probe.reduce_over_probe` — the one place the
@@ -55,10 +58,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-from qgeom.vocabulary import METRICS, OBJECTIVES
+from qgeom.vocabulary import GEOMETRY_METRICS, METRICS, OBJECTIVES
 from qgeom.curvature.flat import FlatProducts
 from qgeom.curvature.inputs import (OPERATOR_KEYWORDS, cast_batch, named_params, read_batches, refuse_keywords,
                                     scoped_keys)
+from qgeom.curvature.layer import layer_products, linear_weights, probe_grams
 from qgeom.curvature.losses import LossFn, resolve_loss
 from qgeom.curvature.probe import Batch, check_eval_mode, check_forward_ad, probe_hash, reduce_over_probe
 from qgeom.curvature.products import (Graph, batch_jvp_gram, grad_graph, hvp_double, hvp_forward, hvp_through_graph,
@@ -82,7 +86,7 @@ def default_method(device: torch.device, dtype: torch.dtype) -> str:
 
 
 class CurvatureOperator(FlatProducts):
-    """M ∈ {H, G, F} of the ``fp`` or ``ste`` objective at θ, over the coordinates of ``scope``.
+    """M ∈ {H, G, F, layer} of the ``fp`` or ``ste`` objective at θ, over the coordinates of ``scope``.
 
     model: any ``nn.Module`` (eval mode) whose forward maps inputs x to a tensor of outputs;
     only its structure is used — values come from ``params``: a name → tensor mapping (e.g.
@@ -116,7 +120,7 @@ class CurvatureOperator(FlatProducts):
                  spec: QuantSpec | None = None, method: str = "auto", dtype: torch.dtype | None = None,
                  cache_graph: bool | None = None, loss: LossFn | None = None, **other: Any) -> None:
         refuse_keywords(other, "CurvatureOperator", OPERATOR_KEYWORDS)
-        for what, val, known in (("metric", metric, METRICS), ("objective", objective, OBJECTIVES),
+        for what, val, known in (("metric", metric, GEOMETRY_METRICS), ("objective", objective, OBJECTIVES),
                                  ("method", method, METHODS)):
             if val not in known:
                 raise ValueError(f"unknown {what} {val!r}; choose one of {', '.join(known)}")
@@ -142,13 +146,15 @@ class CurvatureOperator(FlatProducts):
         self.spec = (spec or QuantSpec()) if objective == "ste" else None
         self.method = default_method(self.device, dtype) if method == "auto" else method
         if metric != "hessian":
-            self.method = "jvp-vjp"
+            self.method = "forward" if metric == "layer" else "jvp-vjp"
         check_forward_ad(self.model, self.method)
         # the ∇L_b graph of each batch, kept between products (double backward only; see the class doc)
         self.cache_graph = (len(self.batches) == 1 if cache_graph is None else bool(cache_graph)) \
             and self.method == "double-backward"
         self._graphs: dict[int, Graph] = {}
         self.n_params = sum(v.numel() for v in self.theta.values())
+        self.layer_weights = linear_weights(self.model, self.theta, keys) if metric == "layer" else []
+        self._layer_grams: dict[str, Tensor] | None = None
         self.info: dict[str, Any] = {
             "metric": metric, "objective": objective, "scope": scope_name, "method": self.method,
             "dtype": str(dtype).removeprefix("torch."), "device": str(self.device),
@@ -159,6 +165,8 @@ class CurvatureOperator(FlatProducts):
         }
         if loss is not None:
             self.info["loss"] = loss_name
+        if metric == "layer":
+            self.info["layers"] = len(self.layer_weights)
         if self.model is not model:
             self.info["attention"] = "explicit, in a copy of the model (its own uses fused SDPA; left unchanged)"
 
@@ -207,6 +215,8 @@ class CurvatureOperator(FlatProducts):
         """:meth:`matmat` of vectors already checked and on the operator's device and dtype."""
         if not vs:
             return []
+        if self.metric == "layer":
+            return layer_products(self.layer_grams(), vs, self.dtype)
         step = chunk_size or len(vs)
         out: list[Params] = []
         for i in range(0, len(vs), step):
@@ -227,9 +237,20 @@ class CurvatureOperator(FlatProducts):
             return hvp_double(self.batch_loss, self.theta, self.keys, V, x, y)
         return outer_vp(self.logits, self.theta, self.metric, V, x, y, self.loss_kind)
 
+    def layer_grams(self) -> dict[str, Tensor]:
+        """The ``layer`` metric's blocks: weight name → H_ℓ = X_ℓX_ℓᵀ/N (in × in, float64) at θ (for
+        ``ste``: at Q_b(θ)), from one forward pass per batch on the first call, then held."""
+        if self.metric != "layer":
+            raise ValueError(f"layer_grams belongs to metric='layer', not {self.metric!r}")
+        if self._layer_grams is None:
+            self._layer_grams = probe_grams(self.model, self.layer_weights, lambda x: self.logits(self.theta, x),
+                                            self.batches)
+        return self._layer_grams
+
     def clear_cache(self) -> None:
-        """Free the cached ∇L_b graphs (``cache_graph``); the next product rebuilds them."""
+        """Free the cached ∇L_b graphs (``cache_graph``) and layer blocks; the next product rebuilds them."""
         self._graphs.clear()
+        self._layer_grams = None
 
     def _grad_graph(self, x: Tensor, y: Tensor) -> Graph:
         """One batch's ∇L_b graph (:func:`qgeom.curvature.products.grad_graph`), kept when ``cache_graph``."""
@@ -257,9 +278,9 @@ class CurvatureOperator(FlatProducts):
         tangents plus the N_v × n_b × K tangent logits of a batch; the contraction is float64.
         The Hessian has no such formula (its second-order term needs the backward pass).
         """
-        if self.metric == "hessian":
-            raise ValueError("a Gram matrix from JVPs exists for the GGN and the Fisher only; "
-                             "use products (geometry.gram(..., route='products')) for the Hessian")
+        if self.metric not in ("ggn", "fisher"):
+            raise ValueError("a Gram matrix from JVPs exists for the GGN and the Fisher only; use products "
+                             f"(geometry.gram(..., route='products')) for the {self.metric} metric")
         vs = [self._check(v) for v in vs]
         if not vs:
             return np.zeros((0, 0))
@@ -320,5 +341,5 @@ def fisher_vp(model: nn.Module, params: Params | None, v: Params | Tensor, batch
                              spec=spec, loss=loss) @ v
 
 
-__all__ = ["CurvatureOperator", "DTYPES", "METHODS", "METRICS", "OBJECTIVES", "default_method", "fisher_vp", "ggn_vp",
-           "hvp"]
+__all__ = ["CurvatureOperator", "DTYPES", "GEOMETRY_METRICS", "METHODS", "METRICS", "OBJECTIVES", "default_method",
+           "fisher_vp", "ggn_vp", "hvp"]

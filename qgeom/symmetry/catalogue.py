@@ -221,9 +221,9 @@ def residual_permutation(model, perm: Tensor) -> Symmetry:
 # --------------------------------------------------------------------------------------------
 
 
-def _levels(quantizer: bool, sgd: bool, adamw: bool) -> dict[str, bool]:
+def _levels(quantizer: bool, sgd: bool, adamw: bool, layer: bool | None = None) -> dict[str, bool]:
     return {"function": True, "quantizer": quantizer, "optimizer_sgd": sgd, "optimizer_adamw": adamw,
-            "pipeline": adamw and quantizer, "euclidean": sgd}
+            "pipeline": adamw and quantizer, "euclidean": sgd, "layer_metric": sgd if layer is None else layer}
 
 
 #: Expected levels of a *generic* random element of each kind (per-row symmetric Q_b; H ≥ 2), as
@@ -232,7 +232,10 @@ def _levels(quantizer: bool, sgd: bool, adamw: bool) -> dict[str, bool]:
 #: are level 2 "no, unless uniform": a column map commutes with per-row Q_b iff it is c × (signed
 #: permutation), so vo_scalar with one common c·I on every head (or one head), and layernorm_folding
 #: with s = c·1, are quantizer-equivariant (proofs/05_quantizer.md, item 4; checked on elements by
-#: proofs/check_05_quantizer.py::check_catalogue_elements).
+#: proofs/check_05_quantizer.py::check_catalogue_elements). GPTQ's layer metric (``layer_metric``,
+#: :meth:`~qgeom.symmetry.element.Symmetry.preserves_layer_metric`) is invariant where every quantized
+#: weight's row map is orthogonal: as the Euclidean cosine, and also under LayerNorm folding (a column
+#: scaling, undone by the layer's inputs).
 CATALOGUE: dict[str, dict[str, bool]] = {
     "head_permutation": _levels(True, True, True),
     "qk_mixing": _levels(False, False, False),
@@ -246,7 +249,7 @@ CATALOGUE: dict[str, dict[str, bool]] = {
     "vo_scalar": _levels(False, False, False),  # c_h·I differing across heads; one common c·I: quantizer yes
     "vo_signed_permutation": _levels(True, True, True),
     "mlp_permutation": _levels(True, True, True),
-    "layernorm_folding": _levels(False, False, False),  # non-uniform s; s = c·1: quantizer yes
+    "layernorm_folding": _levels(False, False, False, layer=True),  # non-uniform s; s = c·1: quantizer yes
     "layerscale_folding": _levels(True, False, False),
     "residual_permutation": _levels(True, True, True),
 }

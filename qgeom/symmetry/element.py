@@ -19,7 +19,8 @@ from qgeom.params import IncompatibleParamsError, Params, in_scope
 from qgeom.quant import QuantSpec
 from qgeom.symmetry.operators import Action, AxisClass, AxisOp, classify
 
-EXPECTED_LEVELS = ("function", "quantizer", "optimizer_sgd", "optimizer_adamw", "pipeline", "euclidean")  # keys of Symmetry.expectations()
+EXPECTED_LEVELS = ("function", "quantizer", "optimizer_sgd", "optimizer_adamw", "pipeline", "euclidean",
+                   "layer_metric")  # keys of Symmetry.expectations()
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,13 +161,36 @@ class Symmetry:
                 return False
         return True
 
+    def preserves_layer_metric(self, per_layer: bool = False) -> bool:
+        """Whether GPTQ's layer metric is invariant, ⟨gu, gv⟩_layer(gθ) = ⟨u, v⟩_layer(θ)
+        (:mod:`qgeom.curvature.layer`), decided from the row maps of the quantized weights.
+
+        A function-level g maps a Linear weight W ↦ R W Cᵀ (rows by R, columns by C) while its
+        inputs go x ↦ C⁻ᵀx (so W x ↦ R W x): in every kind of the catalogue the column map of a
+        layer is undone by its inputs — head permutations and value/output mixing (proj), MLP
+        permutations (fc2), LayerNorm folding (qkv, fc1), residual permutations (qkv, fc1) — and
+        a layer whose weight g leaves alone keeps its inputs. Then H_ℓ ↦ C⁻ᵀH_ℓC⁻¹ and
+        tr(U'H'V'ᵀ) = tr(U H Vᵀ RᵀR): the forms are invariant iff RᵀR = I on every quantized
+        weight (True for permutations, orthogonal q/k or v/o mixing and LayerNorm folding; False
+        for GL, diagonal or scalar q/k and v/o mixing and LayerScale folding, whose row maps are
+        not orthogonal). ``per_layer``: R = c·O (a scalar times an orthogonal map) suffices for each
+        layer's own cosine and λ*, whose forms all scale by c²."""
+        for name, cls in self.axis_classes().items():
+            if not in_scope(name, torch.empty(self.shapes[name]), "quantized"):
+                continue
+            a = cls[0].ortho_scale
+            if a is None or (not per_layer and abs(abs(a) - 1.0) > 1e-9):
+                return False
+        return True
+
     def expectations(self, spec: QuantSpec | None = None) -> dict[str, bool]:
         """Which levels g should satisfy: function (always, by construction), quantizer, one
         SGD step (orthogonal g), one AdamW step (signed permutations), the QAT pipeline (signed
-        permutation and quantizer), the Euclidean cosine (orthogonal g)."""
+        permutation and quantizer), the Euclidean cosine (orthogonal g), GPTQ's layer metric
+        (:meth:`preserves_layer_metric`)."""
         q, o, sp = self.quantizer_equivariant(spec), self.is_orthogonal(), self.is_signed_permutation()
         return {"function": True, "quantizer": q, "optimizer_sgd": o, "optimizer_adamw": sp,
-                "pipeline": sp and q, "euclidean": o}
+                "pipeline": sp and q, "euclidean": o, "layer_metric": self.preserves_layer_metric()}
 
 
 def identity() -> Symmetry:

@@ -4,14 +4,18 @@ For a model, parameters θ, two vectors (u, v) = (ρ_D, ρ_R), a probe set and s
 g (:mod:`qgeom.symmetry`), :func:`check_invariance` measures:
 
 * function    max|f(gθ, x) − f(θ, x)| / max|f(θ, x)| and |L(gθ) − L(θ)| / |L(θ)|;
-* covariance  ‖∇L(gθ) − g⁻ᵀ∇L(θ)‖ / ‖∇L(gθ)‖ and, for M ∈ {G, H},
+* covariance  ‖∇L(gθ) − g⁻ᵀ∇L(θ)‖ / ‖∇L(gθ)‖ and, for M ∈ {G, H, F, layer},
               max over w ∈ {u, v} of ‖M(gθ)(g w) − g⁻ᵀ M(θ) w‖ / ‖M(gθ)(g w)‖;
 * geometry    :func:`qgeom.curvature.geometry.geometry_of_pair` at θ for (u, v) against the same at gθ
               for (gu, gv): λ*_M = ⟨u, v⟩_M / ⟨u, u⟩_M, cos_M(u, v) and the directional
               gradients wᵀ∇L are invariant under every function-level symmetry (λ*, cos_M
               are NaN where the forms are indefinite: reported, not checked; the forms
               ⟨u,u⟩_M, ⟨u,v⟩_M, ⟨v,v⟩_M themselves are checked either way); the Euclidean
-              cosine only for orthogonal g;
+              cosine only for orthogonal g. GPTQ's layer metric (``metrics`` with ``"layer"``) is a
+              function of the layer inputs, not of the loss: covariant, and its forms, λ*, cos
+              invariant, only where g's row maps on the quantized weights are orthogonal
+              (:meth:`qgeom.symmetry.Symmetry.preserves_layer_metric`), and each layer's own
+              cosine where they are scalar × orthogonal — otherwise a violation must be measured;
 * quantizer   ‖Q_b(gθ) − g Q_b(θ)‖ / ‖g Q_b(θ)‖ on the quantized tensors, and the post-PTQ
               loss and accuracy on the probe set at θ and at gθ;
 * optimizer   one AdamW and one SGD step from gθ (gradient ∇L(gθ)) against g applied to the
@@ -42,7 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from qgeom.curvature.forms import form_quantities
 from qgeom.curvature.geometry import geometry_of_pair
+from qgeom.curvature.layer_geometry import layer_gram_matrices
 from qgeom.curvature.operator import CurvatureOperator
 from qgeom.params import Params, select
 from qgeom.quant import QuantSpec, ptq
@@ -116,6 +122,9 @@ def _side(net: nn.Module, theta: Params, theta64: Params, u: Params, v: Params, 
         if {"covariance", "geometry"} & set(levels):
             out["prod"] = {m: op.matmat([u, v]) for m, op in ops.items()}
             out["pair"] = {m: geometry_of_pair(_Reuse(op, [u, v], out["prod"][m], out["grad"]), u, v) for m, op in ops.items()}
+            if "layer" in ops:  # each layer's own cosine (the layer metric's blocks, already held)
+                out["layer_cos"] = {w: form_quantities(K, f).cosines[0, 1] for w, (K, f) in
+                                    layer_gram_matrices(ops["layer"], [u, v]).items()}
     if "quantizer" in levels:
         q = ptq(theta64, spec)
         out["Q"] = select(q, "quantized")
@@ -168,7 +177,8 @@ def check_invariance(
     """Measure every level for every symmetry element; see the module docstring.
 
     vectors: (ρ_D, ρ_R) keyed by a subset of the parameters (the products' scope); default
-    :func:`random_vectors` over all tensors. pipeline_for: the element kinds to run the QAT
+    :func:`random_vectors` over all tensors. metrics: the operators of the covariance and
+    geometry levels (``ggn``, ``hessian``, ``fisher``, ``layer``). pipeline_for: the element kinds to run the QAT
     pipeline for (default: all given); ``pipeline_steps`` AdamW steps at ``pipeline_lr`` over
     ``batches`` in order. The model is copied and cast to ``dtype`` (float64 or float32).
     """

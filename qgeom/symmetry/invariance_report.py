@@ -147,6 +147,34 @@ def _expect(flag: bool) -> str:
     return "invariant" if flag else "not invariant"
 
 
+def _metric_rows(name: str, exp: dict, a: dict, b: dict, tol: float) -> list[dict]:
+    """λ*, cos and the forms of each metric at θ and gθ: invariant for the loss's metrics (any
+    function-level g), for the layer metric only as ``exp["layer_metric"]`` says (see
+    :meth:`qgeom.symmetry.Symmetry.preserves_layer_metric`)."""
+    rows = []
+    for m in a["pair"]:
+        pa, pb = a["pair"][m], b["pair"][m]
+        kept = m != "layer" or exp["layer_metric"]
+        for q, x0, x1 in ((f"λ*_{m}", pa.optimal_scale, pb.optimal_scale), (f"cos_{m}", pa.metric_cosine, pb.metric_cosine)):
+            defined = math.isfinite(x0) and math.isfinite(x1)
+            rows.append(_row(name, "geometry", q, _expect(kept) if defined else "reported",
+                             _rel(x0, x1) if defined else math.nan, tol, x0, x1, pa.message or pb.message))
+        scale = max(abs(f) for f in pa.forms.values())
+        err = max(abs(pa.forms[f] - pb.forms[f]) for f in pa.forms) / max(scale, 1e-300)
+        rows.append(_row(name, "geometry", f"forms ⟨w,w'⟩_{m}", _expect(kept), err, tol,
+                         note="⟨gu, M(gθ)gv⟩ = ⟨u, M(θ)v⟩ (DD, DR, RR; rel. to the largest), definite or not"))
+    return rows
+
+
+def _per_layer_row(g: Symmetry, a: dict, b: dict, tol: float) -> dict:
+    """The largest change of one layer's own cosine in the layer metric (layers where it is defined)."""
+    both = [w for w in a["layer_cos"] if math.isfinite(a["layer_cos"][w]) and math.isfinite(b["layer_cos"][w])]
+    err = max((abs(a["layer_cos"][w] - b["layer_cos"][w]) for w in both), default=math.nan)
+    expected = _expect(g.preserves_layer_metric(per_layer=True)) if both else "reported"
+    return _row(g.kind, "geometry", "per-layer cos_layer, max |change|", expected, err, tol,
+                note=f"{len(both)} of {len(a['layer_cos'])} layers defined; invariant where every row map is c·orthogonal")
+
+
 def compare(g: Symmetry, a: dict, b: dict, theta: Params, spec: QuantSpec, tol: Tolerances, pipeline: bool) -> list[dict]:
     """Rows comparing the measurements at θ (``a``) and at gθ (``b``): what
     :func:`qgeom.symmetry.invariance.check_invariance` measured at one point, a dict with the keys
@@ -164,18 +192,12 @@ def compare(g: Symmetry, a: dict, b: dict, theta: Params, spec: QuantSpec, tol: 
                          _rel_dist(b["grad"], g.act_covector(a["grad"])), tol.covariance * k))
         for m in a["prod"]:
             err = max(_rel_dist(Mg, g.act_covector(M)) for Mg, M in zip(b["prod"][m], a["prod"][m]))
-            rows.append(_row(name, "covariance", f"‖M(gθ)gw − g⁻ᵀM(θ)w‖ rel, M={m}", "covariant", err, tol.covariance * k))
+            kept = "covariant" if m != "layer" or exp["layer_metric"] else "not invariant"
+            rows.append(_row(name, "covariance", f"‖M(gθ)gw − g⁻ᵀM(θ)w‖ rel, M={m}", kept, err, tol.covariance * k))
     if "pair" in a:
-        for m in a["pair"]:
-            pa, pb = a["pair"][m], b["pair"][m]
-            for q, x0, x1 in ((f"λ*_{m}", pa.optimal_scale, pb.optimal_scale), (f"cos_{m}", pa.metric_cosine, pb.metric_cosine)):
-                defined = math.isfinite(x0) and math.isfinite(x1)
-                rows.append(_row(name, "geometry", q, "invariant" if defined else "reported",
-                                 _rel(x0, x1) if defined else math.nan, tol.geometry * k, x0, x1, pa.message or pb.message))
-            scale = max(abs(f) for f in pa.forms.values())
-            err = max(abs(pa.forms[f] - pb.forms[f]) for f in pa.forms) / max(scale, 1e-300)
-            rows.append(_row(name, "geometry", f"forms ⟨w,w'⟩_{m}", "invariant", err, tol.geometry * k,
-                             note="⟨gu, M(gθ)gv⟩ = ⟨u, M(θ)v⟩ (DD, DR, RR; rel. to the largest), definite or not"))
+        rows += _metric_rows(name, exp, a, b, tol.geometry * k)
+        if "layer_cos" in a:
+            rows.append(_per_layer_row(g, a, b, tol.geometry * k))
         pa, pb = next(iter(a["pair"].values())), next(iter(b["pair"].values()))
         for w in ("rho_D", "rho_R"):
             d0, d1 = pa.directional_gradients[w], pb.directional_gradients[w]

@@ -32,7 +32,8 @@ def read_table(path) -> pd.DataFrame:
     return df
 
 
-ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste")
+ALIGNMENTS = ("euclidean", "ggn_fp", "ggn_ste", "hessian_fp", "hessian_ste", "fisher_fp", "fisher_ste", "layer_fp",
+              "layer_ste")
 TARGETS = ("gain_unit", "gain_tuned", "recovery_unit", "gain_over_controls")
 #: Controls beyond the per-tensor random direction (config ``controls``; qgeom.experiment.controls) and the
 #: grid/values hybrids (config ``decomposition``; qgeom.experiment.decomposition), as accuracy-table methods.

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from qgeom.curvature.operator import METRICS
+from qgeom.curvature.operator import GEOMETRY_METRICS
 from qgeom.experiment.checks import ConfigError, check, check_int, check_list, is_int
 from qgeom.io import dumps_json
 from qgeom.data import check_task_name, parse_task, task_names
@@ -207,8 +207,9 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 #: A run's scopes: every scope of :data:`qgeom.params.SCOPES` but "all" (the patch never touches the head).
 RUN_SCOPES = tuple(sorted(s for s in SCOPES if s != "all"))
-#: A run's metrics: those of :data:`qgeom.curvature.operator.METRICS`, the default (the GGN) first.
-RUN_METRICS = tuple(sorted(METRICS, key=lambda m: m != "ggn"))
+#: A run's metrics: those of :data:`qgeom.curvature.operator.GEOMETRY_METRICS` (the loss's Hessian, GGN,
+#: Fisher, and GPTQ's layer metric), the default (the GGN) first.
+RUN_METRICS = tuple(sorted(GEOMETRY_METRICS, key=lambda m: m != "ggn"))
 OPTIMIZERS = ("adamw", "sgd")
 
 

@@ -7,6 +7,9 @@ curvature at the expansion point of each objective (``fp``: θ_R; ``ste``: θ_R,
   inner product ⟨ρ_D, ρ_R⟩_M, the form ⟨ρ_D, ρ_D⟩_M, cos_M(ρ_D, ρ_R) and its square, and
   λ* = ⟨ρ_D, ρ_R⟩_M / ⟨ρ_D, ρ_D⟩_M — NaN, flagged ``indefinite``, where a form is at or below
   its roundoff floor (:func:`qgeom.curvature.geometry.form_quantities`);
+* with ``metrics`` including ``layer`` (GPTQ's metric, block-diagonal H_ℓ = X_ℓX_ℓᵀ/N over the
+  quantized Linears, :mod:`qgeom.curvature.layer`): the pooled rows above and each layer's own
+  cosine (quantity ``cosine@<weight>``);
 * Euclidean counterparts (M = I), the directional gradients ⟨∇L, ρ_D⟩, K's asymmetry and
   eigenvalues (diagnostics of Proposition 1);
 * Proposition 2′'s and 2″'s terms (proofs/02, :mod:`qgeom.curvature.bounds`);
@@ -29,6 +32,7 @@ import torch
 from qgeom import params as P
 from qgeom.curvature.bounds import second_order_terms
 from qgeom.curvature.geometry import form_quantities, gram_matrix
+from qgeom.curvature.layer_geometry import layer_gram_matrices
 from qgeom.curvature.probe import probe_warnings
 from qgeom.curvature.surrogate import surrogate_point, surrogate_terms
 from qgeom.curvature.operator import CurvatureOperator
@@ -72,6 +76,7 @@ def _grams(cfg: RunConfig, g: GeometryInputs, probe, scope: str, V: list[P.Param
     gram = {"euclidean": np.array([[P.inner(a, b) for b in V] for a in V])}
     floors = {"euclidean": np.zeros(len(V))}  # forms at roundoff level count as 0
     grads: dict[str, P.Params] = {}
+    per_layer: dict[str, dict] = {}
     for metric in cfg.metrics:
         for objective, point in (("fp", g.theta), ("ste", g.theta_qat)):
             on_device = {k: v.to(g.device) for k, v in point.items()}
@@ -79,9 +84,21 @@ def _grams(cfg: RunConfig, g: GeometryInputs, probe, scope: str, V: list[P.Param
                                    spec=spec if objective == "ste" else None)
             K, floor, _ = gram_matrix(op, V)
             gram[f"{metric}_{objective}"], floors[f"{metric}_{objective}"] = K, np.array(floor)
+            if metric == "layer":  # GPTQ's metric: each quantized Linear's own Gram too (per-layer cosines)
+                per_layer[objective] = layer_gram_matrices(op, V)
             if objective not in grads:  # the gradient does not depend on the metric
                 grads[objective] = {k: v.cpu() for k, v in op.gradient().items()}
-    return gram, floors, grads
+    return gram, floors, grads, per_layer
+
+
+def _layer_rows(rows: _Rows, scope: str, names: list[str], r: int, per_layer: dict) -> None:
+    """cos_layer(ρ_D, ρ_R) of each quantized Linear ℓ alone (quantity ``cosine@<weight>``): the
+    metric GPTQ minimises in, H_ℓ = X_ℓX_ℓᵀ/N, layer by layer; NaN where a form is at its floor."""
+    for objective, layers in per_layer.items():
+        for layer, (K, floor) in layers.items():
+            q = form_quantities(K, floor)
+            for i, d in enumerate(names):
+                rows.put(scope, "layer", objective, d, f"cosine@{layer}", q.cosines[i, r])
 
 
 def _form_rows(rows: _Rows, scope: str, names: list[str], r: int, gram: dict, floors: dict) -> None:
@@ -190,8 +207,9 @@ def measure_receiver(cfg: RunConfig, g: GeometryInputs, log: Callable[[str], Non
     rows = _Rows(g)
     for scope in cfg.scopes:
         V = [P.select(g.rhos[d], scope) for d in names]
-        gram, floors, grads = _grams(cfg, g, probe, scope, V)
+        gram, floors, grads, per_layer = _grams(cfg, g, probe, scope, V)
         _form_rows(rows, scope, names, r, gram, floors)
+        _layer_rows(rows, scope, names, r, per_layer)
         for objective, grad in grads.items():
             for i, d in enumerate(names):
                 rows.put(scope, "gradient", objective, d, "directional_gradient", P.inner(P.select(grad, scope), V[i]))

@@ -114,3 +114,30 @@ def test_act_bits_quantizes_the_inputs_of_every_quantized_set_and_of_no_fp_set(t
         assert moved.mean() < 0.05
     else:  # 3 levels per tensor on every Linear's inputs: the function changes
         assert moved.mean() > 0.05
+
+
+def test_the_layer_metric_in_the_run_geometry_is_layer_geometry_of_each_pair(tiny_run: Path) -> None:
+    """metrics=ggn,layer: the geometry table's pooled and per-layer layer-metric cosines are those of
+    :func:`qgeom.layer_geometry` on the same probe set (its own Gram path: tested against dense
+    references in tests/curvature/test_layer_metric.py), and the pair table gains cos_layer_fp."""
+    from qgeom import layer_geometry
+    from qgeom.data import probe_batches
+    from qgeom.experiment.measure import GeometryInputs, measure_receiver
+    from qgeom.params import select
+
+    art = RunArtifacts(tiny_run)
+    cfg = dataclasses.replace(art.cfg, metrics=("ggn", "layer"), scopes=("quantized",))
+    task = load_run_task(cfg, "hue")
+    theta = art.finetuned(0, "hue")
+    rhos = {d: art.rho(0, 2, d) for d in art.names}
+    g = GeometryInputs(0, 2, "hue", art.model(theta), task, theta, art.qat(0, 2, "hue"), rhos, torch.device("cpu"))
+    geo = measure_receiver(cfg, g)
+    probe = probe_batches(task.val, cfg.probe_size, cfg.probe_batch, seed=0)
+    want = layer_geometry(g.model, theta, select(rhos["shape"], "quantized"), select(rhos["hue"], "quantized"), probe,
+                          scope="quantized")
+    rows = geo[(geo.metric == "layer") & (geo.objective == "fp") & (geo.donor == "shape")].set_index("quantity").value
+    assert rows["cosine"] == pytest.approx(want["pooled"]["cosine"], rel=1e-6)  # float32 Grams, two summation orders
+    assert rows["lam_star"] == pytest.approx(want["pooled"]["optimal_scale"], rel=1e-6)
+    for layer, w in want["layers"].items():
+        assert rows[f"cosine@{layer}"] == pytest.approx(w["cosine"], rel=1e-6, abs=1e-7)
+    assert len(want["layers"]) == sum(q.startswith("cosine@") for q in rows.index) > 0

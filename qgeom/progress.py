@@ -108,6 +108,13 @@ class Progress:
             print(f"{self.desc}: {name} ({n} {self.unit} so far, {time.perf_counter() - self.start:.1f} s) …",
                   file=self.stream, flush=True)
 
+    def write(self, msg: str) -> None:
+        """A line about the work (``baselines_2bit: 0.3 s``): above the bar, or as a plain line."""
+        if self.bar is not None:
+            self.bar.write(msg, file=self.stream)
+        elif self.enabled:
+            print(msg, file=self.stream, flush=True)
+
     def set_postfix(self, **values: Any) -> None:
         """Values shown beside the count (a loss): on the bar, and in the next plain line."""
         self.postfix = values

@@ -57,3 +57,12 @@ def test_steps_are_lines_and_an_exception_says_where_it_stopped(monkeypatch):
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("geometry: Gram matrix (0/3 steps so far")
     assert lines[-1].startswith("geometry: 1/3 steps, stopped after ") and "\r" not in stream.getvalue()
+
+
+def test_written_lines_go_above_a_bar_or_stand_alone(monkeypatch):
+    for stream in (io.StringIO(), Terminal()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with P.progress(desc="figures", unit="figures") as bar:
+            bar.write("baselines_2bit: 0.3 s")
+            bar.update()
+        assert "baselines_2bit: 0.3 s\n" in stream.getvalue()

@@ -33,6 +33,7 @@ from rich.table import Table
 from qgeom.commands import check_writable, clean_errors
 from qgeom.commands import options as O
 from qgeom.commands.output import Output
+from qgeom.progress import progress
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,12 @@ def figures_cmd(
     if not cheap:
         O.apply_runtime(device, threads)
     t0 = time.perf_counter()
-    made = render_runs(run_dirs, out, bits=bit_list, scope=scope,
-                       recompute=recompute, cheap=cheap, log=log.info)
+    with progress(desc="figures", unit="figures", enabled=not quiet) as bar:
+        def done(msg: str) -> None:  # one line per figure (above the bar on a terminal), counted
+            bar.write(msg)
+            bar.update()
+
+        made = render_runs(run_dirs, out, bits=bit_list, scope=scope, recompute=recompute, cheap=cheap, log=done)
     table = Table(title=f"figures of {', '.join(map(str, run_dirs))} → {out}")
     for col in ("figure", "seconds", "shows"):
         table.add_column(col, justify="right" if col == "seconds" else "left")

@@ -46,9 +46,13 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def dumps_json(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
-    """Strict JSON text of ``obj`` (:func:`jsonable`; ``allow_nan=False`` guards the rest)."""
-    return json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=_default, sort_keys=sort_keys)
+def dumps_json(obj: Any, indent: int | None = 2, sort_keys: bool = False, ensure_ascii: bool = True) -> str:
+    """Strict JSON text of ``obj`` (:func:`jsonable`; ``allow_nan=False`` guards the rest): NaN
+    and ±Inf are ``null``, never the bare ``NaN`` that standard parsers reject. Every JSON text
+    qgeom writes or prints goes through here (files by :func:`write_json`; the commands' ``--format
+    json``). ``ensure_ascii=False`` keeps non-ASCII text (ρ, λ) as it is instead of ``\\u`` escapes."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=_default, sort_keys=sort_keys,
+                      ensure_ascii=ensure_ascii)
 
 
 def _default(x: Any) -> Any:
@@ -64,9 +68,11 @@ def write_csv(path: str | os.PathLike, table) -> Path:
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
-    """Write ``obj`` as strict JSON to ``path``, atomically."""
-    text = dumps_json(obj, indent, sort_keys)
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False,
+               ensure_ascii: bool = True) -> Path:
+    """Write ``obj`` as strict JSON (:func:`dumps_json`: NaN and ±Inf as ``null``) to ``path``,
+    atomically, with a final newline. Every JSON file qgeom writes is written here."""
+    text = dumps_json(obj, indent, sort_keys, ensure_ascii) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

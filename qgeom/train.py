@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from qgeom.data import AnySplit, ShuffledBatches, Task, batches as split_batches
 from qgeom.models import default_device
 from qgeom.params import Params, check_finite, from_model, is_head, load_into
+from qgeom.progress import Progress
 from qgeom.quant import QuantSpec, prepare_qat, ptq, strip_qat
 
 
@@ -131,8 +131,7 @@ def fit(
         prepare_qat(net, qat_spec)
     net.train()
     opt = make_optimizer(optimizer, [p for p in net.parameters() if p.requires_grad], lr, weight_decay)
-    bar = tqdm(_stream(batches, steps), total=steps, desc=desc, disable=None if progress else True, leave=False,
-               dynamic_ncols=True)
+    bar = Progress(_stream(batches, steps), total=steps, desc=desc, unit="steps", enabled=progress, leave=False)
     for step, (x, y) in enumerate(bar):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1] / "qgeom"
 
 #: Layers, lowest first: a module may import from its own layer or lower ones, never higher.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("qgeom.vocabulary", "qgeom.paper", "qgeom.files", "qgeom.processes", "qgeom.params", "qgeom.io", "qgeom.runtime"),
+    ("qgeom.vocabulary", "qgeom.paper", "qgeom.files", "qgeom.processes", "qgeom.params", "qgeom.io", "qgeom.runtime",
+     "qgeom.progress"),
     ("qgeom.quant", "qgeom.calibration", "qgeom.gptq", "qgeom.awq", "qgeom.quantizers", "qgeom.activations",
      "qgeom.models", "qgeom.data", "qgeom.train", "qgeom.tracking", "qgeom.evaluation"),
     ("qgeom.curvature", "qgeom.spectra", "qgeom.symmetry"),

@@ -28,13 +28,15 @@ from qgeom.commands import check_finite_option, clean_errors, inputs
 from qgeom.commands import options as O
 from qgeom.commands.inputs import build_model, read_checkpoint, task_spec
 from qgeom.commands.output import Output
+from qgeom.progress import Progress, progress
 
 # options of geometry and spectrum only; the shared ones come from qgeom.commands.options
 COMMON = dict(
     metric=typer.Option("ggn", help="ggn (PSD, the default), hessian, fisher, or layer (GPTQ's metric: each "
                                     "quantized Linear's input second moment, forward passes only)"),
     objective=typer.Option("fp", help="fp: L(θ); ste: L(Q_b(θ)) with the STE (pass the QAT checkpoint)"),
-    probe_split=typer.Option("train", "--probe-split", help="split the probe set is drawn from: train, val or test"),
+    probe_split=typer.Option("val", "--probe-split", help="split the probe set is drawn from: train, val (the "
+                                                          "default: a run's geometry.csv probes validation) or test"),
 )
 BITS = "bit width of Q_b for --objective ste, 2–8 (default: the checkpoint's, else 2)"
 
@@ -132,6 +134,27 @@ def _write_json(out: Path, name: str, obj: dict) -> Path:
     return write_json(out / name, obj)
 
 
+def counted(op, bar: Progress):
+    """``op`` as a flat operator whose products advance ``bar`` (one step per product M v)."""
+    from dataclasses import replace
+
+    from qgeom.spectra.lanczos import as_flat_operator  # lazy: torch-free --help
+
+    A = as_flat_operator(op)
+
+    def matvec(x):
+        out = A.matvec(x)
+        bar.update()
+        return out
+
+    def matmat(X):
+        out = A.matmat(X)
+        bar.update(int(X.shape[1]))
+        return out
+
+    return replace(A, matvec=matvec, matmat=matmat if A.matmat is not None else None)
+
+
 def _fmt(x: float) -> str:
     return "indefinite" if isinstance(x, float) and math.isnan(x) else f"{x:.4g}"
 
@@ -209,12 +232,12 @@ def _geometry_tables(log: Output, op, vec_rows: list[dict], pair_rows: list[dict
     for row in vec_rows:
         t.add_row(row["vector"], _fmt(row["euclidean_norm"]), _fmt(row["metric_form"]),
                   _fmt(row["directional_gradient"]))
-    log.table("vectors", t)
+    log.table("vectors", t, records=vec_rows)
     t = Table("donor", "onto", "cos", "cos_M", "λ*", "cos²_M")
     for row in pair_rows:
         t.add_row(row["donor"], row["receiver_vector"], _fmt(row["euclidean_cosine"]),
                   _fmt(row["metric_cosine"]), _fmt(row["optimal_scale"]), _fmt(row["recovered_fraction"]))
-    log.table("pairs", t)
+    log.table("pairs", t, records=pair_rows)
 
 
 @clean_errors
@@ -240,12 +263,22 @@ def geometry_cmd(
     from qgeom.curvature.geometry import directional_gradients, gram  # lazy: torch-free --help
 
     log = Output(format, quiet)
-    names, vs = _read_vectors(vectors, scope)
-    op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
-                   probe_seed, data_seed, dtype, data_root, log,
-                   cover=({str(p): v for p, v in zip(vectors, vs)}, scope, allow_partial))
-    K = gram(op, dict(zip(names, vs)))
-    dg = directional_gradients(op, dict(zip(names, vs)))
+    with progress(total=3, desc="geometry", unit="steps", enabled=not quiet) as bar:
+        bar.step("probe set and receiver")
+        names, vs = _read_vectors(vectors, scope)
+        op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
+                       probe_seed, data_seed, dtype, data_root, log,
+                       cover=({str(p): v for p, v in zip(vectors, vs)}, scope, allow_partial))
+        bar.update()
+        bar.step(f"Gram matrix of {len(vs)} vectors")
+        K = gram(op, dict(zip(names, vs)))
+        bar.update()
+        bar.step("directional gradients")
+        dg = directional_gradients(op, dict(zip(names, vs)))
+        bar.update()
+    note = inputs.probe_difference(receiver, split, n_probe, probe_seed, op.info["n_probe_used"])
+    if note:
+        log.info(f"note: {note}")
     vec_rows, pair_rows = _geometry_rows(op, K, dg, names, vectors, vs)
     layer_rows = _layer_rows(op, names, vs)
     _geometry_tables(log, op, vec_rows, pair_rows)
@@ -300,15 +333,28 @@ def spectrum_cmd(
     log = Output(format, quiet)
     op = _operator(receiver, task, preset, metric, objective, bits, scope or "backbone", split, n_probe,
                    batch_size, probe_seed, data_seed, dtype, data_root, log)
-    eig = eigsh(op, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
-    tr = hutchinson_trace(op, n_probes=hutchinson_probes, seed=seed)
-    sd = spectral_density(op, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
+    products = lanczos_iter + k + hutchinson_probes + slq_probes * slq_iter  # at most (Lanczos may stop early)
+    with progress(total=products, desc="spectrum", unit="products", enabled=not quiet) as bar:
+        A = counted(op, bar)
+        bar.step(f"top-{k} eigenvalues (Lanczos)")
+        eig = eigsh(A, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
+        bar.step(f"trace (Hutchinson, {hutchinson_probes} probes)")
+        tr = hutchinson_trace(A, n_probes=hutchinson_probes, seed=seed)
+        bar.step(f"spectral density (SLQ, {slq_probes} probes)")
+        sd = spectral_density(A, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
     t = Table("rank", "eigenvalue", "residual", title=f"{op!r}")
     for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1):
         t.add_row(str(i), f"{lam:.6g}", f"{res:.2e}")
-    log.table("eigenvalues", t)
+    log.expect_tables(2)
+    log.table("eigenvalues", t, records=[{"rank": i, "eigenvalue": float(lam), "residual": float(res)}
+                                         for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1)])
     log.result(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
                f"(Hutchinson, {hutchinson_probes} probes); SLQ trace ≈ {sd.trace_estimate[0]:.6g}")
+    if format != "table":
+        log.table("estimates", "", records=[{
+            "converged": bool(eig.converged), "lanczos_steps": int(eig.n_iter), "hutchinson_trace": float(tr.trace),
+            "hutchinson_stderr": float(tr.stderr), "hutchinson_probes": hutchinson_probes,
+            "slq_trace": float(sd.trace_estimate[0]), "slq_probes": slq_probes, "slq_steps": slq_iter}])
     if out is not None:
         _write(out, "spectrum_eigenvalues.csv", [{"rank": i + 1, "eigenvalue": float(lam), "residual": float(r)}
                                                  for i, (lam, r) in enumerate(zip(eig.eigenvalues, eig.residuals))])

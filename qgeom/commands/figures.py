@@ -3,8 +3,12 @@ every figure of finished runs, regenerated; with several runs (or a run with sev
 also the figures across them.
 
 Each figure is written as ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table it was
-drawn from) by :func:`qgeom.figures.save_figure`; ``manifest.json`` lists them with the run they
-came from and the seconds each took. The four figures that compute on the run's checkpoints
+drawn from) by :func:`qgeom.figures.save_figure`; ``manifest.json`` (strict JSON) lists them with
+the seconds each took and the run they came from: for each run its directory, the SHA-256 of its
+configuration and the content hash of every run file a figure read
+(:func:`qgeom.figures.files.run_fingerprint`), and for each figure its ``run_fingerprint`` — the
+same value its CSV carries in the columns ``run_config_sha256`` and ``run_fingerprint`` — so a
+figure regenerated from another run, or from changed tables, can be told apart. The four figures that compute on the run's checkpoints
 (Proposition 1, spectrum, landscape, invariance) cache their tables in the output directory
 (``NAME.csv`` + ``NAME.params.json``) and reuse them while the run and the parameters are
 unchanged; ``--recompute`` ignores the cache, ``--cheap`` skips them.
@@ -17,7 +21,6 @@ default 2 (OpenMP threads spinning against each other); on idle cores 2 threads 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,15 +33,18 @@ from rich.table import Table
 from qgeom.commands import check_writable, clean_errors
 from qgeom.commands import options as O
 from qgeom.commands.output import Output
+from qgeom.progress import progress
 
 
 @dataclass(frozen=True)
 class Made:
-    """One written figure: its name, the seconds it took, and what it shows (one line)."""
+    """One written figure: its name, the seconds it took, what it shows (one line), and the
+    fingerprint of the run(s) it was drawn from (by setting, for a figure across runs)."""
 
     name: str
     seconds: float
     about: str
+    fingerprint: dict | None = None
 
 
 def render_all(run_dir: str | Path, out: str | Path = "paper_figures", *, bits: list[int] | None = None,
@@ -64,9 +70,9 @@ def render_all(run_dir: str | Path, out: str | Path = "paper_figures", *, bits: 
 
     def save(spec, ctx) -> None:
         t0 = time.perf_counter()
-        _, _, name = catalogue.draw_spec(spec, ctx)
-        made.append(Made(name, round(time.perf_counter() - t0, 2), spec.about))
-        log(f"{name}: {made[-1].seconds:.1f} s")
+        drawn = catalogue.draw_spec(spec, ctx)
+        made.append(Made(drawn.name, round(time.perf_counter() - t0, 2), spec.about, drawn.fingerprint))
+        log(f"{drawn.name}: {made[-1].seconds:.1f} s")
 
     for b in bits:
         ctx = catalogue.context(run_dir, out, bits=b, scope=scope, tables=T, recompute=recompute, overrides=overrides)
@@ -87,13 +93,17 @@ def render_comparisons(run_dirs: list[Path], out: Path, *, bits: list[int] | Non
     """The figures across settings (:data:`qgeom.figures.COMPARISONS`): every run at every bit
     width (or ``bits``), labelled from the runs' configs."""
     from qgeom import figures as F  # lazy: torch-free --help
+    from qgeom.figures.comparison import settings_with_runs  # lazy: torch-free --help
 
-    runs = F.settings(run_dirs, bits)
+    runs, where = settings_with_runs(run_dirs, bits)
+    reads = ["accuracy.csv", "pairs.csv", "receivers.csv"]
+    by_run = {r: F.run_fingerprint(r, reads) for r in dict.fromkeys(where.values())}
+    fps = {label: by_run[r] for label, r in where.items()}
     made = []
     for c in F.COMPARISONS:
         t0 = time.perf_counter()
-        F.save_figure(c.draw(runs), c.table(runs), out, c.name)
-        made.append(Made(c.name, round(time.perf_counter() - t0, 2), c.about))
+        F.save_figure(c.draw(runs), c.table(runs), out, c.name, fingerprint=fps)
+        made.append(Made(c.name, round(time.perf_counter() - t0, 2), c.about, fps))
         log(f"{c.name}: {made[-1].seconds:.1f} s")
     return made
 
@@ -107,23 +117,45 @@ def render_runs(run_dirs: list[Path], out: Path, **kw) -> list[Made]:
     subdirs = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
     made = []
     for run, sub in zip(run_dirs, subdirs):
-        made += [Made(f"{sub}/{m.name}", m.seconds, m.about) for m in render_all(run, out / sub, **kw)]
+        made += [Made(f"{sub}/{m.name}", m.seconds, m.about, m.fingerprint) for m in render_all(run, out / sub, **kw)]
     made += render_comparisons(run_dirs, out, bits=kw.get("bits"), log=kw.get("log", lambda m: None))
     return _manifest(made, run_dirs, out)
 
 
 def _manifest(made: list[Made], run_dirs: list[Path], out: Path) -> list[Made]:
-    from qgeom.io import atomic_write, jsonable  # lazy: torch-free --help
+    """Write ``out/manifest.json``: the figures, and the fingerprint of every run they read."""
+    from qgeom.io import write_json  # lazy: torch-free --help
 
-    out.mkdir(parents=True, exist_ok=True)
     runs = " ".join(str(r) for r in run_dirs)
+    fps = [fp for m in made for fp in _fingerprints(m)]
+    run_records: dict[str, dict] = {}
+    for fp in fps:  # per run: its config hash and every file any figure read
+        rec = run_records.setdefault(fp["run_dir"], {"run_dir": fp["run_dir"], "config_sha256": fp["config_sha256"],
+                                                    "artifacts": {}})
+        rec["artifacts"].update(fp["artifacts"])
     doc = {"run_dir": runs, "command": f"qgeom figures {runs} --out-dir {out}",
+           "runs": list(run_records.values()),
            "figures": [{"name": m.name, "files": [f"{m.name}.{e}" for e in ("pdf", "png", "csv")],
-                        "about": m.about, "seconds": m.seconds} for m in made],
+                        "about": m.about, "seconds": m.seconds} | _figure_fingerprint(m) for m in made],
            "seconds": round(sum(m.seconds for m in made), 1)}
-    text = json.dumps(jsonable(doc), indent=1, ensure_ascii=False, allow_nan=False) + "\n"  # strict: NaN → null
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    write_json(out / "manifest.json", doc, indent=1, ensure_ascii=False)  # strict: NaN → null
     return made
+
+
+def _fingerprints(m: Made) -> list[dict]:
+    if not m.fingerprint:
+        return []
+    return [m.fingerprint] if "fingerprint" in m.fingerprint else list(m.fingerprint.values())
+
+
+def _figure_fingerprint(m: Made) -> dict:
+    """A figure's entry: the run it read, its files and its fingerprint (by setting across runs)."""
+    if not m.fingerprint:
+        return {}
+    if "fingerprint" in m.fingerprint:
+        return {"run_fingerprint": m.fingerprint["fingerprint"], "artifacts": sorted(m.fingerprint["artifacts"])}
+    return {"run_fingerprint": {label: fp["fingerprint"] for label, fp in m.fingerprint.items()},
+            "artifacts": sorted({a for fp in m.fingerprint.values() for a in fp["artifacts"]})}
 
 
 def figures_cmd(
@@ -150,14 +182,18 @@ def figures_cmd(
     if not cheap:
         O.apply_runtime(device, threads)
     t0 = time.perf_counter()
-    made = render_runs(run_dirs, out, bits=bit_list, scope=scope,
-                       recompute=recompute, cheap=cheap, log=log.info)
+    with progress(desc="figures", unit="figures", enabled=not quiet) as bar:
+        def done(msg: str) -> None:  # one line per figure (above the bar on a terminal), counted
+            bar.write(msg)
+            bar.update()
+
+        made = render_runs(run_dirs, out, bits=bit_list, scope=scope, recompute=recompute, cheap=cheap, log=done)
     table = Table(title=f"figures of {', '.join(map(str, run_dirs))} → {out}")
     for col in ("figure", "seconds", "shows"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
     for m in made:
         table.add_row(m.name, f"{m.seconds:.1f}", m.about)
-    log.table("figures", table)
+    log.table("figures", table, records=[{"figure": m.name, "seconds": m.seconds, "about": m.about} for m in made])
     log.info(f"{len(made)} figures in {time.perf_counter() - t0:.1f} s (manifest: {out / 'manifest.json'})")
     log.close()
 

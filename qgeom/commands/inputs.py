@@ -195,3 +195,42 @@ def arch_meta(net, arch: str, meta: dict) -> dict:
     """Metadata that rebuilds ``net``: architecture, overrides, classes."""
     overrides = json.loads(meta.get("model_overrides", "{}")) if arch == meta.get("preset") else {}
     return dict(preset=arch, model_overrides=overrides, num_classes=int(net.num_classes))
+
+
+def run_probe(receiver: Path) -> dict | None:
+    """The probe set a run measured its ``geometry.csv`` on, when ``receiver`` is one of its
+    fine-tuned checkpoints (``RUN/seed{s}/finetune/{t}.safetensors``): ``run_dir``, ``split``
+    (val), ``n_probe`` (the config's ``probe_size``) and ``probe_seed`` (the seed s); else None."""
+    import re
+
+    p = Path(receiver).resolve()
+    m = re.fullmatch(r"seed(\d+)", p.parent.parent.name)
+    root = p.parents[2] if len(p.parents) > 2 else p.parent
+    if p.parent.name != "finetune" or m is None or not (root / "config.json").is_file():
+        return None
+    try:
+        cfg = json.loads((root / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {"run_dir": root, "split": "val", "n_probe": int(cfg.get("probe_size", 256)), "probe_seed": int(m[1])}
+
+
+def probe_difference(receiver: Path, split: str, n_probe: int, probe_seed: int, used: int) -> str | None:
+    """What the probe options change from the run's own geometry (:func:`run_probe`), as a note
+    naming the options that reproduce its ``geometry.csv``; None when they agree (or no run).
+    ``used``: the images the probe set holds (fewer than ``n_probe`` when the split has fewer: a
+    run asking for more than the split holds used the same images)."""
+    run = run_probe(receiver)
+    if run is None:
+        return None
+    asked = {"split": split, "n_probe": n_probe, "probe_seed": probe_seed}
+    differ = [k for k in asked if asked[k] != run[k]]
+    if "n_probe" in differ and split == run["split"] and used < n_probe and run["n_probe"] >= used:
+        differ.remove("n_probe")  # both take the whole split
+    if not differ:
+        return None
+    options = {"split": "--probe-split", "n_probe": "--n-probe", "probe_seed": "--probe-seed"}
+    have = ", ".join(f"{options[k]} {asked[k]}" for k in differ)
+    want = " ".join(f"{options[k]} {run[k]}" for k in differ)
+    return (f"these numbers use {have}; the run {run['run_dir']} measured its geometry.csv with {want} "
+            f"(pass those to reproduce it)")

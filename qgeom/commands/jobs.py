@@ -21,7 +21,10 @@ def register(app: typer.Typer) -> None:
         all_stages: bool = typer.Option(False, "--all", help="list every stage, not only those not done"),
         quiet: bool = O.quiet(), format: str = O.format(),
     ) -> None:
-        """List the stages of a run: done, running (job id), failed or missing."""
+        """List the stages of a run: done, running (job id), failed or missing.
+
+        The table lists the stages not done (every stage with --all, or when all are done);
+        csv/json list every stage, one record each: ``stage``, ``status``, ``job_id``."""
         from collections import Counter
 
         from qgeom.experiment.jobs import status  # lazy: torch-free --help
@@ -30,9 +33,12 @@ def register(app: typer.Typer) -> None:
         log = Output(format, quiet)
         rows = status(load_run_config(run_dir), run_dir, geometry)
         counts = Counter(r["status"] for r in rows)
-        table = Table("stage", "status", "job id", title=f"{run_dir}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-        for r in rows:
-            if all_stages or r["status"] != "done":
-                table.add_row(r["stage"], r["status"], r["job_id"])
-        log.table("stages", table)
+        shown = [r for r in rows if all_stages or r["status"] != "done"] or rows
+        title = f"{run_dir}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+        if len(shown) == len(rows) and not all_stages and counts.get("done") == len(rows):
+            title += " (every stage is done)"
+        table = Table("stage", "status", "job id", title=title)
+        for r in shown:
+            table.add_row(r["stage"], r["status"], r["job_id"])
+        log.table("stages", table, records=rows)
         log.close()

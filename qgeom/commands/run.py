@@ -14,7 +14,7 @@ from rich.table import Table
 
 from qgeom.commands import clean_errors
 from qgeom.commands import options as O
-from qgeom.commands.output import make_console
+from qgeom.commands.output import flatten, make_console, write_csv_rows
 from qgeom.experiment.layout import RunLayout
 from qgeom.experiment.presets import RUN_PRESETS
 
@@ -109,24 +109,25 @@ def print_summary(summary: dict, console: Console = console) -> None:
 def emit_summary(summary: dict, fmt: str, quiet: bool = False) -> None:
     """The summary in the format asked for: rich tables (``print_summary``; in a pipe wide enough
     that nothing is cut), or for programs the outcome rows as CSV (then, under ``# table:``
-    lines, the correlations) or the whole summary as strict JSON (stdout holds only the data)."""
+    lines, the correlations) or the whole summary as strict JSON (stdout holds only the data:
+    ``summary.json`` as written, NaN as null).
+
+    CSV: one row per outcome (bits, scope), numbers at full precision; an interval
+    ``{"mean", "low", "high", "n", "method"}`` is spread into columns (``gain_unit_mean``,
+    ``gain_unit_low``, ``gain_unit_high``, …; the controls' as ``controls_negated_mean``, …); a
+    list (the verdict lines of the controls) is a JSON array in its cell, never a Python repr."""
     if fmt == "table":
         print_summary(summary, console=make_console())
         return
     if fmt == "json":
         from qgeom.io import dumps_json  # lazy: torch-free --help
 
-        sys.stdout.write(dumps_json(summary, indent=1) + "\n")
+        sys.stdout.write(dumps_json(summary, indent=1, ensure_ascii=False) + "\n")
         return
-    import csv
-
     tables = [("results", summary.get("results", [])), ("correlations", summary.get("correlations", []))]
     for i, (name, rows) in enumerate(tables):
-        cols = list(dict.fromkeys(k for r in rows for k in r))
         sys.stdout.write(("\n" if i else "") + f"# table: {name}\n")
-        writer = csv.DictWriter(sys.stdout, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv_rows(sys.stdout, [flatten(r) for r in rows])
     sys.stdout.flush()
 
 
@@ -223,7 +224,13 @@ def summary_cmd(run_dir: Path = typer.Argument(..., help="a finished run directo
     runs = [run_dir, *replicate]
     check = replicate_check({f"{i}: {r}": summary if i == 0 else _read_summary(r) for i, r in enumerate(runs)})
     if format != "table":  # full precision for programs
-        sys.stdout.write(check.to_csv(index=False) if format == "csv" else check.to_json(orient="records") + "\n")
+        records = check.to_dict("records")
+        if format == "csv":
+            write_csv_rows(sys.stdout, records)
+        else:
+            from qgeom.io import dumps_json  # lazy: torch-free --help
+
+            sys.stdout.write(dumps_json({"replicates": records}, indent=1, ensure_ascii=False) + "\n")
         return
     emit_summary(summary, format)
     make_console().print(_replicate_table(check))

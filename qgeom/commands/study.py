@@ -48,7 +48,8 @@ def study_cmd(
     log.result(f"{len(table.cell.unique())} cells tabulated: {Path(out) / f'{name}.csv'}, {Path(out) / f'{name}_phase.pdf'}")
     shown = table[["cell", "bits", "scope", "ptq_drop", "gain_unit", "gain_tuned", "gain_over_controls",
                    "gain_over_controls_low", "transfers"]]
-    log.result(shown.to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
+    log.table("cells", shown.to_string(index=False, float_format=lambda v: f"{v:+.2f}"),
+              records=table.to_dict("records"))  # csv/json: every column at full precision
     log.close()
 
 

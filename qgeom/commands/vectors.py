@@ -103,9 +103,12 @@ def ptq(
     bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="ptq")
     spec = QuantSpec(bits, granularity=granularity)
     table = Table("tensor", "rel. error", "levels/row")
-    for row in quantization_error(theta, spec):
+    rows = quantization_error(theta, spec)
+    for row in rows:
         table.add_row(row["name"], f"{row['rel_error']:.3f}", f"{row['levels_used']:.1f}")
-    log.table("quantization_error", table)
+    log.table("quantization_error", table, records=[{"tensor": r["name"], "bits": bits, "granularity": granularity,
+                                                     "rel_error": float(r["rel_error"]),
+                                                     "levels_used": float(r["levels_used"])} for r in rows])
     inputs.save(out, run(theta, spec), meta, log, stage="ptq", parent=str(weights), bits=bits, granularity=granularity)
     log.close()
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from qgeom.experiment.config import RunConfig
 from qgeom.experiment.layout import RunLayout, load_run_config
@@ -37,6 +36,7 @@ from qgeom.experiment.timing import StageTimer
 from qgeom.experiment.transfer import TransferRun
 from qgeom.io import write_csv
 from qgeom.processes import start_worker, worker_initargs
+from qgeom.progress import progress
 
 PHASES = ("training", "evaluation + geometry")
 
@@ -100,7 +100,7 @@ def run_all(run: TransferRun, geometry: bool = True, workers: int = 1) -> dict[s
                 pool = pool or worker_pool(workers, _worker_init, (run.cfg, str(run.dir)))  # workers start once
                 _run_parallel(run, pool, todo, f"{run.cfg.name}: {phase} ({workers} workers)")
             else:
-                for chain in tqdm(todo, desc=f"{run.cfg.name}: {phase}", disable=not run.progress, dynamic_ncols=True):
+                for chain in progress(todo, desc=f"{run.cfg.name}: {phase}", unit="chains", enabled=run.progress):
                     _run_chain(run, chain)
             seconds[phase] = time.perf_counter() - t0
         finished = True
@@ -172,11 +172,10 @@ def _sigint_ignored():
 def _run_parallel(run: TransferRun, pool: ProcessPoolExecutor, todo: list[list[Stage]], desc: str) -> None:
     with _sigint_ignored():  # submit spawns the workers
         futures = [pool.submit(_worker_chain, chain) for chain in todo]
-    bar = tqdm(total=len(futures), desc=desc, disable=not run.progress, dynamic_ncols=True)
-    for f in as_completed(futures):
-        run.timer.merge(f.result())  # re-raises a worker's exception here
-        bar.update()
-    bar.close()
+    with progress(total=len(futures), desc=desc, unit="chains", enabled=run.progress) as bar:
+        for f in as_completed(futures):
+            run.timer.merge(f.result())  # re-raises a worker's exception here
+            bar.update()
 
 
 _WORKER_RUN: TransferRun | None = None

@@ -22,9 +22,11 @@ Modules, one purpose each (every public name is re-exported here):
 =========================  ==============================================================
 module                     what it holds
 =========================  ==============================================================
-theme                      the look: palette, setting/task colours, bare figure (new_figure),
+theme                      the look: style (a with block), use_style (global), palette,
+                           setting/task colours, colors_for, relabel, bare figure (new_figure),
                            lighter colour, donor × receiver heatmap (pair_heatmap)
-files                      load_run, read_table, save_figure, cached_table
+cells                      heatmap cell numbers fitted to their cells when drawn (never touching)
+files                      load_run, read_table, save_figure, cached_table, run_fingerprint
 selection                  choose_bits, choose_scope, select_rows (one bit width, one scope per
                            figure); pair_frame (donor × receiver matrix of a column)
 accuracy                   baselines, Δ heatmaps, radar (λ = 1 and tuned webs), normalized improvement
@@ -42,6 +44,18 @@ Print: every figure is 3.25 in (one column) or 6.75 in (page) wide, text ≥ 7 p
 mathtext (:mod:`~qgeom.figures.theme`); notes a reader needs (reference points, what was left
 out) are in a caption under the figure.
 
+Restyling: every figure function takes ``cmap=`` (figures with a colour scale: heatmaps, the
+landscape) or ``palette=`` (figures of categories: a palette name, a list of colours, or a
+mapping key → colour overriding some of the defaults, :func:`colors_for`), and ``title=``,
+``xlabel=``, ``ylabel=`` (:func:`relabel`); :func:`draw` passes them on and returns ``(fig,
+table)``, the figure and the pandas table it was drawn from. Text added to a returned figure
+later takes matplotlib's rcParams: call :func:`use_style` once (it sets qgeom's look globally)
+or add it inside ``with style():``.
+
+Provenance: every CSV :func:`draw` (with an output directory) and ``qgeom figures`` write carries
+``run_config_sha256`` and ``run_fingerprint`` (:func:`run_fingerprint`: the run's configuration
+and the content hashes of the files the figure read); ``manifest.json`` lists them per run.
+
 Conventions: Top-1 in percent, gains in percentage points, losses in nats (mean cross-entropy);
 tasks in sorted order everywhere; seeds averaged (bars show ± 1 s.d. when there are several);
 one bit width and one scope per figure (default: the lowest bits, the ``backbone`` scope, the
@@ -58,26 +72,29 @@ from qgeom.figures.alignment import (
     ALIGNMENT_LABELS, TARGET_LABELS, TARGET_SHORT, alignment_heatmaps, alignment_scatter, alignment_scatter_table,
     alignment_table,
 )
-from qgeom.figures.catalogue import COMPARISONS, SPECS, draw
+from qgeom.figures.catalogue import COMPARISONS, SPECS, Drawn, draw
 from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
 from qgeom.figures.controls import controls, controls_table
 from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, proposition2_gap_table, spectrum
 from qgeom.figures.comparison import (
     proportion_bars, proportion_table, run_labels, runs_baseline_table, runs_baselines, runs_delta_heatmaps,
-    runs_delta_table, runs_improvement, runs_improvement_table, settings,
+    runs_delta_table, runs_improvement, runs_improvement_table, settings, settings_with_runs,
 )
-from qgeom.figures.files import RUN_TABLES, cached_table, load_run, read_table, save_figure
+from qgeom.figures.files import RUN_TABLES, cached_table, load_run, read_table, run_fingerprint, save_figure
 from qgeom.figures.selection import choose_bits, choose_scope, pair_frame, select_rows
 from qgeom.figures.sweeps import (
     lambda_calibration, lambda_calibration_table, lambda_curves, lambda_sensitivity, lambda_sensitivity_table,
     lambda_split, lambda_table,
 )
+from qgeom.figures.regime import phase_diagram
 from qgeom.figures.theme import (
-    CB, DOUBLE, MIN_PT, SETTING_COLORS, SINGLE, lighter, new_figure, pair_heatmap, robust_range, style, task_colors,
+    CB, DOUBLE, MIN_PT, SETTING_COLORS, SINGLE, colors_for, lighter, new_figure, pair_heatmap, relabel, robust_range,
+    style, style_rc, task_colors, use_style,
 )
 
 __all__ = [
-    "ALIGNMENT_LABELS", "BASELINE_SETTINGS", "CB", "COMPARISONS", "DOUBLE", "MIN_PT", "SINGLE", "SPECS", "draw",
+    "ALIGNMENT_LABELS", "BASELINE_SETTINGS", "CB", "COMPARISONS", "DOUBLE", "Drawn", "MIN_PT", "SINGLE", "SPECS", "draw",
+    "colors_for", "phase_diagram", "relabel", "run_fingerprint", "settings_with_runs", "style_rc", "use_style",
     "lambda_calibration", "lambda_calibration_table", "lambda_sensitivity", "lambda_sensitivity_table",
     "lambda_split", "proportion_bars", "proportion_table", "run_labels", "runs_baseline_table", "runs_baselines",
     "runs_delta_heatmaps", "runs_delta_table", "runs_improvement", "runs_improvement_table", "settings", "RUN_TABLES", "SETTING_COLORS", "TARGET_LABELS", "TARGET_SHORT",

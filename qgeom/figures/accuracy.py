@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 
 from qgeom.figures.selection import choose_bits, pair_frame, select_rows
 from qgeom.figures.theme import (
-    DOUBLE, SETTING_COLORS, SINGLE, caption, grid_label, lighter, new_figure, pair_heatmap, robust_range, style,
+    DOUBLE, SETTING_COLORS, SINGLE, caption, colors_for, grid_label, lighter, new_figure, pair_heatmap, relabel,
+    robust_range, style,
 )
 
 ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
@@ -36,10 +37,13 @@ def baseline_table(acc: pd.DataFrame, bits: int | None = None) -> pd.DataFrame:
     return out.rename(columns={"receiver": "task"})
 
 
-def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
-    """Grouped bars per task: FT, FT+PTQ, QAT, QAT+PTQ (test Top-1, %); hatched bars = float."""
+def baseline_bars(acc: pd.DataFrame, bits: int | None = None, *, palette=None, title: str | None = None,
+                  xlabel: str | None = None, ylabel: str | None = None) -> Figure:
+    """Grouped bars per task: FT, FT+PTQ, QAT, QAT+PTQ (test Top-1, %); hatched bars = float.
+    ``palette``: colours per setting (:func:`~qgeom.figures.theme.colors_for`)."""
     tab = baseline_table(acc, bits)
     tasks, settings = sorted(tab.task.unique()), list(BASELINE_SETTINGS.values())
+    colors = colors_for(settings, palette, SETTING_COLORS)
     fig = new_figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
     with style():
         ax = fig.add_subplot()
@@ -48,7 +52,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
         for i, s in enumerate(settings):
             d = tab[tab.setting == s].set_index("task").reindex(tasks)
             fp = not s.endswith("PTQ")
-            c = SETTING_COLORS[s]
+            c = colors[s]
             ax.bar(x + (i - 1.5) * w, d.top1, w, label=s, color=lighter(c) if fp else c, edgecolor=c,
                    hatch="///" if fp else None, linewidth=0.6,
                    yerr=d.sd if (d.n_seeds > 1).any() else None, capsize=1.5, error_kw={"lw": 0.8})
@@ -61,7 +65,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None) -> Figure:
         fig.legend(*ax.get_legend_handles_labels(), ncols=4, loc="outside lower center")
         if (tab.n_seeds > 1).any():
             caption(fig, f"Bars: mean over {int(tab.n_seeds.max())} seeds, whiskers ± 1 s.d.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def delta_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
@@ -78,8 +82,10 @@ def delta_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | None 
     return out.assign(bits=bits, scope=scope).reset_index(drop=True)
 
 
-def delta_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> Figure:
-    """Two donor × receiver heatmaps of Δ post-PTQ Top-1 (λ = 1; validation-chosen λ, annotated).
+def delta_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None, *, cmap="RdBu",
+                   title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
+    """Two donor × receiver heatmaps of Δ post-PTQ Top-1 (λ = 1; validation-chosen λ, annotated),
+    in the diverging colour map ``cmap``.
 
     One symmetric colour range for both, from the 95 % quantile of |Δ| over *off-diagonal* cells
     (the diagonal — the receiver's own ρ, i.e. its QAT — would otherwise dominate); cells beyond
@@ -95,18 +101,18 @@ def delta_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | No
         for ax, choice in zip(axes, ["λ = 1", "λ on val"]):
             d = tab[tab.lam_choice == choice]
             lam = pair_frame(d, "lam", names).map(lambda v: f"λ={grid_label(v)}") if choice != "λ = 1" else None
-            pair_heatmap(ax, pair_frame(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", text=lam,
+            pair_heatmap(ax, pair_frame(d, "delta", names), vmin=-lim, vmax=lim, cmap=cmap, text=lam,
                          annotate=n <= ANNOTATE_MAX)
             ax.set_title(f"Δ post-PTQ Top-1, {choice}")
         axes[1].set_ylabel("")
-        sm = ScalarMappable(Normalize(-lim, lim), "RdBu")
+        sm = ScalarMappable(Normalize(-lim, lim), cmap)
         fig.colorbar(sm, ax=list(axes), extend="both", shrink=0.8,
                      label=f"Δ Top-1 vs FT+PTQ (points, test, {tab.bits.iloc[0]} bits)")
         fig.suptitle(rf"Patching $\theta_R + \lambda\rho_D$ ({tab.scope.iloc[0]} scope); framed: own $\rho_R$")
         caption(fig, "Colour range: 95 % quantile of |Δ| off the diagonal (beyond it cells saturate). "
                 + ("Right: the λ chosen on validation in each cell, as on the grid (the median over seeds)."
                    if n <= ANNOTATE_MAX else "Cell values in the CSV beside the figure."))
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 RADAR_SETTINGS = {"FT+PTQ": "FT + PTQ", "patch+PTQ, λ = 1": "best donor, λ = 1, + PTQ",
@@ -139,17 +145,21 @@ def radar_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | N
 
 
 def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None,
-          pairs: pd.DataFrame | None = None) -> Figure:
+          pairs: pd.DataFrame | None = None, *, palette=None, title: str | None = None, xlabel: str | None = None,
+          ylabel: str | None = None) -> Figure:
     """Radar over tasks: FT+PTQ, best-donor patch + PTQ at λ = 1 (with ``pairs``) and at the val
-    λ, QAT+PTQ (test Top-1, %); each seed's value as a dot when there are several."""
+    λ, QAT+PTQ (test Top-1, %); each seed's value as a dot when there are several. ``palette``:
+    colours per setting (keys of :data:`RADAR_SETTINGS`)."""
     tab = radar_table(receivers, bits, scope, pairs)
     mean, per_seed = tab[tab.seed == "mean"], tab[tab.seed != "mean"]
     tasks = sorted(mean.task.unique())
     ang = np.linspace(0, 2 * np.pi, len(tasks), endpoint=False)
     fig = new_figure(SINGLE, 3.7)
     fig.set_layout_engine("none")  # polar tick labels escape the constrained layout: place the web by hand
-    styles = {"FT+PTQ": ("-", SETTING_COLORS["FT+PTQ"]), "patch+PTQ, λ = 1": (":", SETTING_COLORS["patch+PTQ"]),
-              "patch+PTQ": ("-", SETTING_COLORS["patch+PTQ"]), "QAT+PTQ": ("--", SETTING_COLORS["QAT+PTQ"])}
+    colors = colors_for(RADAR_SETTINGS, palette, {"FT+PTQ": SETTING_COLORS["FT+PTQ"], "QAT+PTQ": SETTING_COLORS["QAT+PTQ"],
+                                                  "patch+PTQ, λ = 1": SETTING_COLORS["patch+PTQ"],
+                                                  "patch+PTQ": SETTING_COLORS["patch+PTQ"]})
+    styles = {k: (ls, colors[k]) for k, ls in zip(RADAR_SETTINGS, ("-", ":", "-", "--"))}
     with style():
         ax = fig.add_axes((0.26, 0.3, 0.48, 0.54), projection="polar")
         for setting in [s for s in RADAR_SETTINGS if s in set(mean.setting)]:
@@ -177,7 +187,7 @@ def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = 
         fig.legend(*ax.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=1)
         if per_seed.seed.nunique() > 1:
             caption(fig, f"Webs: mean over {per_seed.seed.nunique()} seeds; dots: each seed.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def improvement_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
@@ -200,9 +210,10 @@ def improvement_table(receivers: pd.DataFrame, bits: int | None = None, scope: s
     return pd.DataFrame(rows)
 
 
-def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> Figure:
+def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None, *, palette=None,
+                     title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Bars per task of the normalized improvement (± 1 s.d. over seeds when there are several);
-    black ticks mark the QAT ceiling."""
+    black ticks mark the QAT ceiling. ``palette``: colours of "best donor" and "mean of other donors"."""
     tab = improvement_table(receivers, bits, scope)
     tasks = sorted(tab.task.unique())
     seeds = int(tab.n_seeds.max())
@@ -210,8 +221,9 @@ def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: st
     with style():
         ax = fig.add_subplot()
         x = np.arange(len(tasks))
-        for i, (patch, c) in enumerate((("best donor", SETTING_COLORS["patch+PTQ"]),
-                                        ("mean of other donors", SETTING_COLORS["multi+PTQ"]))):
+        colors = colors_for(["best donor", "mean of other donors"], palette,
+                            {"best donor": SETTING_COLORS["patch+PTQ"], "mean of other donors": SETTING_COLORS["multi+PTQ"]})
+        for i, (patch, c) in enumerate(colors.items()):
             v = tab[tab.patch == patch].set_index("task").reindex(tasks)
             ax.bar(x + (i - 0.5) * 0.38, v.improvement, 0.38, color=c, label=f"{patch} (λ on val)",
                    yerr=v.sd if seeds > 1 else None, capsize=1.5, error_kw={"lw": 0.8})
@@ -227,4 +239,4 @@ def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: st
         fig.legend(*ax.get_legend_handles_labels(), ncols=3 if len(tasks) > 3 else 1, loc="outside lower center")
         if seeds > 1:
             caption(fig, f"Bars: ratio of the means over {seeds} seeds; whiskers ± 1 s.d. of the seeds' ratios.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from qgeom.experiment.stats import qap_correlation
 from qgeom.figures.selection import pair_frame, select_rows
-from qgeom.figures.theme import DOUBLE, caption, new_figure, pair_heatmap, style, task_colors
+from qgeom.figures.cells import CellGroup
+from qgeom.figures.theme import DOUBLE, caption, colors_for, new_figure, pair_heatmap, relabel, style, task_colors
 
 ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
 ALIGNMENT_LABELS = {"euclidean": "Euclidean cosine", "ggn_fp": r"GGN cosine (fp, at $\theta_R$)",
@@ -47,8 +48,10 @@ def alignment_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | N
     return out.assign(bits=bits, scope=scope)
 
 
-def alignment_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> Figure:
-    """One donor × receiver heatmap per alignment (Euclidean, GGN-fp, GGN-ste, …), range [−1, 1]."""
+def alignment_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None, *, cmap="PuOr",
+                       title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
+    """One donor × receiver heatmap per alignment (Euclidean, GGN-fp, GGN-ste, …), range [−1, 1],
+    in the diverging colour map ``cmap``; the panels print their numbers alike."""
     tab = alignment_table(pairs, bits, scope)
     names = sorted(set(tab.donor) | set(tab.receiver))
     aligns = _alignments(pairs)
@@ -58,18 +61,19 @@ def alignment_heatmaps(pairs: pd.DataFrame, bits: int | None = None, scope: str 
     fig = new_figure(DOUBLE, 2.45 * nrow + 0.4)
     with style():
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+        cells = CellGroup()
         for i, (ax, a) in enumerate(zip(axes, aligns)):
-            pair_heatmap(ax, pair_frame(tab[tab.alignment == a], "cosine", names), vmin=-1, vmax=1, cmap="PuOr",
-                         fmt="{:.2f}", annotate=n <= ANNOTATE_MAX)
+            pair_heatmap(ax, pair_frame(tab[tab.alignment == a], "cosine", names), vmin=-1, vmax=1, cmap=cmap,
+                         fmt="{:.2f}", annotate=n <= ANNOTATE_MAX, group=cells)
             ax.set_title(ALIGNMENT_LABELS.get(a, a))
             if i % ncol:
                 ax.set_ylabel("")
         for ax in axes[len(aligns):]:
             ax.set_visible(False)
-        sm = ScalarMappable(Normalize(-1, 1), "PuOr")
+        sm = ScalarMappable(Normalize(-1, 1), cmap)
         fig.colorbar(sm, ax=list(axes[:len(aligns)]), shrink=0.8, label=r"cos($\rho_D$, $\rho_R$)")
         fig.suptitle(f"Alignment of quantization vectors ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope)")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def alignment_scatter_table(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bits: int | None = None,
@@ -103,12 +107,16 @@ def alignment_scatter_table(pairs: pd.DataFrame, corr: pd.DataFrame | None = Non
 
 
 def alignment_scatter(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bits: int | None = None,
-                      scope: str | None = None, targets: Sequence[str] = ("gain_unit", "recovery_unit")) -> Figure:
+                      scope: str | None = None, targets: Sequence[str] = ("gain_unit", "recovery_unit"), *,
+                      palette=None, title: str | None = None, xlabel: str | None = None,
+                      ylabel: str | None = None) -> Figure:
     """Rows: alignments; columns: targets (λ = 1 gain, loss recovery). Points are off-diagonal
-    pairs coloured by receiver; each panel states Spearman ρ and its QAP permutation p-value."""
+    pairs coloured by receiver (``palette``: colours per task); each panel states Spearman ρ and
+    its QAP permutation p-value."""
     tab = alignment_scatter_table(pairs, corr, bits, scope, targets)
     aligns, targets = list(dict.fromkeys(tab.alignment)), list(dict.fromkeys(tab.target))
-    colors = task_colors(sorted(set(tab.receiver) | set(tab.donor)))
+    names = sorted(set(tab.receiver) | set(tab.donor))
+    colors = colors_for(names, palette, task_colors(names))
     fig = new_figure(DOUBLE, 1.75 * len(aligns) + 0.7)
     with style():
         axes = fig.subplots(len(aligns), len(targets), squeeze=False)
@@ -129,4 +137,4 @@ def alignment_scatter(pairs: pd.DataFrame, corr: pd.DataFrame | None = None, bit
                      f"{tab.scope.iloc[0]} scope")
         caption(fig, "Columns: " + "; ".join(f"{TARGET_LABELS.get(t, t)}" for t in targets)
                 + ". QAP p: task-label permutation test of the Spearman ρ.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)

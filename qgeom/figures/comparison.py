@@ -24,8 +24,10 @@ from matplotlib.figure import Figure
 from qgeom.figures.accuracy import baseline_table, delta_table, improvement_table
 from qgeom.figures.files import load_run
 from qgeom.figures.selection import choose_scope, pair_frame
+from qgeom.figures.cells import CellGroup
 from qgeom.figures.theme import (
-    CB, DOUBLE, SETTING_COLORS, SINGLE, caption, lighter, new_figure, pair_heatmap, robust_range, style,
+    CB, DOUBLE, SETTING_COLORS, SINGLE, caption, colors_for, lighter, new_figure, pair_heatmap, relabel,
+    robust_range, style,
 )
 
 Settings = Mapping[str, Mapping[str, pd.DataFrame]]
@@ -68,14 +70,21 @@ def _short(v) -> str:
 def settings(run_dirs: Sequence[str | Path], bits: Sequence[int] | None = None) -> dict[str, dict[str, pd.DataFrame]]:
     """``{label: tables}``, one entry per run and bit width (the run's label, plus the bit width
     when the settings do not all share one), every table cut to that bit width."""
+    return settings_with_runs(run_dirs, bits)[0]
+
+
+def settings_with_runs(run_dirs: Sequence[str | Path], bits: Sequence[int] | None = None
+                       ) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, Path]]:
+    """:func:`settings` and, per setting label, the run directory it comes from."""
     units = []
     for run, label in zip(run_dirs, run_labels(run_dirs)):
         T = load_run(run)
         for b in sorted(int(x) for x in T["accuracy"].bits.unique()):
             if bits is None or b in bits:
-                units.append((label, b, {k: (v[v.bits == b] if "bits" in v else v) for k, v in T.items()}))
-    one_bits = len({b for _, b, _ in units}) == 1
-    return {(label if one_bits else f"{label}, {b} bit"): t for label, b, t in units}
+                units.append((label, b, {k: (v[v.bits == b] if "bits" in v else v) for k, v in T.items()}, Path(run)))
+    one_bits = len({b for _, b, _, _ in units}) == 1
+    names = [label if one_bits else f"{label}, {b} bit" for label, b, _, _ in units]
+    return dict(zip(names, (t for _, _, t, _ in units))), dict(zip(names, (r for _, _, _, r in units)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,10 +115,12 @@ def proportion_table(pairs, scope: str | None = None, neutral: float = 1.0) -> p
 OUTCOME_COLORS = {"improve": CB[2], "neutral": (0.8, 0.8, 0.8), "degrade": CB[3]}
 
 
-def proportion_bars(pairs, scope: str | None = None, neutral: float = 1.0) -> Figure:
+def proportion_bars(pairs, scope: str | None = None, neutral: float = 1.0, *, palette=None,
+                    title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Stacked bars, one per setting and λ choice: the fraction of off-diagonal pairs that
-    improve, stay neutral or degrade after patching + PTQ."""
+    improve, stay neutral or degrade after patching + PTQ (``palette``: colours per outcome)."""
     tab = proportion_table(pairs, scope, neutral)
+    colors = colors_for(OUTCOME_COLORS, palette, OUTCOME_COLORS)
     labels = list(dict.fromkeys(tab.setting))
     bars = [(s, c) for s in labels for c in ("λ = 1", "λ on val")]
     fig = new_figure(SINGLE if len(labels) <= 2 else DOUBLE, 2.6)
@@ -117,7 +128,7 @@ def proportion_bars(pairs, scope: str | None = None, neutral: float = 1.0) -> Fi
         ax = fig.add_subplot()
         x = np.arange(len(bars)) + np.repeat(np.arange(len(labels)) * 0.5, 2)
         bottom = np.zeros(len(bars))
-        for outcome, c in OUTCOME_COLORS.items():
+        for outcome, c in colors.items():
             v = np.array([tab[(tab.setting == s) & (tab.lam_choice == ch) & (tab.outcome == outcome)].fraction.iloc[0]
                           for s, ch in bars])
             ax.bar(x, v, 0.8, bottom=bottom, color=c, label=outcome, edgecolor="white", lw=0.5)
@@ -138,7 +149,7 @@ def proportion_bars(pairs, scope: str | None = None, neutral: float = 1.0) -> Fi
         n = tab.groupby("setting").n_pairs.first()
         caption(fig, f"Neutral: |Δ post-PTQ Top-1| ≤ {neutral:g} point on test (seed means); "
                      + ", ".join(f"{s}: {int(v)} pairs" for s, v in n.items()) + ".")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,19 +174,20 @@ def runs_baseline_table(runs: Settings) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)[["setting", "bits", "baseline", "task", "top1", "sd", "n_seeds"]]
 
 
-def runs_baselines(runs: Settings) -> Figure:
+def runs_baselines(runs: Settings, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Grouped bars per setting: FT, FT+PTQ, QAT, QAT+PTQ, mean test Top-1 over tasks (whiskers:
-    ± 1 s.d. over seeds when there are several); dots: each task."""
+    ± 1 s.d. over seeds when there are several); dots: each task. ``palette``: colours per baseline."""
     tab = runs_baseline_table(runs)
     labels = list(runs)
     kinds = ["FT", "FT+PTQ", "QAT", "QAT+PTQ"]
+    colors = colors_for(kinds, palette, SETTING_COLORS)
     fig = new_figure(SINGLE if len(labels) <= 2 else DOUBLE, 2.6)
     with style():
         ax = fig.add_subplot()
         x, w = np.arange(len(labels)), 0.2
         for i, k in enumerate(kinds):
             m = tab[(tab.task == "mean") & (tab.baseline == k)].set_index("setting").reindex(labels)
-            c, fp = SETTING_COLORS[k], not k.endswith("PTQ")
+            c, fp = colors[k], not k.endswith("PTQ")
             ax.bar(x + (i - 1.5) * w, m.top1, w, color=lighter(c) if fp else c, edgecolor=c, hatch="///" if fp else None,
                    lw=0.6, label=k, yerr=m.sd if (m.n_seeds > 1).any() else None, capsize=1.5, error_kw={"lw": 0.8})
             t = tab[(tab.task != "mean") & (tab.baseline == k)]
@@ -187,7 +199,7 @@ def runs_baselines(runs: Settings) -> Figure:
         ax.set_ylabel("Top-1 on test (%), mean over tasks")
         ax.set_title("Baselines across settings")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3)
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def runs_improvement_table(runs: Settings, scope: str | None = None) -> pd.DataFrame:
@@ -196,11 +208,13 @@ def runs_improvement_table(runs: Settings, scope: str | None = None) -> pd.DataF
                       for label, T in runs.items() if "receivers" in T], ignore_index=True)
 
 
-def runs_improvement(runs: Settings, scope: str | None = None) -> Figure:
+def runs_improvement(runs: Settings, scope: str | None = None, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Normalized improvement of the best donor (λ on val) per task, one marker series per setting
-    (± 1 s.d. over seeds when there are several), overlaid; hollow: the QAT ceiling."""
+    (± 1 s.d. over seeds when there are several; ``palette``: colours per setting), overlaid;
+    hollow: the QAT ceiling."""
     tab = runs_improvement_table(runs, scope)
     labels = list(dict.fromkeys(tab.setting))
+    colors = colors_for(labels, palette)
     tasks = sorted(tab.task.unique())
     fig = new_figure(DOUBLE if len(tasks) > 4 else SINGLE, 2.5)
     with style():
@@ -211,8 +225,8 @@ def runs_improvement(runs: Settings, scope: str | None = None) -> Figure:
             q = tab[(tab.setting == label) & (tab.patch == "QAT ceiling")].set_index("task").reindex(tasks)
             x = np.arange(len(tasks)) + off
             ax.errorbar(x, d.improvement, yerr=d.sd if (d.n_seeds > 1).any() else None, fmt="-o", ms=3.5, lw=0.8,
-                        color=CB[i % 10], label=label, capsize=1.5)
-            ax.plot(x, q.improvement, "o", mfc="none", ms=4, color=CB[i % 10], mew=0.8, label="_ceiling")
+                        color=colors[label], label=label, capsize=1.5)
+            ax.plot(x, q.improvement, "o", mfc="none", ms=4, color=colors[label], mew=0.8, label="_ceiling")
         ax.axhline(0, color="0.3", lw=0.6)
         ax.set_xticks(np.arange(len(tasks)), tasks, rotation=30 if len(tasks) > 7 else 0)
         ax.set_xlabel("receiver task")
@@ -221,7 +235,7 @@ def runs_improvement(runs: Settings, scope: str | None = None) -> Figure:
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=min(3, len(labels)))
         caption(fig, "Filled: best single donor (chosen on validation) + PTQ; hollow: the QAT ceiling "
                      "(QAT+PTQ − FT+PTQ) / QAT+PTQ of the same setting.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def runs_delta_table(runs: Settings, scope: str | None = None) -> pd.DataFrame:
@@ -230,9 +244,10 @@ def runs_delta_table(runs: Settings, scope: str | None = None) -> pd.DataFrame:
                       for label, T in runs.items() if "pairs" in T], ignore_index=True)
 
 
-def runs_delta_heatmaps(runs: Settings, scope: str | None = None) -> Figure:
+def runs_delta_heatmaps(runs: Settings, scope: str | None = None, *, cmap="RdBu", title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """One donor × receiver heatmap of Δ post-PTQ Top-1 at λ = 1 per setting, side by side, one
-    colour range (95 % quantile of |Δ| off the diagonal over all settings)."""
+    colour range (95 % quantile of |Δ| off the diagonal over all settings) in the diverging
+    colour map ``cmap``."""
     tab = runs_delta_table(runs, scope)
     labels = list(dict.fromkeys(tab.setting))
     lim = robust_range(tab[~tab.diagonal].delta)
@@ -241,16 +256,18 @@ def runs_delta_heatmaps(runs: Settings, scope: str | None = None) -> Figure:
     fig = new_figure(DOUBLE, 2.4 * nrow + 0.5)
     with style():
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+        cells = CellGroup()
         for i, (ax, label) in enumerate(zip(axes, labels)):
             d = tab[tab.setting == label]
             names = sorted(set(d.donor) | set(d.receiver))
-            pair_heatmap(ax, pair_frame(d, "delta", names), vmin=-lim, vmax=lim, cmap="RdBu", annotate=len(names) <= 5)
+            pair_heatmap(ax, pair_frame(d, "delta", names), vmin=-lim, vmax=lim, cmap=cmap, annotate=len(names) <= 5,
+                         group=cells)
             ax.set_title(label)
             if i % ncol:
                 ax.set_ylabel("")
         for ax in axes[len(labels):]:
             ax.set_visible(False)
-        fig.colorbar(ScalarMappable(Normalize(-lim, lim), "RdBu"), ax=list(axes[:len(labels)]), extend="both",
+        fig.colorbar(ScalarMappable(Normalize(-lim, lim), cmap), ax=list(axes[:len(labels)]), extend="both",
                      shrink=0.8, label="Δ Top-1 vs FT+PTQ (points, test)")
         fig.suptitle(r"Patching $\theta_R + \rho_D$ ($\lambda = 1$) across settings; framed: own $\rho_R$")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)

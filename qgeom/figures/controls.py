@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qgeom.figures.selection import select_rows
-from qgeom.figures.theme import CB, DOUBLE, caption, new_figure, style
+from qgeom.figures.theme import CB, DOUBLE, caption, colors_for, new_figure, relabel, style
 
 SERIES = [("unit", "donor $\\rho_D$", CB[2]), ("random", "random, per-tensor norms", CB[7]),
           ("random_rows", "random, per-row norms", CB[5]), ("row_permuted", "$\\rho_D$ permuted in rows", CB[4]),
@@ -39,21 +39,23 @@ def controls_table(pairs: pd.DataFrame, bits: int | None = None, scope: str | No
     return pd.DataFrame(rows).assign(bits=bits, scope=scope)
 
 
-def controls(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> Figure:
+def controls(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None, *, palette=None,
+             title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """(a) per receiver, the mean post-PTQ gain at λ = 1 of the donors' ρ_D and of every control;
-    (b) the patch's gain beside its grid-only and values-only hybrids (when the run has them)."""
+    (b) the patch's gain beside its grid-only and values-only hybrids (when the run has them).
+    ``palette``: colours per series (keys of :data:`SERIES`: ``unit``, ``random``, …)."""
     tab = controls_table(pairs, bits, scope)
     has_split = tab.series.isin(["grid_only", "values_only"]).any()
     fig = new_figure(DOUBLE, 4.6 if has_split else 2.6)
     groups = [[k for k, _, _ in SERIES if k not in ("grid_only", "values_only")]]
     if has_split:
         groups.append(["unit", "grid_only", "values_only"])
-    colors = {k: c for k, _, c in SERIES}
+    colors = colors_for([k for k, _, _ in SERIES], palette, {k: c for k, _, c in SERIES})
     labels = {k: lab for k, lab, _ in SERIES}
     with style():
         axes = np.atleast_1d(fig.subplots(len(groups), 1, squeeze=False)).ravel()
         recs = sorted(tab.receiver.unique())
-        for ax, keys, title in zip(axes, groups, ("(a) donors and controls", "(b) what the grid and the values do")):
+        for ax, keys, heading in zip(axes, groups, ("(a) donors and controls", "(b) what the grid and the values do")):
             keys = [k for k in keys if k in set(tab.series)]
             width = 0.8 / max(len(keys), 1)
             for i, k in enumerate(keys):
@@ -64,7 +66,7 @@ def controls(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = N
             ax.axhline(0, color="0.3", lw=0.8)
             ax.set_xticks(np.arange(len(recs)), recs)
             ax.set_ylabel("Δ post-PTQ Top-1 (points)")
-            ax.set_title(title)
+            ax.set_title(heading)
         handles = {}
         for ax in axes:
             for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -74,4 +76,4 @@ def controls(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = N
                      "off-diagonal donor × seed cells of each receiver, whiskers ± 1 s.d. Grid only: $\\theta_R$'s "
                      "values on the per-row grid of $\\theta_R + \\rho_D$; values only: $\\theta_R + \\rho_D$ on "
                      "$\\theta_R$'s grid.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)

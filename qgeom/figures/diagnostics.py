@@ -15,7 +15,9 @@ from matplotlib.ticker import MaxNLocator
 
 from qgeom.figures.alignment import ALIGNMENT_LABELS
 from qgeom.figures.selection import select_rows
-from qgeom.figures.theme import CB, DOUBLE, SETTING_COLORS, SINGLE, caption, new_figure, style, task_colors
+from qgeom.figures.theme import (
+    CB, DOUBLE, SETTING_COLORS, SINGLE, caption, colors_for, new_figure, relabel, style, task_colors,
+)
 
 FP_AT, STE_AT = r"fp at $\theta_R$", r"STE at $\theta_{R,\mathrm{QAT}}$"
 
@@ -46,7 +48,8 @@ def proposition1_table(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = 
 
 
 def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, bits: int | None = None,
-                 scope: str | None = None, receiver: str | None = None) -> Figure:
+                 scope: str | None = None, receiver: str | None = None, *, palette=None,
+                 title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Proposition 1's assumptions, three panels (data: :func:`proposition1_table`):
 
     (a) eigenvalues of each Gram K = VᵀMV (÷ its largest; log, symlog if any is ≤ 0) per
@@ -56,6 +59,9 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
         small when the expansion point is stationary along ρ_D;
     (c) measured L(Q_b(θ_R + λρ_D)) (solid) vs the quadratic model (dashed) along λ for one
         receiver (``quadratic`` from :func:`quadratic_model_table`; panel omitted without it).
+
+    ``palette``: colours of the metrics M in (a) (keys ``euclidean``, ``ggn_fp``, …) and of the
+    donor tasks in (c).
     """
     tab = proposition1_table(geometry, quadratic, bits, scope)
     eig, st, q = (tab[tab.panel == k] for k in ("K_eigenvalue", "stationarity", "quadratic"))
@@ -66,7 +72,7 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
         axes = fig.subplots(1, panels)
         order = [a for a in ALIGNMENT_LABELS if a in set(eig.alignment)]
         sns.stripplot(eig, x="receiver", y="rel", hue="alignment", hue_order=order, order=recs, dodge=True,
-                      ax=axes[0], size=2.5, jitter=False, palette="colorblind")
+                      ax=axes[0], size=2.5, jitter=False, palette=colors_for(order, palette))
         if (eig.rel <= 0).any():
             axes[0].set_yscale("symlog", linthresh=1e-3)
             axes[0].axhline(0, color="0.3", lw=0.6)
@@ -91,7 +97,8 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
             ax = axes[2]
             r = receiver if receiver is not None else sorted(q.receiver.unique())[0]
             q = q[q.receiver == r]
-            colors = task_colors(sorted(q.donor.unique()))
+            donors = sorted(q.donor.unique())
+            colors = colors_for(donors, palette, task_colors(donors))
             for d, gd in q.groupby("donor"):
                 own = " (own)" if d == r else ""
                 ax.plot(gd.lam, gd.measured, "-o", ms=2.5, color=colors[d], label=f"ρ from {d}{own}")
@@ -108,7 +115,7 @@ def proposition1(geometry: pd.DataFrame, quadratic: pd.DataFrame | None = None, 
                          r"at $\lambda = 1$. The gap at $\lambda = 0$ is the distance $\|\rho_R\|$ from that point, "
                          "not a failure of the model where it is expanded.")
         fig.suptitle(f"Proposition 1 diagnostics ({tab.bits.iloc[0]} bits, {tab.scope.iloc[0]} scope)")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def proposition2_gap_table(geometry: pd.DataFrame, metric: str = "ggn", bits: int | None = None,
@@ -130,13 +137,17 @@ def proposition2_gap_table(geometry: pd.DataFrame, metric: str = "ggn", bits: in
 
 
 def proposition2_gap(geometry: pd.DataFrame, metric: str = "ggn", bits: int | None = None,
-                     scope: str | None = None) -> Figure:
+                     scope: str | None = None, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Proposition 2′ on a run: for each off-diagonal pair, the measured gap R − cos²_M (black
     dots) stacked into the bound's terms ÷ G_R: curvature (H − M), gradient (a non-stationary
-    expansion point), cubic remainder, and the PTQ loss against its smooth STE surrogate."""
+    expansion point), cubic remainder, and the PTQ loss against its smooth STE surrogate
+    (``palette``: colours per term, keys ``curvature``, ``gradient``, ``remainder``, ``surrogate``)."""
     tab = proposition2_gap_table(geometry, metric, bits, scope)
-    parts = [("curvature", "curvature $(H - M)$", CB[0]), ("gradient", "gradient $s^\\top(\\ldots)$", CB[1]),
-             ("remainder", "cubic remainder", CB[2]), ("surrogate", "PTQ loss vs STE surrogate", CB[3])]
+    terms = ["curvature", "gradient", "remainder", "surrogate"]
+    c = colors_for(terms, palette, dict(zip(terms, CB[:4])))
+    parts = [("curvature", "curvature $(H - M)$", c["curvature"]),
+             ("gradient", "gradient $s^\\top(\\ldots)$", c["gradient"]),
+             ("remainder", "cubic remainder", c["remainder"]), ("surrogate", "PTQ loss vs STE surrogate", c["surrogate"])]
     fig = new_figure(DOUBLE, 3.0)
     with style():
         ax = fig.subplots()
@@ -163,21 +174,23 @@ def proposition2_gap(geometry: pd.DataFrame, metric: str = "ggn", bits: int | No
                      f"$Q_b(\\theta_{{R,QAT}})$. Median share of the gap explained by curvature + gradient: {med:.0%}."
                      + (" Symmetric-log axis (linear within ±1): some receivers gain almost nothing from their own "
                         "$\\rho_R$, so R divides by nearly 0." if symlog else ""))
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
-def spectrum(table: pd.DataFrame) -> Figure:
+def spectrum(table: pd.DataFrame, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """(a) SLQ spectral density (log scale) with the top Lanczos eigenvalues as ticks;
     (b) share of each ρ's squared norm on each top eigenvector u_j (at x = λ_j);
     (c) cumulative share of ρᵀMρ carried by the top-j eigendirections. ρ_R in black.
 
     Vectors whose share is undefined (ρᵀMρ ≤ 0) are left out of (c) and its legend, and the
     caption says so; shares above 1 (the top directions carry more than ρᵀMρ, because the rest
-    of an indefinite M contributes negatively) are explained in the caption."""
+    of an indefinite M contributes negatively) are explained in the caption. ``palette``:
+    colours per task (ρ_R stays black)."""
     r = table.receiver.iloc[0]
     dens, eig = table[table.part == "density"], table[table.part == "eigenpair"]
     vecs = list(dict.fromkeys(table[table.part == "norm_share"].vector))
-    colors = task_colors([v[5:-1] for v in vecs])  # "ρ_D (task)" → task: the colours of the other figures
+    tasks = [v[5:-1] for v in vecs]  # "ρ_D (task)" → task: the colours of the other figures
+    colors = colors_for(tasks, palette, task_colors(tasks))
     col = {v: ("black" if v.startswith("ρ_R") else colors[v[5:-1]]) for v in vecs}
     fig = new_figure(DOUBLE, 2.7)
     dropped, above_one = [], False
@@ -227,7 +240,7 @@ def spectrum(table: pd.DataFrame) -> Figure:
             caption(fig, " ".join(notes))
         fig.suptitle(f"Where quantization vectors put their energy ({table.bits.iloc[0]} bits, {table.scope.iloc[0]} "
                      f"scope, {table.objective.iloc[0]} objective)")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def _math_vector(v: str) -> str:
@@ -236,9 +249,9 @@ def _math_vector(v: str) -> str:
     return (f"$\\rho_{{{head[2:]}}}$ {rest}" if head.startswith("ρ_") else v).strip()
 
 
-def landscape(table: pd.DataFrame) -> Figure:
-    """Filled contours of post-PTQ Top-1 over (a, b): θ_R + aρ_D + bρ_R; markers at θ_R (0, 0),
-    the zero-shot patch (1, 0) and the own QAT vector (0, 1)."""
+def landscape(table: pd.DataFrame, *, cmap="viridis", title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
+    """Filled contours of post-PTQ Top-1 over (a, b): θ_R + aρ_D + bρ_R in the colour map ``cmap``;
+    markers at θ_R (0, 0), the zero-shot patch (1, 0) and the own QAT vector (0, 1)."""
     r, d = table.receiver.iloc[0], table.donor.iloc[0]
     grid = table.pivot_table(index="b", columns="a", values="ptq_top1")
     fig = new_figure(SINGLE, 3.4)
@@ -249,7 +262,7 @@ def landscape(table: pd.DataFrame) -> Figure:
         lo, hi = np.nanmin(z), np.nanmax(z)
         levels = MaxNLocator(12).tick_values(lo, hi if hi > lo else lo + 1)  # round numbers, within 0–100 %
         levels = np.unique(np.clip(levels, 0, 100)) if 0 <= lo and hi <= 100 else levels
-        cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
+        cs = ax.contourf(A, B, z, levels=levels, cmap=cmap)
         ax.contour(A, B, z, levels=cs.levels, colors="white", linewidths=0.3, alpha=0.6)
         fig.colorbar(cs, ax=ax, label=f"post-PTQ Top-1 on {table.split.iloc[0]} (%)")
         for (x, y), m, lab in (((0, 0), "o", r"$\theta_R$ (FT + PTQ)"), ((1, 0), "*", r"$\theta_R + \rho_D$ (zero-shot)"),
@@ -263,10 +276,10 @@ def landscape(table: pd.DataFrame) -> Figure:
         ax.set_ylabel(rf"$b$ (coefficient of $\rho_R$, receiver {r})")
         ax.set_title(f"Post-PTQ landscape, receiver {r} ({table.bits.iloc[0]} bits)")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
-def invariance(table: pd.DataFrame) -> Figure:
+def invariance(table: pd.DataFrame, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """(a) change of the cosine of (gρ_D, gρ_R) from its value at s = 0, metric (solid) and
     Euclidean (dashed), against the strength s of a random element g of each kind: the metric
     line stays at 0, the Euclidean one drifts (legend: both cosines at s = 0);
@@ -274,9 +287,10 @@ def invariance(table: pd.DataFrame) -> Figure:
 
     Reference points: s = 0 is the identity for the scaling kinds, but a random *orthogonal*
     map (κ = 1) for the GL-mixing kinds (``*_mixing``), whose s = 0 markers are hollow; PTQ does
-    not commute with it, so their curves in (b) start apart. The caption says so."""
+    not commute with it, so their curves in (b) start apart. The caption says so. ``palette``:
+    colours per kind."""
     kinds = list(dict.fromkeys(table.kind))
-    pal = dict(zip(kinds, [CB[i] for i in (0, 3, 2, 4, 5, 8, 9)]))
+    pal = colors_for(kinds, palette, dict(zip(kinds, [CB[i] for i in (0, 3, 2, 4, 5, 8, 9)])))
     metric = table.metric.iloc[0].upper() if "metric" in table else "M"
     fig = new_figure(DOUBLE, 2.9)
     orthogonal = [k for k in kinds if k.endswith("_mixing")]
@@ -317,4 +331,4 @@ def invariance(table: pd.DataFrame) -> Figure:
                    r"($\kappa = 1$, hollow markers), which PTQ does not commute with: in (b) those curves start "
                    "apart from the identity's." if orthogonal else "."))
         caption(fig, note)
-    return fig
+    return relabel(fig, title, xlabel, ylabel)

@@ -1,7 +1,8 @@
 """A run's tables in, figure files out: :func:`load_run` reads the experiment's tables without
 torch, :func:`save_figure` writes ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the
-table drawn), and :func:`cached_table` keeps a table computed on checkpoints beside its figure,
-recomputed only when its parameters or the run change.
+table drawn, with the run's fingerprint, :func:`run_fingerprint`), and :func:`cached_table` keeps
+a table computed on checkpoints beside its figure, recomputed only when its parameters or the run
+change.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,16 +21,55 @@ from qgeom.experiment.analysis import read_table
 RUN_TABLES = ("accuracy", "pairs", "receivers", "correlations", "geometry", "dissimilarity")
 
 
-def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str, dpi: int = 150) -> dict[str, Path]:
-    """Write ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table drawn) into ``out_dir``."""
+def save_figure(fig: Figure, table: pd.DataFrame, out_dir: str | Path, name: str, dpi: int = 150,
+                fingerprint: Mapping | None = None) -> dict[str, Path]:
+    """Write ``NAME.pdf`` (vector), ``NAME.png`` and ``NAME.csv`` (the table drawn) into ``out_dir``.
+
+    ``fingerprint`` (:func:`run_fingerprint`) adds to every row of the CSV the columns
+    ``run_config_sha256`` and ``run_fingerprint``: which run, and which of its files, the figure
+    was drawn from. A mapping of several (``{setting: fingerprint}``, figures across runs) fills
+    them row by row from the table's ``setting`` column."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{name}.{ext}" for ext in ("pdf", "png", "csv")}
     place_captions(fig)
     fig.savefig(paths["pdf"], bbox_inches="tight", pad_inches=0.02, metadata={"CreationDate": None, "Creator": "qgeom"})
     fig.savefig(paths["png"], bbox_inches="tight", pad_inches=0.02, dpi=dpi, metadata={"Software": "qgeom"})
-    table.to_csv(paths["csv"], index=False)
+    fingerprint_columns(table, fingerprint).to_csv(paths["csv"], index=False)
     return paths
+
+
+def run_fingerprint(run_dir: str | Path, artifacts: Sequence[str]) -> dict:
+    """Which run, and which of its files, a figure was drawn from.
+
+    ``config_sha256``: SHA-256 of the run's ``config.json`` in canonical form (keys sorted, no
+    spaces: formatting does not count); ``artifacts``: relative path → content hash of each file
+    in ``artifacts`` that exists (:func:`qgeom.experiment.provenance.file_hash`: a checkpoint's
+    recorded content hash, else the SHA-256 of the bytes — for ``inputs.json``, the run's record of
+    every checkpoint's hash); ``fingerprint``: SHA-256 over both. A figure regenerated from another
+    run, or from a run whose tables changed, has another fingerprint."""
+    from qgeom.experiment.provenance import file_hash  # lazy: qgeom.io loads torch; qgeom.figures imports without it
+
+    run = Path(run_dir)
+    config = None
+    if (run / "config.json").exists():
+        canonical = json.dumps(json.loads((run / "config.json").read_text()), sort_keys=True, separators=(",", ":"))
+        config = hashlib.sha256(canonical.encode()).hexdigest()
+    arts = {a: file_hash(run / a) for a in sorted(set(artifacts)) if (run / a).is_file()}
+    digest = hashlib.sha256(json.dumps({"config": config, "artifacts": arts}, sort_keys=True).encode()).hexdigest()
+    return {"run_dir": str(run), "config_sha256": config, "artifacts": arts, "fingerprint": digest}
+
+
+def fingerprint_columns(table: pd.DataFrame, fingerprint: Mapping | None) -> pd.DataFrame:
+    """``table`` with the columns ``run_config_sha256`` and ``run_fingerprint`` (see
+    :func:`save_figure`); unchanged without a fingerprint."""
+    if not fingerprint:
+        return table
+    if "fingerprint" in fingerprint:
+        return table.assign(run_config_sha256=fingerprint["config_sha256"], run_fingerprint=fingerprint["fingerprint"])
+    by = {k: v for k, v in fingerprint.items()}
+    return table.assign(run_config_sha256=table.setting.map(lambda s: by[s]["config_sha256"]),
+                        run_fingerprint=table.setting.map(lambda s: by[s]["fingerprint"]))
 
 
 def place_captions(fig: Figure) -> None:

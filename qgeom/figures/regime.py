@@ -16,7 +16,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from qgeom.figures.theme import DOUBLE, MIN_PT, caption, new_figure, robust_range, style
+from qgeom.figures.cells import CellGroup, add_cell_text
+from qgeom.figures.theme import DOUBLE, MIN_PT, caption, new_figure, relabel, robust_range, style
 
 
 def _grid(table: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -25,8 +26,10 @@ def _grid(table: pd.DataFrame, col: str) -> pd.DataFrame:
     return out.reindex(index=cells)
 
 
-def phase_diagram(table: pd.DataFrame, cmap: str = "PuOr", bits: int = 2, scope: str = "backbone") -> Figure:
-    """The study's phase diagram from :func:`qgeom.experiment.study.study_table` rows."""
+def phase_diagram(table: pd.DataFrame, cmap="PuOr", bits: int = 2, scope: str = "backbone", *,
+                  title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
+    """The study's phase diagram from :func:`qgeom.experiment.study.study_table` rows, in the
+    diverging colour map ``cmap`` (a name or a colour map)."""
     mean, low, high = (_grid(table, c) for c in ("gain_over_controls", "gain_over_controls_low",
                                                  "gain_over_controls_high"))
     lim = robust_range(table[["gain_over_controls_low", "gain_over_controls_high"]].to_numpy(), 1.0)
@@ -39,19 +42,20 @@ def phase_diagram(table: pd.DataFrame, cmap: str = "PuOr", bits: int = 2, scope:
                  "control's (norm-matched random, per-row random, row-permuted $\\rho_D$), mean over off-diagonal pairs "
                  "and seeds, with its 95% interval over tasks and seeds; framed: interval above 0. Right: each cell's "
                  "fine-tuning distance and receiver vector size (means over receivers and seeds).")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 def _heatmap(ax, mean: pd.DataFrame, low: pd.DataFrame, high: pd.DataFrame, lim: float, cmap: str) -> None:
     norm = Normalize(-lim, lim)
     ax.imshow(mean.to_numpy(float), cmap=cmap, norm=norm, aspect="auto")
+    group = CellGroup(sizes=(MIN_PT,))
     for i in range(len(mean.index)):
         for j in range(len(mean.columns)):
             v, lo, hi = mean.iat[i, j], low.iat[i, j], high.iat[i, j]
             if not np.isfinite(v):
                 continue
-            ax.text(j, i, f"{v:+.1f}\n[{lo:+.1f}, {hi:+.1f}]", ha="center", va="center", fontsize=MIN_PT,
-                    linespacing=1.0)
+            add_cell_text(ax, j, i, [f"{v:+.1f}\n[{lo:+.1f}, {hi:+.1f}]", f"{v:+.1f}\n[{lo:+.0f}, {hi:+.0f}]",
+                                     f"{v:+.1f}"], group, gid="cell")
             if lo > 0:
                 ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, lw=1.2, ec="black"))
     ax.set_xticks(range(len(mean.columns)), [f"{b} b, {s}" for b, s in mean.columns], rotation=20)

@@ -20,7 +20,9 @@ from matplotlib.lines import Line2D
 from scipy.stats import spearmanr
 
 from qgeom.figures.selection import choose_bits, choose_scope, select_rows
-from qgeom.figures.theme import CB, DOUBLE, SINGLE, caption, grid_label, new_figure, style, task_colors
+from qgeom.figures.theme import (
+    CB, DOUBLE, SINGLE, caption, colors_for, grid_label, new_figure, relabel, style, task_colors,
+)
 
 LAM_STAR_LABELS = {"ggn_ste": "GGN, STE at $\\theta_{R,\\mathrm{QAT}}$", "ggn_fp": "GGN, fp at $\\theta_R$",
                    "hessian_ste": "Hessian, STE", "hessian_fp": "Hessian, fp", "fisher_ste": "Fisher, STE",
@@ -79,13 +81,15 @@ def _edge_arrow(ax, x_edge: float, y: float, value: float, side: int, k: int, co
 
 
 def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: int | None = None,
-                  scope: str | None = None) -> Figure:
+                  scope: str | None = None, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """One panel per receiver: post-PTQ Top-1 vs λ for each donor (own ρ_R dashed; ± 1 s.d. band
-    over seeds), the receiver's QAT+PTQ (black, dotted), and each donor's λ* (GGN-ste) as a
-    triangle on its curve, or, outside the λ range, as an arrow at the panel's edge with its value."""
+    over seeds; ``palette``: colours per task), the receiver's QAT+PTQ (black, dotted), and each
+    donor's λ* (GGN-ste) as a triangle on its curve, or, outside the λ range, as an arrow at the
+    panel's edge with its value."""
     tab = lambda_table(acc, pairs, bits, scope)
     recs = sorted(tab.receiver.unique())
-    colors = task_colors(sorted(set(tab.donor) | set(recs)))
+    names = sorted(set(tab.donor) | set(recs))
+    colors = colors_for(names, palette, task_colors(names))
     ncol = min(3, len(recs))
     nrow = math.ceil(len(recs) / ncol)
     fig = new_figure(DOUBLE if ncol > 1 else SINGLE, 1.75 * nrow + 0.9)
@@ -132,7 +136,7 @@ def lambda_curves(acc: pd.DataFrame, pairs: pd.DataFrame | None = None, bits: in
         if seeds > 1:
             note += f" Curves: mean over {seeds} seeds, band ± 1 s.d."
         caption(fig, note)
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,12 +162,13 @@ def lambda_calibration_table(pairs: pd.DataFrame, bits: int | None = None, scope
 
 
 def lambda_calibration(pairs: pd.DataFrame, bits: int | None = None, scope: str | None = None,
-                       lam_range: tuple[float, float] | None = None) -> Figure:
+                       lam_range: tuple[float, float] | None = None, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """λ* from the metric (y) against the λ chosen on validation (x), one point per off-diagonal
-    pair and estimator; y = x dashed. λ* outside ``lam_range`` (default: the λ grid ± 0.25) is
-    drawn at the edge as a hollow triangle pointing out, with its value."""
+    pair and estimator (``palette``: colours per estimator); y = x dashed. λ* outside ``lam_range``
+    (default: the λ grid ± 0.25) is drawn at the edge as a hollow triangle pointing out, with its value."""
     tab = lambda_calibration_table(pairs, bits, scope)
     ests = list(dict.fromkeys(tab.estimator))
+    colors = colors_for(ests, palette, {e: CB[(0, 3, 2, 4, 5)[i % 5]] for i, e in enumerate(ests)})
     grid = sorted(set(tab.lam_val.dropna()))
     lo, hi = lam_range or (min([0.0, *grid]) - 0.25, max([1.0, *grid]) + 0.25)
     fig = new_figure(SINGLE, 3.0)
@@ -173,7 +178,7 @@ def lambda_calibration(pairs: pd.DataFrame, bits: int | None = None, scope: str 
         n_out = 0
         for i, e in enumerate(ests):
             d = tab[(tab.estimator == e) & np.isfinite(tab.lam_star)]
-            c = CB[(0, 3, 2, 4, 5)[i % 5]]
+            c = colors[e]
             x = d.lam_val + 0.03 * (i - (len(ests) - 1) / 2)  # estimators side by side on the grid
             inside = (d.lam_star >= lo) & (d.lam_star <= hi)
             ax.scatter(x[inside], d.lam_star[inside], s=10, color=c, lw=0,
@@ -193,7 +198,7 @@ def lambda_calibration(pairs: pd.DataFrame, bits: int | None = None, scope: str 
         ax.legend(loc="upper left", fontsize=7)
         caption(fig, f"{n_out} of {len(tab)} λ* lie outside [{lo:g}, {hi:g}]: hollow triangles at the edge, "
                      "with their value." if n_out else f"Every λ* lies within [{lo:g}, {hi:g}].")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,11 +241,13 @@ def lambda_sensitivity_table(accs, pairs=None, scope: str | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def lambda_sensitivity(accs, pairs=None, scope: str | None = None) -> Figure:
+def lambda_sensitivity(accs, pairs=None, scope: str | None = None, *, palette=None, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """(a) median Δ post-PTQ Top-1 over off-diagonal pairs per λ with its interquartile band, one
-    line per setting; (b) histogram of the λ chosen on validation (with ``pairs``)."""
+    line per setting (``palette``: colours per setting); (b) histogram of the λ chosen on
+    validation (with ``pairs``)."""
     tab = lambda_sensitivity_table(accs, pairs, scope)
     labels = list(dict.fromkeys(tab.setting))
+    colors = colors_for(labels, palette)
     tuned = tab[tab.panel == "tuned"]
     fig = new_figure(DOUBLE if len(tuned) else SINGLE, 2.4)
     with style():
@@ -248,8 +255,8 @@ def lambda_sensitivity(accs, pairs=None, scope: str | None = None) -> Figure:
         for i, label in enumerate(labels):
             d = tab[(tab.panel == "delta") & (tab.setting == label)]
             d = pd.concat([pd.DataFrame([dict(lam=0.0, median=0.0, q25=0.0, q75=0.0)]), d])
-            axes[0].plot(d.lam, d["median"], "-o", ms=2.5, color=CB[i % 10], label=label)
-            axes[0].fill_between(d.lam, d.q25, d.q75, color=CB[i % 10], alpha=0.18, lw=0)
+            axes[0].plot(d.lam, d["median"], "-o", ms=2.5, color=colors[label], label=label)
+            axes[0].fill_between(d.lam, d.q25, d.q75, color=colors[label], alpha=0.18, lw=0)
         axes[0].axhline(0, color="0.3", lw=0.6)
         axes[0].set_xlabel(r"$\lambda$ in $\theta_R + \lambda\rho_D$")
         split = tab[tab.panel == "delta"].split.iloc[0]
@@ -261,7 +268,7 @@ def lambda_sensitivity(accs, pairs=None, scope: str | None = None) -> Figure:
             for i, label in enumerate(labels):
                 d = tuned[tuned.setting == label]
                 x = np.array([grid.index(v) for v in d.lam], dtype=float)
-                axes[1].bar(x + (i - (len(labels) - 1) / 2) * w, d["count"], w, color=CB[i % 10], label=label)
+                axes[1].bar(x + (i - (len(labels) - 1) / 2) * w, d["count"], w, color=colors[label], label=label)
             axes[1].set_xlabel(r"$\lambda_{\mathrm{val}}$ (chosen on validation)")
             axes[1].set_ylabel("pairs × seeds")
             axes[1].set_title("(b) the tuned λ")
@@ -271,4 +278,4 @@ def lambda_sensitivity(accs, pairs=None, scope: str | None = None) -> Figure:
         fig.suptitle("Sensitivity to λ, off-diagonal pairs" + (f" ({labels[0]})" if len(labels) == 1 else ""))
         n = int(tab[tab.panel == "delta"].n_pairs.max())
         caption(fig, f"λ = 0 is FT+PTQ (Δ = 0). (a) {n} off-diagonal (donor, receiver) pairs per λ, seed means.")
-    return fig
+    return relabel(fig, title, xlabel, ylabel)

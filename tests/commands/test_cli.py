@@ -100,7 +100,7 @@ def pipeline(d):
                        "--lam", "0.5").output
     ok("patch", "--receiver", f["ft_shape"], "--vector", f["rho"], "--out", f["restored"])  # donor = receiver
     logs["ptq"] = ok("ptq", "--weights", f["patched"], "--out", f["ptq"], "--bits", "3").output
-    logs["evaluate"] = ok("evaluate", f["ft_hue"], f["patched"], "--bits", "2").output
+    logs["evaluate"] = ok("evaluate", f["ft_hue"], f["patched"], "--bits", "2").stdout  # the table; progress: stderr
     return d, f, logs
 
 

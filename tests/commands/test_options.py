@@ -163,10 +163,11 @@ def test_tables_in_a_pipe_are_neither_cut_nor_wrapped():
 def test_csv_and_json_hold_only_the_data():
     res = runner.invoke(app, ["tasks", "--format", "csv"])
     lines = res.stdout.splitlines()
-    assert lines[0] == "task,classes,what it asks" and lines[1].startswith("shape,4,")
-    assert "real tasks" not in res.stdout  # a message: stderr
+    assert lines[0] == "task,kind,classes,source,description" and lines[1].startswith("shape,offline,4,")
+    assert not res.stderr  # nothing but the data, and nothing left to say on stderr
     doc = json.loads(runner.invoke(app, ["tasks", "--format", "json"]).stdout)
-    assert doc["offline"][0] == {"task": "shape", "classes": "4", "what it asks": "which shape is drawn"}
+    assert doc["tasks"][0] == {"task": "shape", "kind": "offline", "classes": 4, "source": "generated (qgeom.data)",
+                               "description": "which shape is drawn"}
     res = runner.invoke(app, ["check-invariance", "--levels", "function", "--n-probe", "2", "--symmetry",
                               "qk_mixing,head_permutation", "--format", "json", "--dtype", "float32"])
     rows = json.loads(res.stdout)["rows"]  # every check, numeric cells (no "✓ 1e-07" display text)

@@ -473,6 +473,14 @@ def test_figures_command(tiny_run, tmp_path, monkeypatch):
     for n in names:
         for ext in ("pdf", "png", "csv"):
             assert (out / f"{n}.{ext}").stat().st_size > 0
+    (run,) = manifest["runs"]  # issue 26: which run, and which of its files, every figure was drawn from
+    assert run["run_dir"] == str(tiny_run) and set(run["artifacts"]) >= {"accuracy.csv", "pairs.csv", "inputs.json"}
+    for f in manifest["figures"]:
+        csv = pd.read_csv(out / f"{f['name']}.csv")
+        assert (csv.run_fingerprint == f["run_fingerprint"]).all() and (csv.run_config_sha256 == run["config_sha256"]).all()
+        want = F.run_fingerprint(tiny_run, f["artifacts"])
+        assert want["fingerprint"] == f["run_fingerprint"] and want["artifacts"].items() <= run["artifacts"].items()
+    assert "inputs.json" in next(f for f in manifest["figures"] if f["name"] == "spectrum_2bit")["artifacts"]
     assert set(pd.read_csv(out / "proposition1_2bit.csv").panel) == {"K_eigenvalue", "stationarity", "quadratic"}
     controls = pd.read_csv(out / "controls_2bit.csv")  # issue 15: every control and the two hybrids, per receiver
     assert set(controls.series) == {"unit", "random", "random_rows", "row_permuted", "negated", "other_basin",

@@ -222,6 +222,8 @@ def test_figures_across_two_runs(tiny_run, tiny_run_wide, tmp_path):
         own = F.baseline_table(F.load_run(run)["accuracy"]).set_index(["task", "setting"]).top1
         got = base[(base.setting == label) & (base.task != "mean")].set_index(["task", "baseline"]).top1
         assert np.allclose(got.sort_index(), own.sort_index())
+        fp = F.run_fingerprint(run, ["accuracy.csv", "pairs.csv", "receivers.csv"])  # and so is each row's run
+        assert set(base[base.setting == label].run_fingerprint) == {fp["fingerprint"]}
     runs_T = F.settings([tiny_run, tiny_run_wide])
     heat = F.runs_delta_heatmaps(runs_T)
     assert [ax.get_title() for ax in heat.axes if ax.get_label() != "<colorbar>" and ax.get_visible()] == labels

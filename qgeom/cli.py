@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import typer
 
-from qgeom.commands import curvature, evaluation, figures, invariance, jobs, run, study, training, vectors
+from qgeom.commands import curvature, evaluation, figures, invariance, jobs, run, spectrum, study, training, vectors
 
 app = typer.Typer(help="qgeom: quantization vectors of Vision Transformers — transfer, curvature, symmetries.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 # Commands defined in their own modules (one concept per module), registered here.
-for _module in (training, vectors, evaluation, curvature, invariance, run, study, figures, jobs):
+for _module in (training, vectors, evaluation, curvature, spectrum, invariance, run, study, figures, jobs):
     _module.register(app)
 
 

@@ -1,4 +1,4 @@
-"""``qgeom geometry`` and ``qgeom spectrum``: the receiver's curvature, from the command line.
+"""``qgeom geometry`` (and the helpers ``qgeom spectrum`` shares): the receiver's curvature, from the command line.
 
 geometry: a receiver checkpoint θ_R and any number of vectors ρ (donors' and the receiver's own)
 → norms, directional gradients ρᵀ∇L, and for every ordered pair (D, R): Euclidean and metric
@@ -24,7 +24,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from qgeom.commands import check_finite_option, clean_errors, inputs
+from qgeom.commands import clean_errors, inputs
 from qgeom.commands import options as O
 from qgeom.commands.inputs import build_model, read_checkpoint, task_spec
 from qgeom.commands.output import Output
@@ -64,7 +64,7 @@ def _receiver(path: Path, task: Optional[str], model: Optional[str]):
     return net, theta, task_spec(task, meta, path), meta
 
 
-def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
+def operator_from_cli(receiver, task, preset, metric, objective, bits, scope, split, n_probe, batch_size, probe_seed,
               data_seed, dtype, data_root=None, log: Output | None = None, cover: tuple | None = None):
     """The receiver's curvature operator on its probe set; ``info`` records the inputs and warnings.
     ``cover``: (vectors by file name, their scope, allow partial): each must cover that scope of
@@ -107,7 +107,7 @@ def _operator(receiver, task, preset, metric, objective, bits, scope, split, n_p
     return op
 
 
-def _write(out: Path, name: str, rows: list[dict]) -> Path:
+def write_rows(out: Path, name: str, rows: list[dict]) -> Path:
     """``rows`` as a CSV table ``out/name``, atomically, written by rank 0 only."""
     from qgeom.curvature.probe import data_parallel  # lazy: torch-free --help
     from qgeom.io import atomic_write  # lazy: torch-free --help
@@ -124,7 +124,7 @@ def _write(out: Path, name: str, rows: list[dict]) -> Path:
     return atomic_write(out / name, w)
 
 
-def _write_json(out: Path, name: str, obj: dict) -> Path:
+def write_json_file(out: Path, name: str, obj: dict) -> Path:
     """``obj`` as strict JSON ``out/name`` (NaN/Inf → null), atomically, written by rank 0 only."""
     from qgeom.curvature.probe import data_parallel  # lazy: torch-free --help
     from qgeom.io import write_json  # lazy: torch-free --help
@@ -266,7 +266,7 @@ def geometry_cmd(
     with progress(total=3, desc="geometry", unit="steps", enabled=not quiet) as bar:
         bar.step("probe set and receiver")
         names, vs = _read_vectors(vectors, scope)
-        op = _operator(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
+        op = operator_from_cli(receiver, task, preset, metric, objective, bits, list(vs[0]), split, n_probe, batch_size,
                        probe_seed, data_seed, dtype, data_root, log,
                        cover=({str(p): v for p, v in zip(vectors, vs)}, scope, allow_partial))
         bar.update()
@@ -285,88 +285,18 @@ def geometry_cmd(
     if K.indefinite:
         log.warn(K.message)
     if out is not None:
-        _write(out, "geometry_vectors.csv", vec_rows)
-        _write(out, "geometry_pairs.csv", pair_rows)
+        write_rows(out, "geometry_vectors.csv", vec_rows)
+        write_rows(out, "geometry_pairs.csv", pair_rows)
         if layer_rows:
-            _write(out, "geometry_layers.csv", layer_rows)
-        _write_json(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows, "pairs": pair_rows,
+            write_rows(out, "geometry_layers.csv", layer_rows)
+        write_json_file(out, "geometry.json", {"info": op.info, "loss": op.loss(), "vectors": vec_rows, "pairs": pair_rows,
                                            "layers": layer_rows, "gram": K.to_dict(), "message": K.message})
         log.info(f"wrote {out}/geometry_vectors.csv, geometry_pairs.csv, {'geometry_layers.csv, ' * bool(layer_rows)}"
                  "geometry.json")
     log.close()
 
 
-# --------------------------------------------------------------------------------------------
-# qgeom spectrum
-# --------------------------------------------------------------------------------------------
-
-
-@clean_errors
-def spectrum_cmd(
-    receiver: Path = typer.Argument(..., help="receiver checkpoint θ_R (qgeom's .safetensors, or timm-format "
-                                              "with --model)"),
-    task: Optional[str] = O.data(), preset: Optional[str] = O.model(),
-    data_root: Optional[str] = O.data_root(),
-    metric: str = COMMON["metric"], objective: str = COMMON["objective"], bits: Optional[str] = O.bits(BITS),
-    scope: Optional[str] = O.scope("backbone (the paper's, the default), quantized or all"),
-    k: int = typer.Option(10, min=1, help="number of top eigenvalues"),
-    lanczos_iter: int = typer.Option(100, min=2, help="maximum Lanczos steps for the top-k"),
-    tol: Optional[float] = typer.Option(None, help="relative Ritz-residual tolerance (default: by the operator's "
-                                                  "dtype, 1e-5 float32, 1e-10 float64)"),
-    hutchinson_probes: int = typer.Option(32, min=2, help="Rademacher probes for the trace"),
-    slq_probes: int = typer.Option(4, min=1, help="probes for the spectral density"),
-    slq_iter: int = typer.Option(40, min=2, help="Lanczos steps per SLQ probe"),
-    seed: int = O.seed("seed of the Lanczos start vector and the probes"),
-    split: str = COMMON["probe_split"], n_probe: int = O.n_probe(), batch_size: int = O.probe_batch(),
-    probe_seed: int = O.probe_seed(), data_seed: Optional[int] = O.data_seed(),
-    dtype: str = O.dtype(), out: Optional[Path] = O.out_dir(),
-    device: str = O.device(), threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
-) -> None:
-    """Top-k eigenvalues, Hutchinson trace and SLQ spectral density of the receiver's curvature."""
-    out = O.table_dir(out)
-    if tol is not None:
-        check_finite_option(tol, "--tol", positive=True)
-    O.apply_runtime(device, threads)
-    from qgeom.spectra.density import hutchinson_trace, spectral_density  # lazy: torch-free --help
-    from qgeom.spectra.eigsh import eigsh  # lazy: torch-free --help
-
-    log = Output(format, quiet)
-    op = _operator(receiver, task, preset, metric, objective, bits, scope or "backbone", split, n_probe,
-                   batch_size, probe_seed, data_seed, dtype, data_root, log)
-    products = lanczos_iter + k + hutchinson_probes + slq_probes * slq_iter  # at most (Lanczos may stop early)
-    with progress(total=products, desc="spectrum", unit="products", enabled=not quiet) as bar:
-        A = counted(op, bar)
-        bar.step(f"top-{k} eigenvalues (Lanczos)")
-        eig = eigsh(A, k=k, which="LA", max_iter=lanczos_iter, tol=tol, seed=seed, return_vectors=False)
-        bar.step(f"trace (Hutchinson, {hutchinson_probes} probes)")
-        tr = hutchinson_trace(A, n_probes=hutchinson_probes, seed=seed)
-        bar.step(f"spectral density (SLQ, {slq_probes} probes)")
-        sd = spectral_density(A, n_probes=slq_probes, n_iter=slq_iter, seed=seed)
-    t = Table("rank", "eigenvalue", "residual", title=f"{op!r}")
-    for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1):
-        t.add_row(str(i), f"{lam:.6g}", f"{res:.2e}")
-    log.expect_tables(2)
-    log.table("eigenvalues", t, records=[{"rank": i, "eigenvalue": float(lam), "residual": float(res)}
-                                         for i, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals), 1)])
-    log.result(f"{eig.message} ({eig.n_iter} Lanczos steps); trace ≈ {tr.trace:.6g} ± {tr.stderr:.2g} "
-               f"(Hutchinson, {hutchinson_probes} probes); SLQ trace ≈ {sd.trace_estimate[0]:.6g}")
-    if format != "table":
-        log.table("estimates", "", records=[{
-            "converged": bool(eig.converged), "lanczos_steps": int(eig.n_iter), "hutchinson_trace": float(tr.trace),
-            "hutchinson_stderr": float(tr.stderr), "hutchinson_probes": hutchinson_probes,
-            "slq_trace": float(sd.trace_estimate[0]), "slq_probes": slq_probes, "slq_steps": slq_iter}])
-    if out is not None:
-        _write(out, "spectrum_eigenvalues.csv", [{"rank": i + 1, "eigenvalue": float(lam), "residual": float(r)}
-                                                 for i, (lam, r) in enumerate(zip(eig.eigenvalues, eig.residuals))])
-        _write(out, "spectrum_density.csv", [{"x": float(x), "density": float(d)} for x, d in zip(sd.grid, sd.density)])
-        summary = {"info": op.info, "eigen": eig.to_dict(), "trace": tr.to_dict(),
-                   "slq": {k_: v for k_, v in sd.to_dict().items() if k_ not in ("grid", "density")}}
-        _write_json(out, "spectrum.json", summary)
-        log.info(f"wrote {out}/spectrum_eigenvalues.csv, spectrum_density.csv, spectrum.json")
-    log.close()
-
 
 def register(app: typer.Typer) -> None:
-    """Add ``geometry`` and ``spectrum`` to ``app``."""
+    """Add ``geometry`` to ``app`` (``spectrum``: :mod:`qgeom.commands.spectrum`)."""
     app.command("geometry")(geometry_cmd)
-    app.command("spectrum")(spectrum_cmd)

@@ -190,7 +190,28 @@ def receiver_table(acc: pd.DataFrame) -> pd.DataFrame:
             out.append(row0 | dict(scope=scope, multi_unit_ptq=100 * md, multi_tuned_ptq=100 * mdt.tuned_ptq.iloc[0],
                                    multi_lam_val=mdt.lam_val.iloc[0], best_donor=best_donor,
                                    best_donor_tuned_ptq=100 * single[single.donor == best_donor].tuned_ptq.iloc[0]))
-    return pd.DataFrame(out)
+    return _strong_receiver_columns(acc, pd.DataFrame(out), tuned)
+
+
+def _strong_receiver_columns(acc: pd.DataFrame, rec: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
+    """For every stronger quantizer m of the run: ``base_m``, ``qat_m``, ``multi_tuned_m`` and
+    ``best_donor_tuned_m`` — the receiver table's settings, each quantized by m instead of RTN
+    (λ and the best donor still chosen on validation under RTN). Points, test split."""
+    rk = ["seed", "bits", "receiver"]
+    for m in [m for m in STRONG_QUANTIZERS if f"{m}_top1" in set(acc.metric)]:
+        t = _test(acc, f"{m}_top1")
+        for method, col in (("baseline", f"base_{m}"), ("qat", f"qat_{m}")):
+            rec = rec.merge(t[t.method == method][rk + ["value"]].rename(columns={"value": col}), on=rk, how="left")
+        at_val = t.merge(tuned, on=LAMBDA_KEYS)
+        at_val = at_val[at_val.lam == at_val.lam_val]
+        multi = at_val[at_val.method == "multi_donor"][rk + ["scope", "value"]]
+        rec = rec.merge(multi.rename(columns={"value": f"multi_tuned_{m}"}), on=rk + ["scope"], how="left")
+        best = at_val[at_val.method == "patch"][rk + ["scope", "donor", "value"]]
+        best = best.rename(columns={"donor": "best_donor", "value": f"best_donor_tuned_{m}"})
+        rec = rec.merge(best, on=rk + ["scope", "best_donor"], how="left")
+        for col in (f"base_{m}", f"qat_{m}", f"multi_tuned_{m}", f"best_donor_tuned_{m}"):
+            rec[col] = 100 * rec[col]
+    return rec
 
 
 def pair_matrix(pairs: pd.DataFrame, col: str, names: list[str]) -> np.ndarray:

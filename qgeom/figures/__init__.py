@@ -13,6 +13,7 @@ table (from a run dir)     what it computes
 =========================  ==============================================================
 quadratic_model_table      Proposition 1: L(Q_b(θ_R + λρ_D)) measured vs its quadratic model
 spectrum_table             SLQ density of the receiver's Hessian; ρ energy on top eigvecs
+operator_spectrum_table    the same for any curvature operator and named vectors (your own model)
 landscape_table            post-PTQ Top-1 on the plane θ_R + aρ_D + bρ_R
 invariance_table           Euclidean vs metric cosine and PTQ Top-1 under random symmetries
 =========================  ==============================================================
@@ -73,7 +74,9 @@ from qgeom.figures.alignment import (
     alignment_table,
 )
 from qgeom.figures.catalogue import COMPARISONS, SPECS, Drawn, draw
-from qgeom.figures.checkpoint_tables import invariance_table, landscape_table, quadratic_model_table, spectrum_table
+from qgeom.figures.checkpoint_tables import (
+    invariance_table, landscape_table, operator_spectrum_table, quadratic_model_table, spectrum_table,
+)
 from qgeom.figures.controls import controls, controls_table
 from qgeom.figures.diagnostics import invariance, landscape, proposition1, proposition1_table, proposition2_gap, proposition2_gap_table, spectrum
 from qgeom.figures.comparison import (
@@ -103,5 +106,5 @@ __all__ = [
     "delta_table", "improvement_bars", "improvement_table", "invariance", "invariance_table", "lambda_curves",
     "lambda_table", "landscape", "landscape_table", "lighter", "load_run", "new_figure", "pair_frame", "pair_heatmap", "proposition1", "proposition1_table", "proposition2_gap", "proposition2_gap_table", "controls", "controls_table",
     "quadratic_model_table", "radar", "radar_table", "read_table", "robust_range", "save_figure", "select_rows", "spectrum",
-    "spectrum_table", "style", "task_colors",
+    "spectrum_table", "operator_spectrum_table", "style", "task_colors",
 ]

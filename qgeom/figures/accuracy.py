@@ -23,13 +23,17 @@ from qgeom.figures.theme import (
 ANNOTATE_MAX = 7  # tasks per heatmap panel whose cells still hold a number at print size
 
 BASELINE_SETTINGS = {("baseline", "fp_top1"): "FT", ("baseline", "ptq_top1"): "FT+PTQ",
-                     ("qat", "fp_top1"): "QAT", ("qat", "ptq_top1"): "QAT+PTQ"}
+                     ("qat", "fp_top1"): "QAT", ("qat", "ptq_top1"): "QAT+PTQ",
+                     # the stronger receiver quantizers of a run with ptq=rtn,gptq,awq (issue 24)
+                     ("baseline", "gptq_top1"): "FT+GPTQ", ("qat", "gptq_top1"): "QAT+GPTQ",
+                     ("baseline", "awq_top1"): "FT+AWQ", ("qat", "awq_top1"): "QAT+AWQ"}
 
 
 def baseline_table(acc: pd.DataFrame, bits: int | None = None) -> pd.DataFrame:
     """Per task and setting (FT, FT+PTQ, QAT, QAT+PTQ): test Top-1 (%) mean and s.d. over seeds."""
     bits = choose_bits(acc, bits)
-    t = acc[(acc.bits == bits) & (acc.split == "test") & acc.method.isin(["baseline", "qat"])].copy()
+    t = acc[(acc.bits == bits) & (acc.split == "test") & acc.method.isin(["baseline", "qat"])
+            & acc.metric.isin({k for _, k in BASELINE_SETTINGS})].copy()
     t["setting"] = [BASELINE_SETTINGS[(m, k)] for m, k in zip(t.method, t.metric)]
     g = t.groupby(["receiver", "setting"]).value
     out = pd.DataFrame({"top1": 100 * g.mean(), "sd": 100 * g.std(ddof=1), "n_seeds": g.count()}).reset_index()
@@ -39,10 +43,12 @@ def baseline_table(acc: pd.DataFrame, bits: int | None = None) -> pd.DataFrame:
 
 def baseline_bars(acc: pd.DataFrame, bits: int | None = None, *, palette=None, title: str | None = None,
                   xlabel: str | None = None, ylabel: str | None = None) -> Figure:
-    """Grouped bars per task: FT, FT+PTQ, QAT, QAT+PTQ (test Top-1, %); hatched bars = float.
+    """Grouped bars per task: FT, FT+PTQ, QAT, QAT+PTQ — and FT/QAT + GPTQ/AWQ where the run has
+    them (the quantizer as a hue) — (test Top-1, %); hatched bars = float.
     ``palette``: colours per setting (:func:`~qgeom.figures.theme.colors_for`)."""
     tab = baseline_table(acc, bits)
-    tasks, settings = sorted(tab.task.unique()), list(BASELINE_SETTINGS.values())
+    tasks = sorted(tab.task.unique())
+    settings = [s for s in BASELINE_SETTINGS.values() if s in set(tab.setting)]
     colors = colors_for(settings, palette, SETTING_COLORS)
     fig = new_figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
     with style():
@@ -51,9 +57,9 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None, *, palette=None, t
         x = np.arange(len(tasks))
         for i, s in enumerate(settings):
             d = tab[tab.setting == s].set_index("task").reindex(tasks)
-            fp = not s.endswith("PTQ")
+            fp = "+" not in s
             c = colors[s]
-            ax.bar(x + (i - 1.5) * w, d.top1, w, label=s, color=lighter(c) if fp else c, edgecolor=c,
+            ax.bar(x + (i - (len(settings) - 1) / 2) * w, d.top1, w, label=s, color=lighter(c) if fp else c, edgecolor=c,
                    hatch="///" if fp else None, linewidth=0.6,
                    yerr=d.sd if (d.n_seeds > 1).any() else None, capsize=1.5, error_kw={"lw": 0.8})
         ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 else 0)
@@ -62,7 +68,7 @@ def baseline_bars(acc: pd.DataFrame, bits: int | None = None, *, palette=None, t
         ax.set_ylim(0, 108)  # headroom: a bar at 99.8 does not touch the frame
         ax.set_yticks([0, 25, 50, 75, 100])
         ax.set_title(f"Fine-tuned vs QAT, before and after {tab.bits.iloc[0]}-bit PTQ")
-        fig.legend(*ax.get_legend_handles_labels(), ncols=4, loc="outside lower center")
+        fig.legend(*ax.get_legend_handles_labels(), ncols=min(len(settings), 4), loc="outside lower center")
         if (tab.n_seeds > 1).any():
             caption(fig, f"Bars: mean over {int(tab.n_seeds.max())} seeds, whiskers ± 1 s.d.")
     return relabel(fig, title, xlabel, ylabel)
@@ -190,53 +196,68 @@ def radar(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = 
     return relabel(fig, title, xlabel, ylabel)
 
 
+#: The receiver quantizers of the improvement figure: RTN (the run's ``ptq`` columns) and the stronger ones.
+QUANTIZER_LABELS = {"ptq": "RTN", "gptq": "GPTQ", "awq": "AWQ"}
+
+
 def improvement_table(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None) -> pd.DataFrame:
-    """(patch+PTQ − FT+PTQ) / QAT+PTQ per task for the best single donor and the mean of the
-    other donors (both at their validation λ), and the QAT ceiling (QAT+PTQ − FT+PTQ) / QAT+PTQ:
-    ``improvement`` from the seed means, ``sd`` over the seeds' own ratios (NaN with one seed)."""
+    """(patch+Q − FT+Q) / QAT+Q per task for the best single donor and the mean of the other donors
+    (both at their validation λ), and the QAT ceiling (QAT+Q − FT+Q) / QAT+Q, for the receiver
+    quantizer Q = RTN and every stronger one the run has (``quantizer``): ``improvement`` from the
+    seed means, ``sd`` over the seeds' own ratios (NaN with one seed)."""
     r, bits, scope = select_rows(receivers, bits, scope)
-    cols = ["base_ptq", "qat_ptq", "best_donor_tuned_ptq", "multi_tuned_ptq"]
-    g = r.groupby("receiver")[cols].mean()
     rows = []
-    for task, row in g.iterrows():
-        seeds = r[r.receiver == task]
-        for patch, col in (("best donor", "best_donor_tuned_ptq"), ("mean of other donors", "multi_tuned_ptq"),
-                           ("QAT ceiling", "qat_ptq")):
-            per_seed = ((seeds[col] - seeds.base_ptq) / seeds.qat_ptq.where(seeds.qat_ptq > 0)).to_numpy()
-            rows.append(dict(bits=bits, scope=scope, task=task, patch=patch,
-                             improvement=(row[col] - row.base_ptq) / row.qat_ptq if row.qat_ptq > 0 else np.nan,
-                             sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
-                             n_seeds=len(per_seed)))
+    for q, label in QUANTIZER_LABELS.items():
+        cols = [f"base_{q}", f"qat_{q}", f"best_donor_tuned_{q}", f"multi_tuned_{q}"]
+        if not set(cols) <= set(r.columns):
+            continue
+        g = r.groupby("receiver")[cols].mean()
+        for task, row in g.iterrows():
+            seeds = r[r.receiver == task]
+            base, qat = seeds[f"base_{q}"], seeds[f"qat_{q}"]
+            for patch, col in (("best donor", cols[2]), ("mean of other donors", cols[3]), ("QAT ceiling", cols[1])):
+                per_seed = ((seeds[col] - base) / qat.where(qat > 0)).to_numpy()
+                ratio = (row[col] - row[cols[0]]) / row[cols[1]] if row[cols[1]] > 0 else np.nan
+                rows.append(dict(bits=bits, scope=scope, quantizer=label, task=task, patch=patch, improvement=ratio,
+                                 sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
+                                 n_seeds=len(per_seed)))
     return pd.DataFrame(rows)
 
 
 def improvement_bars(receivers: pd.DataFrame, bits: int | None = None, scope: str | None = None, *, palette=None,
                      title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> Figure:
     """Bars per task of the normalized improvement (± 1 s.d. over seeds when there are several);
-    black ticks mark the QAT ceiling. ``palette``: colours of "best donor" and "mean of other donors"."""
+    black ticks mark the QAT ceiling; one panel per receiver quantizer (RTN, and GPTQ/AWQ where the
+    run has them). ``palette``: colours of "best donor" and "mean of other donors"."""
     tab = improvement_table(receivers, bits, scope)
     tasks = sorted(tab.task.unique())
     seeds = int(tab.n_seeds.max())
-    fig = new_figure(DOUBLE if len(tasks) > 3 else SINGLE, 2.3)
+    quantizers = list(dict.fromkeys(tab.quantizer))
+    fig = new_figure(DOUBLE if len(tasks) > 3 or len(quantizers) > 1 else SINGLE, 2.3)
     with style():
-        ax = fig.add_subplot()
+        axes = np.atleast_1d(fig.subplots(1, len(quantizers), sharey=True))
         x = np.arange(len(tasks))
         colors = colors_for(["best donor", "mean of other donors"], palette,
                             {"best donor": SETTING_COLORS["patch+PTQ"], "mean of other donors": SETTING_COLORS["multi+PTQ"]})
-        for i, (patch, c) in enumerate(colors.items()):
-            v = tab[tab.patch == patch].set_index("task").reindex(tasks)
-            ax.bar(x + (i - 0.5) * 0.38, v.improvement, 0.38, color=c, label=f"{patch} (λ on val)",
-                   yerr=v.sd if seeds > 1 else None, capsize=1.5, error_kw={"lw": 0.8})
-        ceil = tab[tab.patch == "QAT ceiling"].set_index("task").improvement.reindex(tasks)
-        ax.hlines(ceil, x - 0.42, x + 0.42, colors="black", lw=1.2, label="QAT ceiling")
-        ax.axhline(0, color="0.3", lw=0.6)
-        ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 else 0)
-        ax.set_xlabel("receiver task")
-        ax.set_ylabel("(patch+PTQ − FT+PTQ) / QAT+PTQ")
+        for ax, q in zip(axes, quantizers):
+            tq = tab[tab.quantizer == q]
+            for i, (patch, c) in enumerate(colors.items()):
+                v = tq[tq.patch == patch].set_index("task").reindex(tasks)
+                ax.bar(x + (i - 0.5) * 0.38, v.improvement, 0.38, color=c, label=f"{patch} (λ on val)",
+                       yerr=v.sd if seeds > 1 else None, capsize=1.5, error_kw={"lw": 0.8})
+            ceil = tq[tq.patch == "QAT ceiling"].set_index("task").improvement.reindex(tasks)
+            ax.hlines(ceil, x - 0.42, x + 0.42, colors="black", lw=1.2, label="QAT ceiling")
+            ax.axhline(0, color="0.3", lw=0.6)
+            ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 7 or len(quantizers) > 1 else 0)
+            ax.set_xlabel("receiver task")
+            if len(quantizers) > 1:
+                ax.set_title(f"receiver quantized by {q}" + ("" if q == "RTN" else " (receiver calibration data)"))
+        q0 = "PTQ" if quantizers == ["RTN"] else "Q"
+        axes[0].set_ylabel(f"(patch+{q0} − FT+{q0}) / QAT+{q0}")
         sc = tab.scope.iloc[0]
-        ax.set_title(f"Normalized improvement, test ({tab.bits.iloc[0]} bits" + ("" if sc == "backbone" else f", {sc}")
-                     + ")")
-        fig.legend(*ax.get_legend_handles_labels(), ncols=3 if len(tasks) > 3 else 1, loc="outside lower center")
+        head = f"Normalized improvement, test ({tab.bits.iloc[0]} bits" + ("" if sc == "backbone" else f", {sc}") + ")"
+        (axes[0].set_title if len(quantizers) == 1 else fig.suptitle)(head)
+        fig.legend(*axes[0].get_legend_handles_labels(), ncols=3 if len(tasks) > 3 else 1, loc="outside lower center")
         if seeds > 1:
             caption(fig, f"Bars: ratio of the means over {seeds} seeds; whiskers ± 1 s.d. of the seeds' ratios.")
     return relabel(fig, title, xlabel, ylabel)

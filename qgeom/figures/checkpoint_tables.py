@@ -88,10 +88,6 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
     Vectors: the receiver's own ρ_R and every donor's ρ_D (names ``ρ_R (task)``, ``ρ_D (task)``).
     """
     from qgeom.curvature.operator import CurvatureOperator  # lazy: torch only when a table is computed
-    from qgeom.curvature.geometry import eigenbasis_projection  # lazy: torch only when a table is computed
-    from qgeom.spectra.density import spectral_density  # lazy: torch only when a table is computed
-    from qgeom.spectra.eigsh import eigsh  # lazy: torch only when a table is computed
-    from qgeom.params import norm  # lazy: torch only when a table is computed
     from qgeom.quant import QuantSpec  # lazy: torch only when a table is computed
 
     from qgeom.experiment.artifacts import RunArtifacts  # lazy: torch only when a table is computed
@@ -106,18 +102,36 @@ def spectrum_table(run_dir: str | Path, *, receiver: str | None = None, seed: in
     keys = [k for k in model.state_dict() if k in V[r]]  # the model's order: flat vectors (Lanczos, SLQ) follow it
     op = CurvatureOperator(model, point, run.probe(r, seed, probe_size), metric=metric,
                            objective=objective, scope=keys, spec=QuantSpec(bits) if objective == "ste" else None)
+    labels = {d: f"ρ_R ({d})" if d == r else f"ρ_D ({d})" for d in names}
+    tab = operator_spectrum_table(op, {labels[d]: V[d] for d in names}, top_k=top_k, n_iter=n_iter,
+                                  n_probes=n_probes, n_grid=n_grid, seed=seed)
+    return tab.assign(seed=seed, bits=bits, scope=scope, receiver=r)
+
+
+def operator_spectrum_table(op, vectors: dict, *, top_k: int = 6, n_iter: int = 30, n_probes: int = 1,
+                            n_grid: int = 300, seed: int = 0) -> pd.DataFrame:
+    """:func:`spectrum_table`'s rows for any curvature operator and any named vectors (your own
+    model: ``qgeom.CurvatureOperator(model, θ, batches, ...)``; names ``ρ_R (…)`` are drawn in
+    black by :func:`qgeom.figures.diagnostics.spectrum`, names ``ρ_D (task)`` in the task's colour,
+    any other name in the palette). Columns: part, vector, index, eigenvalue, value, metric,
+    objective, and placeholders seed, bits, scope, receiver for the figure's titles."""
+    from qgeom.curvature.geometry import eigenbasis_projection  # lazy: torch only when a table is computed
+    from qgeom.params import norm  # lazy: torch only when a table is computed
+    from qgeom.spectra.density import spectral_density  # lazy: torch only when a table is computed
+    from qgeom.spectra.eigsh import eigsh  # lazy: torch only when a table is computed
+
     dens = spectral_density(op, n_probes=n_probes, n_iter=n_iter, seed=seed, n_grid=n_grid)
     eig = eigsh(op, k=top_k, which="LA", max_iter=n_iter, tol=1e-6, seed=seed)
-    labels = {d: f"ρ_R ({d})" if d == r else f"ρ_D ({d})" for d in names}
-    proj = eigenbasis_projection(op, {labels[d]: V[d] for d in names}, eig)
-    base = dict(seed=seed, bits=bits, scope=scope, metric=metric, objective=objective, receiver=r)
+    proj = eigenbasis_projection(op, vectors, eig)
+    base = dict(seed=seed, bits=0, scope=op.info.get("scope", ""), metric=op.metric, objective=op.objective,
+                receiver="")
     rows = [base | dict(part="density", vector="", index=-1, eigenvalue=x, value=y)
             for x, y in zip(dens.grid, dens.density)]
     rows += [base | dict(part="eigenpair", vector="", index=j, eigenvalue=lam, value=res)
              for j, (lam, res) in enumerate(zip(eig.eigenvalues, eig.residuals))]
     c, lam, forms = proj.terms["coefficients"], proj.terms["eigenvalues"], proj.terms["forms"]
-    for i, (d, name) in enumerate(zip(names, proj.terms["names"])):
-        sq = norm(V[d]) ** 2
+    for i, name in enumerate(proj.terms["names"]):
+        sq = norm(vectors[name]) ** 2 if isinstance(vectors[name], dict) else float(vectors[name].norm()) ** 2
         for j in range(len(lam)):
             rows.append(base | dict(part="norm_share", vector=name, index=j, eigenvalue=lam[j],
                                     value=c[i, j] ** 2 / sq))

@@ -204,7 +204,7 @@ def spectrum(table: pd.DataFrame, *, palette=None, title: str | None = None, xla
             ax.axvline(lam, color=CB[3], lw=0.8, alpha=0.7, ymax=0.12)
         ax.set_xlabel("eigenvalue of M")
         ax.set_ylabel("spectral density (SLQ)")
-        ax.set_title(f"(a) {table.metric.iloc[0]} spectrum, {r}")
+        ax.set_title(f"(a) {table.metric.iloc[0]} spectrum" + (f", {r}" if r else ""))
         for v in vecs:
             d = table[(table.part == "norm_share") & (table.vector == v)]
             own = v.startswith("ρ_R")
@@ -238,8 +238,9 @@ def spectrum(table: pd.DataFrame, *, palette=None, title: str | None = None, xla
                          + r"$\rho^\top M\rho$, because the rest of the indefinite $M$ adds negative curvature.")
         if notes:
             caption(fig, " ".join(notes))
-        fig.suptitle(f"Where quantization vectors put their energy ({table.bits.iloc[0]} bits, {table.scope.iloc[0]} "
-                     f"scope, {table.objective.iloc[0]} objective)")
+        where = ([f"{table.bits.iloc[0]} bits"] if table.bits.iloc[0] else []) + [f"{table.scope.iloc[0]} scope",
+                                                                                 f"{table.objective.iloc[0]} objective"]
+        fig.suptitle(f"Where quantization vectors put their energy ({', '.join(where)})")
     return relabel(fig, title, xlabel, ylabel)
 
 

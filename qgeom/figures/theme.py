@@ -33,7 +33,8 @@ SINGLE, DOUBLE = 3.25, 6.75  # a paper's column and text width, inches
 MIN_PT, BASE_PT = 7.0, 8.0  # the smallest text and the labels' size, points
 CB = sns.color_palette("colorblind")
 SETTING_COLORS = {"FT": CB[0], "FT+PTQ": CB[0], "QAT": CB[1], "QAT+PTQ": CB[1], "patch+PTQ": CB[2],
-                  "multi+PTQ": CB[4], "random": CB[7]}
+                  "multi+PTQ": CB[4], "random": CB[7], "FT+GPTQ": CB[3], "QAT+GPTQ": CB[3], "FT+AWQ": CB[5],
+                  "QAT+AWQ": CB[5]}
 
 
 def style_rc() -> dict:

@@ -404,10 +404,11 @@ def cli_run(tmp_path_factory):
 def _app():
     import typer
 
-    from qgeom.commands.curvature import register
+    from qgeom.commands import curvature, spectrum
 
     app = typer.Typer()
-    register(app)
+    curvature.register(app)
+    spectrum.register(app)
     return app
 
 

@@ -39,10 +39,11 @@ def receiver(tmp_path_factory):
 def _app():
     import typer
 
-    from qgeom.commands.curvature import register
+    from qgeom.commands import curvature, spectrum
 
-    app = typer.Typer()
-    register(app)
+    app = typer.Typer()  # two commands: typer's multi-command mode, as the real CLI
+    curvature.register(app)
+    spectrum.register(app)
     return app
 
 

@@ -141,3 +141,27 @@ def test_the_layer_metric_in_the_run_geometry_is_layer_geometry_of_each_pair(tin
     for layer, w in want["layers"].items():
         assert rows[f"cosine@{layer}"] == pytest.approx(w["cosine"], rel=1e-6, abs=1e-7)
     assert len(want["layers"]) == sum(q.startswith("cosine@") for q in rows.index) > 0
+
+
+def test_baselines_and_improvement_figures_take_the_quantizer_as_a_hue(strong) -> None:
+    import matplotlib.pyplot as plt
+
+    from qgeom import figures as F
+
+    _, rows = strong
+    acc = pd.concat(rows.values(), ignore_index=True)
+    base = F.baseline_table(acc)
+    assert {"FT", "FT+PTQ", "QAT+PTQ", "FT+GPTQ", "QAT+GPTQ", "FT+AWQ", "QAT+AWQ"} <= set(base.setting)
+    gptq_ft = acc[(acc.receiver == "hue") & (acc.method == "baseline") & (acc.metric == "gptq_top1")].value.iloc[0]
+    assert base[(base.task == "hue") & (base.setting == "FT+GPTQ")].top1.iloc[0] == pytest.approx(100 * gptq_ft)
+    rec = receiver_table(acc)
+    imp = F.improvement_table(rec)
+    assert set(imp.quantizer) == {"RTN", "GPTQ", "AWQ"}
+    one = rec[(rec.receiver == "hue") & (rec.scope == "backbone")].iloc[0]
+    want = (one.multi_tuned_gptq - one.base_gptq) / one.qat_gptq
+    got = imp[(imp.task == "hue") & (imp.quantizer == "GPTQ") & (imp.patch == "mean of other donors")]
+    assert float(got.improvement.iloc[0]) == pytest.approx(want, rel=1e-12)
+    for fig in (F.baseline_bars(acc), F.improvement_bars(rec)):
+        assert len(fig.axes) >= 1
+        plt.close(fig)
+    assert len(F.improvement_bars(rec).axes) == 3  # one panel per receiver quantizer

@@ -53,11 +53,16 @@ class ThisPythonKernelSpecs(KernelSpecManager):
                           display_name=f"Python ({sys.executable})", language="python", resource_dir=str(NOTEBOOKS))
 
 
+#: A notebook on a researcher's own model (no run): timm ViT → cosines, λ*, spectrum, a symmetry, a
+#: hypothesis property test through qgeom.testing, a restyled figure (issue 26).
+OWN_MODEL = {"06_your_own_model.ipynb": ["own_model_spectrum"]}
+
+
 def test_every_notebook_is_listed():
-    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED | OWN_MODEL)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED | OWN_MODEL))
 def test_committed_notebook_has_no_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -91,3 +96,28 @@ def test_notebook_runs(name, tiny_run, cli_figures, tmp_path, monkeypatch):  # n
     assert all(re.fullmatch(r"[a-z0-9]+_2bit(_quadratic)?\.params\.json", c) for c in cached)  # the CLI's cache names
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(EXPECTED[name])  # each figure is shown inline too
+
+
+def _execute(name: str) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    km = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPythonKernelSpecs())
+    NotebookClient(nb, km=km, timeout=120, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+@pytest.mark.parametrize("name", sorted(OWN_MODEL))
+def test_own_model_notebook_runs(name, tmp_path, monkeypatch):
+    """Headless, top to bottom, on a timm ViT of its own (no run directory): every check in it is an
+    assert against a dense or independent reference, so running it is the test."""
+    out = tmp_path / "figures"
+    monkeypatch.setenv("QGEOM_FIGURES_DIR", str(out))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = _execute(name)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "cos_G(u, v) =" in text and "8 random elements: logits invariant" in text
+    for fig in OWN_MODEL[name]:
+        for ext in ("pdf", "png", "csv"):
+            assert (out / f"{fig}.{ext}").stat().st_size > 0, f"{name} did not write {fig}.{ext}"
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == len(OWN_MODEL[name])

@@ -89,29 +89,54 @@ def ptq(
     out: Path = O.out_file("where to write Q_b(θ) (.safetensors)"),
     bits: Optional[str] = O.bits(BITS_HELP + "; one width (default: the checkpoint's, else 2)"),
     granularity: str = typer.Option("row", help="row (default), tensor or group"),
+    method: str = typer.Option("rtn", help="rtn (round-to-nearest, no data: the paper's), gptq or awq (calibrated "
+                                           "on --calib-size training images of the checkpoint's task, or --data)"),
+    calib_size: int = typer.Option(256, min=1, help="calibration images for gptq/awq (first of the train split)"),
+    data: Optional[str] = O.data(), data_root: Optional[str] = O.data_root(),
     threads: int = O.threads(), quiet: bool = O.quiet(), format: str = O.format(),
 ) -> None:
-    """Post-training quantization of every Linear weight but the head; prints per-layer errors."""
+    """Post-training quantization of every Linear weight but the head (RTN, GPTQ or AWQ onto the same
+    grid); prints per-layer errors (layer-output errors on the calibration images for gptq/awq)."""
+    from qgeom.vocabulary import QUANTIZERS  # lazy: torch-free --help
+
+    if method not in QUANTIZERS:
+        raise typer.BadParameter(f"{method!r} is not one of {', '.join(QUANTIZERS)}", param_hint="--method")
     check_writable(out)
     check_not_input(out, {"--weights": weights})
     O.apply_runtime("auto", threads)
-    from qgeom.quant import QuantSpec, ptq as run, quantization_error  # lazy: torch-free --help
+    from qgeom.quant import QuantSpec  # lazy: torch-free --help
+    from qgeom.quantizers import quantize  # lazy: torch-free --help
 
     log = Output(format, quiet)
     theta, meta = inputs.load(weights)
     inputs.refuse_vector(weights, meta)  # a vector is a difference of weights: quantizing it means nothing
     bits = O.one_bit_width(bits, O.recorded_bits(meta) or 2, command="ptq")
     spec = QuantSpec(bits, granularity=granularity)
-    table = Table("tensor", "rel. error", "levels/row")
-    rows = quantization_error(theta, spec)
-    for row in rows:
-        table.add_row(row["name"], f"{row['rel_error']:.3f}", f"{row['levels_used']:.1f}")
-    log.table("quantization_error", table, records=[{"tensor": r["name"], "bits": bits, "granularity": granularity,
-                                                     "rel_error": float(r["rel_error"]),
-                                                     "levels_used": float(r["levels_used"])} for r in rows])
-    inputs.save(out, run(theta, spec), meta, log, stage="ptq", parent=str(weights), bits=bits, granularity=granularity)
+    model, batches = (None, None) if method == "rtn" else _calibration(weights, theta, meta, data, data_root, calib_size)
+    result = quantize(method, theta, spec, model=model, batches=batches)
+    table = Table("tensor", "error", "rel. error")
+    for row in result.layers:
+        table.add_row(row["name"], row["error"], f"{row['rel_error']:.3f}")
+    log.table("quantization_error", table, records=[{"tensor": r["name"], "method": method, "bits": bits,
+                                                     "granularity": granularity, "error": r["error"],
+                                                     "rel_error": float(r["rel_error"])} for r in result.layers])
+    inputs.save(out, result.params, meta, log, stage="ptq", parent=str(weights), bits=bits, granularity=granularity,
+                method=method, **({} if method == "rtn" else {"calib_size": calib_size}))
     log.close()
 
+
+def _calibration(path: Path, theta: dict, meta: dict, data: Optional[str], data_root: Optional[str], n: int):
+    """The model and the first ``n`` training images of the checkpoint's task (or ``--data``)."""
+    import torch  # lazy: torch-free --help
+
+    from qgeom.experiment.evaluate import calibration_batches  # lazy: torch-free --help
+
+    net = inputs.build_model(path, theta, meta, None)
+    data_seed, sizes = inputs.data_provenance(meta)
+    task = inputs.task_for(inputs.task_spec(data, meta, path), data_seed, net,
+                           data_root or meta.get("data_root") or None, **sizes)
+    inputs.check_fit(path, meta, net.num_classes, task)
+    return net, calibration_batches(task.train, n, 256, torch.device("cpu"))
 
 
 def register(app: typer.Typer) -> None:

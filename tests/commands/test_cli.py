@@ -231,3 +231,27 @@ def test_unknown_task_and_split_exit_cleanly(run, tmp_path):
     assert result.exit_code == 1 and "unknown task 'cifar'; known offline tasks: shape" in result.output
     result = invoke("evaluate", f["ft_hue"], "--split", "dev")
     assert result.exit_code == 2 and "split must be train, val or test" in result.output
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_ptq_method_is_the_quantizer_on_the_checkpoints_own_calibration_images(run, method, monkeypatch):
+    """``qgeom ptq --method gptq|awq`` = qgeom.quantizers.quantize on the first --calib-size
+    training images of the checkpoint's task; --method rtn (the default) needs no data."""
+    from qgeom.experiment.evaluate import calibration_batches
+    from qgeom.models import create_model
+    from qgeom.quant import QuantSpec
+    from qgeom.quantizers import quantize
+
+    monkeypatch.setattr("qgeom.commands.inputs.task_for", small_task)
+    d, f, _ = run
+    out = d / f"ptq_{method}.safetensors"
+    ok("ptq", "--weights", f["ft_shape"], "--out", out, "--bits", "2", "--method", method, "--calib-size", "16")
+    got, meta = load(out)
+    assert meta["method"] == method and meta["calib_size"] == "16"
+    theta, tmeta = load(f["ft_shape"])
+    net = create_model(tmeta["preset"], int(tmeta["num_classes"]), **json.loads(tmeta["model_overrides"]))
+    calib = calibration_batches(small_task("shape", 0, net).train, 16, 256, torch.device("cpu"))
+    want = quantize(method, theta, QuantSpec(2), model=net, batches=calib).params
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    bad = invoke("ptq", "--weights", f["ft_shape"], "--out", d / "bad.safetensors", "--method", "hqq")
+    assert bad.exit_code == 2 and "rtn, gptq, awq" in bad.output

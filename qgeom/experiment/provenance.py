@@ -84,10 +84,14 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _check_config(layout: RunLayout, cfg, recorded: dict | None) -> dict:
-    """The config to record; a config.json that differs from the recorded one is refused."""
+    """The config to record; a config.json that differs from the recorded one is refused. A field
+    the record lacks (added to RunConfig since the run was made) counts as its default, as in
+    :func:`~qgeom.experiment.layout.claim_config`, so a run of an older qgeom resumes."""
     current = json.loads(dumps_json(cfg.to_dict(), sort_keys=True))
-    if recorded is not None and recorded != current:
-        changed = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
+    default = json.loads(dumps_json(type(cfg)().to_dict(), sort_keys=True))
+    changed = [] if recorded is None else [k for k in sorted(set(recorded) | set(current))
+                                           if recorded.get(k, default.get(k)) != current.get(k)]
+    if changed:
         raise StaleInputsError(f"{layout.config} was edited since the run recorded it (differs in: {', '.join(changed)}); "
                                f"its artifacts were computed with the recorded configuration: restore it, or choose a "
                                f"new run directory")

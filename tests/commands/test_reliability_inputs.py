@@ -105,6 +105,25 @@ def test_a_hand_edited_config_is_refused_even_with_the_matching_override(run_cop
     assert (run_copy / "accuracy.csv").read_bytes() == before
 
 
+def test_a_run_of_an_older_qgeom_resumes_when_the_config_gained_fields(run_copy: Path) -> None:
+    """Fields added to RunConfig since a run was made count as their defaults — in config.json and
+    in the record of inputs.json alike — so the run resumes; a recorded value that differs is refused."""
+    before = (run_copy / "accuracy.csv").read_bytes()
+    for name in ("config.json", "inputs.json"):  # as written before issue 24 added these fields
+        doc = json.loads((run_copy / name).read_text())
+        cfg = doc if name == "config.json" else doc["config"]
+        for key in ("ptq", "act_bits", "vector_source", "calib_size"):
+            cfg.pop(key)
+        (run_copy / name).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    res = invoke("run", "tiny", "--run-dir", run_copy, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert (run_copy / "accuracy.csv").read_bytes() == before
+    doc = json.loads((run_copy / "inputs.json").read_text())
+    doc["config"]["ptq"] = ["rtn", "gptq"]  # recorded with another value than config.json's: refused
+    (run_copy / "inputs.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
+    refused(invoke("run", "tiny", "--run-dir", run_copy), "was edited since the run recorded it (differs in: ptq)")
+
+
 def test_a_run_written_before_inputs_were_recorded_resumes_and_is_checked(run_copy: Path) -> None:
     (run_copy / "inputs.json").unlink()  # as a run written by qgeom before issue 27
     edited = run_copy.parent / "edited"

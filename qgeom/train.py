@@ -12,6 +12,7 @@ mutated.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from qgeom.activations import ActivationSpec, Range, quantized_inputs
 from qgeom.data import AnySplit, ShuffledBatches, Task, batches as split_batches
 from qgeom.models import default_device
 from qgeom.params import Params, check_finite, from_model, is_head, load_into
@@ -101,6 +103,7 @@ def fit(
     warmup_steps: int = 0,
     clip_grad_norm: float | None = 1.0,
     qat_spec: QuantSpec | None = None,
+    act_inputs: tuple[Mapping[str, Range], ActivationSpec] | None = None,
     seed: int = 0,
     optimizer: str = "adamw",
     progress: bool = False,
@@ -117,8 +120,9 @@ def fit(
     the mean cross-entropy. ``log`` receives ``{step, loss, lr}`` every ``log_every`` steps and
     ``{step, val_top1}`` every ``val_every`` steps (and at the end) when ``val`` is given — for
     QAT that is the accuracy of the fake-quantized network, i.e. after PTQ. With ``qat_spec``
-    every Linear but the head is fake-quantized with an STE (QAT); the returned keys are the
-    FP model's either way. Deterministic on CPU for a given seed and batch sequence. Runs on
+    every Linear but the head is fake-quantized with an STE (QAT); with ``act_inputs`` (calibrated
+    ranges and an :class:`~qgeom.activations.ActivationSpec`) their inputs too (W+A QAT, ranges
+    fixed); the returned keys are the FP model's either way. Deterministic on CPU for a given seed and batch sequence. Runs on
     ``device`` (default: :func:`qgeom.models.default_device`), under bf16 autocast on CUDA; the
     result is on the CPU.
     """
@@ -136,7 +140,7 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup_steps)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device), (quantized_inputs(net, *act_inputs) if act_inputs else contextlib.nullcontext()):
             loss = nn.functional.cross_entropy(net(x).float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
@@ -169,12 +173,13 @@ def _module_accuracy(net: nn.Module, split: AnySplit, device: torch.device, batc
 
 
 def fit_task(model: nn.Module, params: Mapping[str, Tensor], split: AnySplit, cfg: TrainConfig, *,
-             qat_spec: QuantSpec | None = None, progress: bool = False, desc: str = "fit",
-             log: Callable[[dict], None] | None = None, val: AnySplit | None = None, val_every: int = 0) -> Params:
+             qat_spec: QuantSpec | None = None, act_inputs: tuple | None = None, progress: bool = False,
+             desc: str = "fit", log: Callable[[dict], None] | None = None, val: AnySplit | None = None,
+             val_every: int = 0) -> Params:
     """:func:`fit` on seeded shuffled batches of ``split`` with the hyper-parameters of ``cfg``."""
     data = ShuffledBatches(split, cfg.batch_size, cfg.steps, seed=cfg.seed)
     return fit(model, params, data, cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-               warmup_steps=cfg.warmup_steps, clip_grad_norm=cfg.clip_grad_norm, qat_spec=qat_spec,
+               warmup_steps=cfg.warmup_steps, clip_grad_norm=cfg.clip_grad_norm, qat_spec=qat_spec, act_inputs=act_inputs,
                seed=cfg.seed, optimizer=cfg.optimizer, progress=progress, desc=desc, log=log, val=val,
                val_every=val_every)
 
@@ -258,7 +263,8 @@ def finetune(model: nn.Module, theta0: Mapping[str, Tensor], task: Task, cfg: Tr
 
 
 def qat(model: nn.Module, theta_t: Mapping[str, Tensor], task: Task, spec: QuantSpec, cfg: TrainConfig,
-        progress: bool = False, **curves) -> Params:
-    """θ_t,QAT: quantization-aware training from θ_t with fake-quantized Linear weights (STE)."""
-    return fit_task(model, theta_t, task.train, cfg, qat_spec=spec, progress=progress,
+        progress: bool = False, act_inputs: tuple | None = None, **curves) -> Params:
+    """θ_t,QAT: quantization-aware training from θ_t with fake-quantized Linear weights (STE), and
+    with ``act_inputs`` (:func:`fit`) fake-quantized Linear inputs too."""
+    return fit_task(model, theta_t, task.train, cfg, qat_spec=spec, act_inputs=act_inputs, progress=progress,
                     desc=f"QAT {task.name} {spec.bits}b", val=task.val, **curves)

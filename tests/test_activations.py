@@ -72,3 +72,29 @@ def test_bad_input_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="calibration"):
         calibrate(model, dict(model.named_parameters()), [])
+
+
+def test_wa_qat_trains_through_the_fake_quantized_inputs():
+    """W+A QAT (``fit(..., qat_spec, act_inputs=...)``): the first step's loss is the loss of the
+    network with fake-quantized weights *and* inputs (so the hooks act in training, with the STE),
+    the result differs from weight-only QAT, and nothing stays hooked on the caller's model."""
+    from qgeom.models import create_model
+    from qgeom.params import from_model
+    from qgeom.quant import QuantSpec, fake_quantize
+    from qgeom.train import fit
+
+    model = create_model("micro", 3, seed=0, embed_dim=32, depth=1, num_heads=2)
+    theta = from_model(model)
+    g = torch.Generator().manual_seed(2)
+    data = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(3)]
+    acts = (calibrate(model, theta, data), ActivationSpec(3))
+    logged: list[dict] = []
+    wa = fit(model, theta, data, 3, lr=1e-3, qat_spec=QuantSpec(2), act_inputs=acts, log=logged.append, log_every=1)
+    w_only = fit(model, theta, data, 3, lr=1e-3, qat_spec=QuantSpec(2))
+    x, y = data[0]
+    with torch.no_grad(), quantized_inputs(model, *acts):
+        want = torch.nn.functional.cross_entropy(torch.func.functional_call(model, fake_quantize(theta, QuantSpec(2)),
+                                                                            (x,)), y)
+    assert logged[0]["loss"] == pytest.approx(float(want), rel=1e-5)  # float32, same ops in another order
+    assert any(not torch.equal(wa[k], w_only[k]) for k in wa)
+    assert all(not m._forward_pre_hooks for m in model.modules())

@@ -75,7 +75,7 @@ class RunConfig:
     # the receiver's own training images: baselines, not zero-shot
     ptq: tuple[str, ...] = ("rtn",)
     vector_source: str = "qat"  # ρ_D = θ_D,QAT − θ_D, or θ_D,GPTQ − θ_D / θ_D,AWQ − θ_D (donor calibration data)
-    act_bits: int = 0  # inputs of every quantized Linear fake-quantized at this many bits too (0: weights only)
+    act_bits: int = 0  # inputs of every quantized Linear fake-quantized at this many bits, in QAT and PTQ (0: weights only)
     calib_size: int = 256  # calibration images (first of the train split) for gptq, awq and activation ranges
 
     def to_dict(self) -> dict:

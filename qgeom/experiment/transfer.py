@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from qgeom import params as P
+from qgeom.activations import ActivationSpec, calibrate
 from qgeom.data import TASKS, Task, check_task, fingerprint, parse_task, pretext_task
 from qgeom.experiment.analysis import read_table
 from qgeom.experiment.config import RunConfig, validate
@@ -184,8 +185,12 @@ class TransferRun:
         path, cfg = self.layout.qat(seed, bits, task, basin), self.cfg.qat.with_(seed=seed)
 
         def compute():
+            theta_t = self.finetuned(seed, task, basin)
+            acts = None  # with act_bits: W+A QAT, input ranges calibrated on θ_t and kept fixed
+            if self.cfg.act_bits:
+                acts = (calibrate(self.model(task), theta_t, self.calibration(task)), ActivationSpec(self.cfg.act_bits))
             with self._curves(path, "qat", task=task, seed=seed, bits=bits) as curves:
-                return qat(self.model(task), self.finetuned(seed, task, basin), self.tasks[task], QuantSpec(bits), cfg,
+                return qat(self.model(task), theta_t, self.tasks[task], QuantSpec(bits), cfg, act_inputs=acts,
                            **self._train_kwargs(curves))
 
         return self._params(path, compute, stage="qat", task=task, seed=seed, bits=bits, basin=basin,

@@ -165,3 +165,33 @@ def test_baselines_and_improvement_figures_take_the_quantizer_as_a_hue(strong) -
         assert len(fig.axes) >= 1
         plt.close(fig)
     assert len(F.improvement_bars(rec).axes) == 3  # one panel per receiver quantizer
+
+
+def test_a_run_with_every_quantizer_option_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
+    """``act_bits=8 ptq=rtn,gptq vector_source=gptq`` through the whole run: W+A QAT (its checkpoint
+    differs from the weight-only run's), ρ_D = θ_D,GPTQ − θ_D (recorded in its metadata, equal to GPTQ
+    by hand), GPTQ rows in the accuracy table, and the 'beyond GPTQ' verdicts in summary.json."""
+    import json
+
+    from qgeom.experiment.driver import run_experiment
+    from qgeom.params import quantization_vector
+
+    run = tmp_path / "run"
+    run_experiment("tiny", run, ["act_bits=8", "ptq=rtn,gptq", "vector_source=gptq", "seeds=0", "bits=2"],
+                   geometry=False, progress=False)
+    layout, old = RunLayout(run), RunLayout(tiny_run)
+    qat_wa, _ = load_params(layout.qat(0, 2, "hue"))
+    qat_w, _ = load_params(old.qat(0, 2, "hue"))
+    assert any(not torch.equal(qat_wa[k], qat_w[k]) for k in qat_w)  # the same FT point, W+A QAT
+    rho, meta = load_params(layout.rho(0, 2, "shape"))
+    art = RunArtifacts(run)
+    theta = art.finetuned(0, "shape")
+    task = load_run_task(art.cfg, "shape")
+    calib = calibration_batches(task.train, art.cfg.calib_size, art.cfg.eval_batch, torch.device("cpu"))
+    q, _ = gptq(art.model(theta), theta, calib, QuantSpec(2))
+    want = quantization_vector(q, theta, "backbone")
+    assert meta["source"] == "gptq" and all(torch.equal(rho[k], want[k]) for k in want)
+    acc = pd.read_csv(run / "accuracy.csv")
+    assert {"ptq_top1", "fp_top1", "gptq_top1"} <= set(acc.metric)
+    summary = json.loads((run / "summary.json").read_text())
+    assert all("gptq" in r["quantizers"] for r in summary["results"])

@@ -50,6 +50,8 @@ def worker_initargs(initializer, initargs: tuple = ()) -> tuple:
 def start_worker(parent: int, payload: bytes) -> None:
     """A pool worker's initializer: ignore SIGINT, die with the parent, then run the real one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if hasattr(signal, "pthread_sigmask"):  # spawned with SIGINT blocked (the parent's mask): a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     die_with_parent(parent)
     initializer, initargs = pickle.loads(payload)
     if initializer is not None:

@@ -156,11 +156,22 @@ def stop_pool(pool: ProcessPoolExecutor, wait: bool = True) -> None:
 
 
 @contextmanager
-def _sigint_ignored():
-    """SIGINT ignored while worker processes are spawned: they inherit it, so a Ctrl-C that reaches
-    them while they still import (before :func:`qgeom.processes.start_worker`) prints no traceback either."""
+def sigint_deferred():
+    """SIGINT blocked (not ignored) while worker processes are spawned. The workers inherit the
+    signal mask, so a Ctrl-C that reaches them while they still import (before
+    :func:`qgeom.processes.start_worker` ignores and unblocks it) prints no traceback; this process
+    keeps a Ctrl-C that arrives meanwhile pending and takes it when the block ends — never lost,
+    however long spawning takes on a loaded machine. Without ``pthread_sigmask`` (not POSIX):
+    ignored while spawning, as the workers then are."""
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -170,7 +181,7 @@ def _sigint_ignored():
 
 
 def _run_parallel(run: TransferRun, pool: ProcessPoolExecutor, todo: list[list[Stage]], desc: str) -> None:
-    with _sigint_ignored():  # submit spawns the workers
+    with sigint_deferred():  # submit spawns the workers
         futures = [pool.submit(_worker_chain, chain) for chain in todo]
     with progress(total=len(futures), desc=desc, unit="chains", enabled=run.progress) as bar:
         for f in as_completed(futures):

@@ -122,7 +122,7 @@ def _top1(r: Receiver, rows: list[dict], sets: list[P.Params], data) -> list[flo
     fp = [i for i, row in enumerate(rows) if row["metric"] not in QUANTIZED_METRICS]
     for i, a in zip(fp, top1_many(r.model, [sets[i] for i in fp], data, device=r.device) if fp else []):
         out[i] = float(a)
-    for i in (i for i in range(len(sets)) if i not in set(fp)):
+    for i in sorted(set(range(len(sets))) - set(fp)):
         with quantized_inputs(r.model, calibrate(r.model, sets[i], r.calib), act) as model:
             out[i] = float(top1_many(model, [sets[i]], data, device=r.device)[0])
     return out

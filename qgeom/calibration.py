@@ -10,7 +10,7 @@ minimises (a block of the Gauss-Newton matrix of the layer-output error).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -64,25 +64,39 @@ def output_error(w: Tensor, q: Tensor, h: Tensor) -> float:
     return float(0.5 * torch.einsum("oi,ij,oj->", d, h.double(), d))
 
 
+def input_grams(model: nn.Module, layers: Iterable[str], forward_passes: Callable[[], object]
+                ) -> dict[str, tuple[Tensor, int]]:
+    """Σ XᵀX (float64, in × in) and the number of rows of the inputs X of each Linear in ``layers``
+    over the forward passes ``forward_passes()`` runs (forward pre-hooks, ``torch.no_grad``; inputs
+    (…, in) flattened to rows, never held together; a layer called twice adds both calls). Layers
+    the passes never call are absent from the result."""
+    sums: dict[str, tuple[Tensor, int]] = {}
+
+    def capture(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            g, rows = sums.get(name, (0.0, 0))
+            sums[name] = (g + x.T @ x, rows + x.shape[0])
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(capture(n)) for n in layers]
+    try:
+        with torch.no_grad():
+            forward_passes()
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
 def layer_hessians(model: nn.Module, theta: Mapping[str, Tensor], layers: Iterable[str],
                    batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     """H_ℓ = 2 X_ℓ X_ℓᵀ / N (float64, in × in) of every layer in ``layers`` under ``theta``, summed
-    batch by batch in one forward pass per batch (the inputs are never held together). For a model
-    quantized in forward order these are the Hessians of the inputs each layer saw during sequential
+    batch by batch in one forward pass per batch (:func:`input_grams`). For a model quantized in
+    forward order these are the Hessians of the inputs each layer saw during sequential
     calibration: a layer's input depends only on the layers before it."""
-    sums: dict[str, list] = {n: [0.0, 0] for n in layers}
-    hooks = []
-    for name in sums:
-        def record(m, args, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name][0] = sums[name][0] + x.T @ x
-            sums[name][1] += x.shape[0]
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
-    try:
-        with torch.no_grad():
-            for x, _ in batches:
-                functional_call(model, dict(theta), (x,))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: 2.0 * g / rows for n, (g, rows) in sums.items() if rows}
+    def passes() -> None:
+        for x, _ in batches:
+            functional_call(model, dict(theta), (x,))
+
+    return {n: 2.0 * g / rows for n, (g, rows) in input_grams(model, layers, passes).items()}

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qgeom.calibration import input_grams
 from qgeom.curvature.probe import Batch, reduce_over_probe
 from qgeom.params import Params, first_names, in_scope
 
@@ -60,28 +61,13 @@ def batch_grams(model: nn.Module, weights: Sequence[str], forward: Callable[[Ten
     A forward pre-hook on each layer (``weights`` are its ``.weight`` names) reads its input
     (…, in), flattened to (rows, in); a layer called twice contributes both calls' rows. Raises
     ``ValueError`` for a layer the forward pass never calls (it has no inputs to weigh by)."""
-    sums: dict[str, Tensor] = {}
-    rows: dict[str, int] = {}
-
-    def capture(weight: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            z = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[weight] = sums[weight] + z.T @ z if weight in sums else z.T @ z
-            rows[weight] = rows.get(weight, 0) + z.shape[0]
-        return hook
-
-    handles = [model.get_submodule(w.removesuffix(".weight")).register_forward_pre_hook(capture(w)) for w in weights]
-    try:
-        with torch.no_grad():
-            forward(x)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [w for w in weights if w not in sums]
+    layers = {w: w.removesuffix(".weight") for w in weights}
+    grams = input_grams(model, layers.values(), lambda: forward(x))
+    missing = [w for w, n in layers.items() if n not in grams]
     if missing:
         raise ValueError(f"the layer metric needs each layer's inputs, but the forward pass never called "
                          f"{first_names(missing)}: pass a scope without them")
-    return {w: sums[w] / rows[w] for w in weights}
+    return {w: grams[n][0] / grams[n][1] for w, n in layers.items()}
 
 
 def probe_grams(model: nn.Module, weights: Sequence[str], forward: Callable[[Tensor], Any],

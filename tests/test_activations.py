@@ -95,6 +95,6 @@ def test_wa_qat_trains_through_the_fake_quantized_inputs():
     with torch.no_grad(), quantized_inputs(model, *acts):
         want = torch.nn.functional.cross_entropy(torch.func.functional_call(model, fake_quantize(theta, QuantSpec(2)),
                                                                             (x,)), y)
-    assert logged[0]["loss"] == pytest.approx(float(want), rel=1e-5)  # float32, same ops in another order
+    assert logged[0]["loss"] == pytest.approx(float(want), rel=1e-6)  # float32; measured identical (weight-only: 0.4 % off)
     assert any(not torch.equal(wa[k], w_only[k]) for k in wa)
     assert all(not m._forward_pre_hooks for m in model.modules())

@@ -98,10 +98,10 @@ def test_notebook_runs(name, tiny_run, cli_figures, tmp_path, monkeypatch):  # n
     assert len(images) == len(EXPECTED[name])  # each figure is shown inline too
 
 
-def _execute(name: str) -> nbformat.NotebookNode:
+def _execute(name: str, cwd: Path) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     km = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPythonKernelSpecs())
-    NotebookClient(nb, km=km, timeout=120, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(nb, km=km, timeout=120, resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
 
@@ -113,7 +113,8 @@ def test_own_model_notebook_runs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("QGEOM_FIGURES_DIR", str(out))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = _execute(name)
+    nb = _execute(name, tmp_path)  # it reads nothing from the checkout; hypothesis's .hypothesis/ goes to tmp_path
+    assert not (NOTEBOOKS / ".hypothesis").exists()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "cos_G(u, v) =" in text and "8 random elements: logits invariant" in text
     for fig in OWN_MODEL[name]:

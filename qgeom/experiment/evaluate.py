@@ -38,7 +38,7 @@ from qgeom.experiment.analysis import lambda_on_val
 from qgeom.experiment.config import RunConfig
 from qgeom.experiment.controls import control, random_like
 from qgeom.experiment.decomposition import grid_only, grid_statistics, values_only
-from qgeom.quant import QuantSpec
+from qgeom.quant import QuantSpec, ptq
 from qgeom.quantizers import quantize
 
 EVAL_COLUMNS = ["seed", "bits", "receiver", "donor", "method", "scope", "lam", "draw", "split", "metric", "value"]
@@ -107,8 +107,8 @@ def quantized_set(r: Receiver, row: dict, th: P.Params, spec: QuantSpec) -> P.Pa
     method = QUANTIZED_METRICS.get(row["metric"])
     if row.pop("quantized", False) or method is None:
         return th
-    if method == "rtn":  # no data: the zero-shot protocol (and no layer statistics to pay for)
-        return quantize(method, th, spec).params
+    if method == "rtn":  # no data: the zero-shot protocol; ptq itself, without quantize's per-layer statistics
+        return ptq(th, spec)
     return quantize(method, th, spec, model=r.model, batches=r.calib).params
 
 

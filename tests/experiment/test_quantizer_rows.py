@@ -163,10 +163,14 @@ def test_baselines_and_improvement_figures_take_the_quantizer_as_a_hue(strong) -
     want = (one.multi_tuned_gptq - one.base_gptq) / one.qat_gptq
     got = imp[(imp.task == "hue") & (imp.quantizer == "GPTQ") & (imp.patch == "mean of other donors")]
     assert float(got.improvement.iloc[0]) == pytest.approx(want, rel=1e-12)
-    for fig in (F.baseline_bars(acc), F.improvement_bars(rec)):
-        assert len(fig.axes) >= 1
-        plt.close(fig)
-    assert len(F.improvement_bars(rec).axes) == 3  # one panel per receiver quantizer
+    fig = F.baseline_bars(acc)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["FT", "FT+PTQ", "QAT", "QAT+PTQ", "FT+GPTQ", "QAT+GPTQ", "FT+AWQ", "QAT+AWQ"]  # a bar per setting
+    plt.close(fig)
+    fig = F.improvement_bars(rec)
+    assert [ax.get_title() for ax in fig.axes] == ["receiver quantized by RTN", "receiver quantized by GPTQ (receiver "
+                                                   "calibration data)", "receiver quantized by AWQ (receiver calibration data)"]
+    plt.close(fig)
 
 
 def test_a_run_with_every_quantizer_option_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
